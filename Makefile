@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine with python3 and pip:
+#   make train   build .venv, the default corpus, and run the default training job
+#   make test    build .venv, the default corpus, fetch test references, run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= data
+CORPUS := $(DATA_DIR)/synth_speech/1.0.0
+REFERENCE := .cache/reference
+PYTEST_ARGS ?=
+
+.PHONY: venv corpus train test bench constraints clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	touch $@
+
+corpus: $(CORPUS)/dataset_info.json
+
+$(CORPUS)/dataset_info.json: | venv
+	$(BIN)/jaxspeech data synth --data-dir $(DATA_DIR)
+
+train: venv corpus
+	@echo "Default corpus ready at $(CORPUS). The trainer lands with Foundation II."
+
+$(REFERENCE)/torchaudio/compliance/kaldi.py: | venv
+	$(BIN)/python tests/fetch_reference.py $(REFERENCE)
+
+test: venv corpus $(REFERENCE)/torchaudio/compliance/kaldi.py
+	JAXSPEECH_CORPUS=$(CORPUS) JAXSPEECH_REFERENCE=$(REFERENCE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: venv corpus
+	$(BIN)/python benchmarks/data_pipeline.py --dataset $(CORPUS)
+
+# Pin the exact versions this venv passed with; commit the result.
+constraints:
+	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check | grep -v '^jaxspeech' > constraints.txt
+
+clean:
+	rm -rf $(VENV) $(REFERENCE)

@@ -1,0 +1,94 @@
+"""The `jaxspeech` command line.
+
+  jaxspeech data synth [--num-utterances N] [--seed S] --data-dir DIR
+  jaxspeech data build --dataset ljspeech|libritts|manifest --manual-dir PATH --data-dir DIR
+  jaxspeech data info DATASET_DIR
+  jaxspeech text train --dataset DATASET_DIR --output FILE.model [--vocab-size V]
+"""
+
+import argparse
+import sys
+
+
+def _data_synth(args):
+  from jaxspeech.data.synth import corpus
+  path = corpus.synthesize(args.data_dir, num_utterances=args.num_utterances, seed=args.seed)
+  _print_info(path)
+
+
+def _data_build(args):
+  from jaxspeech.data import builders
+  result = builders.build(args.dataset, args.manual_dir, args.data_dir, max_seconds=args.max_seconds,
+                          sample_rate=args.sample_rate, name=args.name)
+  _print_info(result.path)
+
+
+def _data_info(args):
+  _print_info(args.path)
+
+
+def _print_info(path):
+  from jaxspeech.data import tfds_io
+  info = tfds_io.load(path).info
+  meta = tfds_io.metadata(path)
+  print(f"dataset {path}")
+  for name, split in sorted(info.splits.items()):
+    print(f"  {name:<12} {split.num_examples:>8} examples  {split.num_bytes / 2**20:9.1f} MiB")
+  if meta.get("speakers"):
+    print(f"  speakers: {len(meta['speakers'])}")
+
+
+def _text_train(args):
+  from jaxspeech.data import tfds_io
+  from jaxspeech.text import spm
+  source = tfds_io.data_source(args.dataset, args.split)
+  texts = (source[i]["text"].decode() for i in range(len(source)))
+  tokenizer = spm.train_bpe(texts, vocab_size=args.vocab_size)
+  tokenizer.save(args.output)
+  print(f"wrote {args.output}: {tokenizer.vocab_size} pieces from {len(source)} transcripts")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="jaxspeech", description="Train speech models in JAX.")
+  groups = parser.add_subparsers(dest="group", required=True)
+
+  data = groups.add_parser("data", help="build and inspect datasets").add_subparsers(dest="command", required=True)
+  p = data.add_parser("synth", help="synthesise the embedded multi-speaker English corpus (offline, espeak-ng)")
+  p.add_argument("--num-utterances", type=int, default=1200)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--data-dir", required=True)
+  p.set_defaults(run=_data_synth)
+  p = data.add_parser("build", help="build a TFDS dataset from a corpus on disk")
+  p.add_argument("--dataset", required=True, choices=("ljspeech", "libritts", "manifest"))
+  p.add_argument("--manual-dir", required=True, help="the corpus root (or the JSONL manifest)")
+  p.add_argument("--data-dir", required=True)
+  p.add_argument("--max-seconds", type=float, default=30.0, help="longer clips are skipped and counted")
+  p.add_argument("--sample-rate", type=int, default=None, help="resample every clip to this rate (Hz)")
+  p.add_argument("--name", default=None, help="dataset name (default: the --dataset value)")
+  p.set_defaults(run=_data_build)
+  p = data.add_parser("info", help="print a dataset's splits")
+  p.add_argument("path", help="a dataset directory (NAME/VERSION)")
+  p.set_defaults(run=_data_info)
+
+  text = groups.add_parser("text", help="tokenizers").add_subparsers(dest="command", required=True)
+  p = text.add_parser("train", help="train a sentencepiece BPE model on a dataset's transcripts")
+  p.add_argument("--dataset", required=True, help="a dataset directory (NAME/VERSION)")
+  p.add_argument("--split", default="train")
+  p.add_argument("--output", required=True)
+  p.add_argument("--vocab-size", type=int, default=1024)
+  p.set_defaults(run=_text_train)
+  return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    args.run(args)
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    print(f"jaxspeech: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
