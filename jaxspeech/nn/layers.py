@@ -1,0 +1,44 @@
+"""Linear and norm layers whose params carry logical axis names (see `jaxspeech.sharding`)."""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Dtype = jnp.dtype | type
+
+
+def dense(in_features: int | Sequence[int], out_features: int | Sequence[int], axes: Sequence[str | None], *,
+          rngs: nnx.Rngs, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, use_bias: bool = True,
+          stddev: float = 0.02) -> nnx.LinearGeneral:
+  """A linear map over the trailing `in_features` dims; `axes` names the kernel's dims (in dims, then out dims)."""
+  in_shape = (in_features,) if isinstance(in_features, int) else tuple(in_features)
+  out_shape = (out_features,) if isinstance(out_features, int) else tuple(out_features)
+  if len(axes) != len(in_shape) + len(out_shape):
+    raise ValueError(f"kernel {in_shape + out_shape} needs {len(in_shape) + len(out_shape)} axis names, got {axes}")
+  return nnx.LinearGeneral(
+      in_shape, out_shape, axis=tuple(range(-len(in_shape), 0)), use_bias=use_bias, dtype=dtype,
+      param_dtype=param_dtype, rngs=rngs,
+      kernel_init=nnx.with_partitioning(nnx.initializers.truncated_normal(stddev), tuple(axes)),
+      bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), tuple(axes[len(in_shape):])))
+
+
+def layer_norm(features: int, *, rngs: nnx.Rngs, epsilon: float = 1e-6, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32) -> nnx.LayerNorm:
+  """LayerNorm; statistics are computed in float32 whatever `dtype` is."""
+  return nnx.LayerNorm(features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                       scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
+                       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)))
+
+
+def dot_product_attention(q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,
+                          mask_BxHxLxS: jax.Array | None = None) -> jax.Array:
+  """softmax(q·kᵀ/√K)·v with the softmax in float32; `mask` is True where attention is allowed."""
+  scale = q_BxLxHxK.shape[-1] ** -0.5
+  logits_BxHxLxS = jnp.einsum("blhk,bshk->bhls", q_BxLxHxK * scale, k_BxSxHxK,
+                              preferred_element_type=jnp.float32)
+  if mask_BxHxLxS is not None:
+    logits_BxHxLxS = jnp.where(mask_BxHxLxS, logits_BxHxLxS, jnp.finfo(jnp.float32).min)
+  probs_BxHxLxS = jax.nn.softmax(logits_BxHxLxS, axis=-1).astype(v_BxSxHxK.dtype)
+  return jnp.einsum("bhls,bshk->blhk", probs_BxHxLxS, v_BxSxHxK)
