@@ -23,8 +23,11 @@ corpus: $(CORPUS)/dataset_info.json
 $(CORPUS)/dataset_info.json: | venv
 	$(BIN)/jaxspeech data synth --data-dir $(DATA_DIR)
 
+WORKDIR ?= workdirs/ast_tiny
+
+# AST speaker classification on the default corpus; rerunning resumes (or reports) the same workdir.
 train: venv corpus
-	@echo "Default corpus ready at $(CORPUS). The trainer lands with Foundation II."
+	$(BIN)/jaxspeech train --config=configs/ast.py:tiny --workdir=$(WORKDIR) --config.data.path=$(CORPUS)
 
 $(REFERENCE)/torchaudio/compliance/kaldi.py: | venv
 	$(BIN)/python tests/fetch_reference.py $(REFERENCE)

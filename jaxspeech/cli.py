@@ -4,6 +4,8 @@
   jaxspeech data build --dataset ljspeech|libritts|manifest --manual-dir PATH --data-dir DIR
   jaxspeech data info DATASET_DIR
   jaxspeech text train --dataset DATASET_DIR --output FILE.model [--vocab-size V]
+  jaxspeech train --config=configs/ast.py:tiny --workdir=DIR [--config.train.steps=100 ...]
+  jaxspeech eval  --config=configs/ast.py:tiny --workdir=DIR
 """
 
 import argparse
@@ -51,6 +53,8 @@ def _text_train(args):
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="jaxspeech", description="Train speech models in JAX.")
   groups = parser.add_subparsers(dest="group", required=True)
+  groups.add_parser("train", help="train a model: --config=configs/<family>.py:<variant> --workdir=DIR")
+  groups.add_parser("eval", help="evaluate a workdir's newest checkpoint")
 
   data = groups.add_parser("data", help="build and inspect datasets").add_subparsers(dest="command", required=True)
   p = data.add_parser("synth", help="synthesise the embedded multi-speaker English corpus (offline, espeak-ng)")
@@ -81,7 +85,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] in ("train", "eval"):  # absl + ml_collections flags, as in big_vision and MaxText
+    from jaxspeech.train import main as train_main
+    train_main.run(argv[0], argv[1:])
+    return 0
+  args = _parser().parse_args(argv)
   try:
     args.run(args)
   except (FileNotFoundError, KeyError, ValueError) as e:

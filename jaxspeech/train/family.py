@@ -1,0 +1,33 @@
+"""What a model family gives the trainer. Each `jaxspeech/<family>/family.py` defines `FAMILY`."""
+
+from collections.abc import Callable, Mapping
+import dataclasses
+from typing import Any
+
+import jax
+import ml_collections
+from flax import nnx
+
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  # (config, rngs) -> model
+  build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
+  # (model, batch, key, config) -> (scalar loss, metrics); runs inside the jitted step
+  loss: Callable[[nnx.Module, Batch, jax.Array, ml_collections.ConfigDict], tuple[jax.Array, Metrics]]
+  # (model, batch, config) -> {name: (sum, count)} summed over an eval pass, reported as sum / count
+  evaluate: Callable[[nnx.Module, Batch, ml_collections.ConfigDict], dict[str, tuple[jax.Array, jax.Array]]]
+  # (config, split, train, shard_index, shard_count) -> grain IterDataset of host-local numpy batches
+  make_data: Callable[..., Any]
+  # logical axes of each batch field, e.g. {"audio": ("activation_batch", None)}
+  batch_axes: Callable[[ml_collections.ConfigDict], Mapping[str, tuple]]
+  # analytic FLOPs of one training step on the global batch (forward + backward), for MFU
+  train_flops: Callable[[ml_collections.ConfigDict], float]
+  # {unit: count} in one host batch (numpy), for throughput, e.g. {"examples": 32, "frames": 8192}
+  units: Callable[[Mapping[str, Any]], dict[str, float]]
+  # param path -> optimizer group name; None puts every param in the group "default"
+  param_groups: Callable[[tuple[str, ...], jax.Array], str] | None = None

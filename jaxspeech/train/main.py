@@ -1,0 +1,51 @@
+"""`jaxspeech train|eval --config=configs/<family>.py:<variant> --workdir=DIR [--config.a.b=value ...]`."""
+
+import re
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/ast.py:tiny",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and TensorBoard logs go")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _run(command: str) -> None:
+  from jaxspeech.train import trainer  # after flag parsing: importing JAX reads XLA flags
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  try:
+    if command == "train":
+      result = trainer.Trainer(cfg, workdir).train()
+    else:
+      result = trainer.evaluate(cfg, workdir)
+  except (trainer.TrainingError, FileNotFoundError, KeyError, ValueError) as e:
+    print(f"jaxspeech {command}: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if result:
+    print(f"{command} done: " + "  ".join(f"eval/{k} {v:.4f}" for k, v in sorted(result.items())))
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl parsing, with config errors (a bad variant, an unknown or mistyped override) as one clear line."""
+  try:
+    rest = flags.FLAGS(argv)
+    _CONFIG.value.get("family")  # a config file that failed to load raises only when used
+    return rest
+  except Exception as e:  # pylint: disable=broad-except
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    message = lines[-1] if "Traceback" in str(e) else " ".join(lines)
+    missing = re.fullmatch(r"\"?'(\w+)'\"?", message)  # ml_collections names only the missing key
+    if missing:
+      overrides = [a.split("=")[0] for a in argv if a.startswith("--config.") and
+                   a.split("=")[0].endswith("." + missing.group(1))]
+      message = f"no config field {overrides[0] if overrides else missing.group(1)!r} in the config file"
+    print(f"{argv[0]}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(command: str, argv: list[str]) -> None:
+  app.run(lambda _: _run(command), argv=[f"jaxspeech {command}"] + list(argv), flags_parser=_parse_flags)

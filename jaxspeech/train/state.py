@@ -1,0 +1,70 @@
+"""The train state, created directly in its sharded layout."""
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxspeech import sharding
+from jaxspeech.train.family import Family
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32 scalar: updates applied so far
+  params: nnx.State          # nnx.Param variables (float32 master weights)
+  rest: nnx.State            # the model's other variables (not optimised)
+  opt_state: optax.OptState
+  ema: nnx.State | None      # exponential moving average of params, when train.ema_decay > 0
+  rng: jax.Array             # uint32[2] base key; step keys are fold_in(rng, step)
+
+
+def abstract_model(family: Family, cfg: ml_collections.ConfigDict):
+  """(graphdef, abstract params, abstract rest) without allocating anything."""
+  model = nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0)))
+  return nnx.split(model, nnx.Param, ...)
+
+
+def state_shardings(abstract: TrainState, mesh: Mesh) -> TrainState:
+  """Params, EMA and optimizer moments follow the logical axis rules; scalars are replicated."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return TrainState(
+      step=replicated, rng=replicated,
+      params=sharding.param_shardings(abstract.params, mesh),
+      rest=sharding.param_shardings(abstract.rest, mesh),
+      opt_state=sharding.param_shardings(abstract.opt_state, mesh),
+      ema=None if abstract.ema is None else sharding.param_shardings(abstract.ema, mesh))
+
+
+def make_init(family: Family, cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation):
+  """`init(seed) -> TrainState` (traceable), building the model from `cfg`."""
+  def init(seed):
+    key = jax.random.PRNGKey(seed)
+    model_key, rng = jax.random.split(key)
+    model = family.build_model(cfg, nnx.Rngs(model_key))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    ema = jax.tree.map(jnp.copy, params) if cfg.train.ema_decay else None
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                      ema=ema, rng=rng)
+  return init
+
+
+def create(family: Family, cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation, mesh: Mesh
+           ) -> tuple[TrainState, TrainState]:
+  """(state, shardings): a fresh state initialised on the devices in its final layout."""
+  init = make_init(family, cfg, tx)
+  abstract = jax.eval_shape(init, cfg.seed)
+  shardings = state_shardings(abstract, mesh)
+  return jax.jit(init, static_argnums=0, out_shardings=shardings)(cfg.seed), shardings
+
+
+def abstract_state(family: Family, cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation, mesh: Mesh
+                   ) -> tuple[TrainState, TrainState]:
+  """(abstract state with shardings, shardings): the restore target for a checkpoint on `mesh`."""
+  abstract = jax.eval_shape(make_init(family, cfg, tx), cfg.seed)
+  shardings = state_shardings(abstract, mesh)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  return target, shardings

@@ -1,0 +1,185 @@
+"""The training loop, generic over a family's objective.
+
+Metrics are fetched one step late: step n+1 is dispatched before step n's scalars are read, so the
+host never waits on the device. Checkpoints save asynchronously every `train.checkpoint_every`
+steps and at the end; SIGTERM/SIGINT save one and return. A workdir that already holds checkpoints
+resumes from the newest readable one, with the data iterator where it was.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+
+from jaxspeech import registry, sharding
+from jaxspeech.data import pipeline
+from jaxspeech.train import checkpoint, metrics as metrics_lib, optim, state as state_lib, step as step_lib
+
+
+class TrainingError(RuntimeError):
+  """A problem the user must fix (non-finite loss, a workdir from another run); printed without a traceback."""
+
+
+class NonFiniteLoss(TrainingError):
+  pass
+
+
+def _check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
+  """Refuses a workdir whose checkpoints belong to another family or model shape."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    for key in ("family", "model"):
+      if saved.get(key) != json.loads(cfg[key].to_json() if key == "model" else json.dumps(cfg[key])):
+        raise TrainingError(
+            f"workdir {workdir} holds a run with a different {key} ({key}={saved.get(key)!r}); "
+            f"this config has {key}={cfg[key]!r}. Use a new --workdir.")
+  elif jax.process_index() == 0:
+    with open(path + ".tmp", "w") as f:
+      f.write(cfg.to_json(indent=2))
+    os.replace(path + ".tmp", path)
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+class Trainer:
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None):
+    self.cfg, self.workdir = cfg, workdir
+    self.family = registry.get(cfg.family)
+    self.mesh = sharding.make_mesh(cfg.mesh, devices)
+    self.rules = [tuple(r) for r in cfg.axis_rules]
+    with sharding.use_rules(self.mesh, self.rules):
+      self.graphdef, abstract_params, _ = state_lib.abstract_model(self.family, cfg)
+      self.tx, self.schedules = optim.make(cfg.optim, cfg.train.steps, abstract_params, self.family.param_groups)
+      self.target, self.shardings = state_lib.abstract_state(self.family, cfg, self.tx, self.mesh)
+      self.batch_shardings = {k: NamedSharding(self.mesh, sharding.logical_spec(axes))
+                              for k, axes in self.family.batch_axes(cfg).items()}
+      self.train_step = step_lib.make_train_step(self.family, cfg, self.graphdef, self.tx, self.schedules,
+                                                 self.shardings, self.batch_shardings)
+      self.eval_step = step_lib.make_eval_step(self.family, cfg, self.graphdef, self.shardings,
+                                               self.batch_shardings, use_ema=bool(cfg.train.ema_decay))
+    self.flops_per_step = self.family.train_flops(cfg)
+
+  def _global(self, batch):
+    return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
+            for k, v in batch.items() if k in self.batch_shardings}
+
+  def _data(self, split: str, train: bool):
+    return self.family.make_data(self.cfg, split, train=train, shard_index=jax.process_index(),
+                                 shard_count=jax.process_count())
+
+  def evaluate(self, state) -> dict[str, float]:
+    sums = {}
+    with sharding.use_rules(self.mesh, self.rules):
+      for batch in pipeline.make_iterator(self._data(self.cfg.data.eval_split, train=False)):
+        out = jax.device_get(self.eval_step(state, self._global(batch)))
+        for name, (total, count) in out.items():
+          s, c = sums.get(name, (0.0, 0.0))
+          sums[name] = (s + float(total), c + float(count))
+    return {name: s / max(c, 1.0) for name, (s, c) in sums.items()}
+
+  def restore_or_init(self, iterator, checkpoints: checkpoint.Checkpoints):
+    with sharding.use_rules(self.mesh, self.rules):
+      restored = checkpoints.restore_latest(self.target, iterator)
+      if restored is not None:
+        return restored[1]
+      state, _ = state_lib.create(self.family, self.cfg, self.tx, self.mesh)
+      return state
+
+  def train(self) -> dict[str, float]:
+    """Runs to `train.steps` (or a stop signal); returns the last eval metrics."""
+    cfg, t = self.cfg, self.cfg.train
+    _check_workdir(self.workdir, cfg)
+    iterator = pipeline.make_iterator(self._data(cfg.data.train_split, train=True))
+    checkpoints = checkpoint.Checkpoints(self.workdir, keep=t.keep, async_save=t.async_checkpoint,
+                                         best_metric=t.best_metric, best_mode=t.best_mode)
+    state = self.restore_or_init(iterator, checkpoints)
+    step = int(jax.device_get(state.step))
+    writer = metrics_lib.Writer(self.workdir, t.steps, step)
+    eval_metrics, pending, last_time = {}, None, time.perf_counter()
+    try:
+      with _StopRequest() as stop, sharding.use_rules(self.mesh, self.rules):
+        while step < t.steps and stop.signal is None:
+          batch = next(iterator)
+          state, step_metrics = self.train_step(state, self._global(batch))
+          step += 1
+          if pending is not None:
+            last_time = self._report(writer, *pending, last_time)
+          pending = (step, step_metrics, self.family.units(batch))
+          if step % t.checkpoint_every == 0 or step == t.steps or stop.signal:
+            checkpoints.save(step, state, iterator)
+          if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
+            self._report(writer, *pending, last_time)
+            pending = None
+            eval_metrics = self.evaluate(state)
+            writer.write(step, eval_metrics, prefix="eval/")
+            checkpoints.save_best(step, state, eval_metrics)
+            last_time = time.perf_counter()
+        if pending is not None:
+          self._report(writer, *pending, last_time)
+        if stop.signal and jax.process_index() == 0:
+          writer.bar.write(f"{stop.signal}: saved a checkpoint at step {step}; rerun the same command to resume",
+                           file=sys.stderr)
+    finally:
+      checkpoints.wait()
+      checkpoints.close()
+      writer.close()
+    return eval_metrics
+
+  def _report(self, writer, step, step_metrics, units, last_time) -> float:
+    values = jax.device_get(step_metrics)
+    now = time.perf_counter()
+    if not bool(values.pop("finite")):
+      raise NonFiniteLoss(
+          f"loss or gradient became non-finite at step {step} (loss={float(values['loss'])}, "
+          f"grad_norm={float(values['grad_norm'])}); the update was skipped and nothing after step "
+          f"{step - 1} was saved. Lower optim.lr, raise optim.warmup_steps or check the data.")
+    writer.advance(step)
+    if step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps:
+      step_time = now - last_time
+      scale = jax.process_count() / step_time
+      values = {k: float(np.mean(v)) for k, v in values.items()}
+      values.update(step_time=step_time, **{f"{u}_per_s": n * scale for u, n in units.items()})
+      values.update(metrics_lib.utilisation(self.flops_per_step, step_time, self.mesh.devices.flatten().tolist()))
+      writer.write(step, values)
+    return now
+
+
+def evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Evaluates the newest checkpoint in `workdir` on `data.eval_split`."""
+  trainer = Trainer(cfg, workdir)
+  checkpoints = checkpoint.Checkpoints(workdir, keep=cfg.train.keep, async_save=False)
+  if not checkpoints.steps():
+    raise TrainingError(f"no checkpoint in {workdir}; train first with `jaxspeech train`")
+  _check_workdir(workdir, cfg)
+  iterator = pipeline.make_iterator(trainer._data(cfg.data.train_split, train=True))  # pylint: disable=protected-access
+  state = trainer.restore_or_init(iterator, checkpoints)
+  checkpoints.close()
+  return trainer.evaluate(state)
