@@ -144,6 +144,8 @@ class Trainer:
             last_time = time.perf_counter()
         if pending is not None:
           self._report(writer, *pending, last_time)
+        if not eval_metrics and t.eval_every and stop.signal is None:  # e.g. rerun on a finished workdir
+          eval_metrics = self.evaluate(state)
         if stop.signal and jax.process_index() == 0:
           writer.bar.write(f"{stop.signal}: saved a checkpoint at step {step}; rerun the same command to resume",
                            file=sys.stderr)
