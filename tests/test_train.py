@@ -148,3 +148,23 @@ def test_workdir_of_another_shape_is_refused(corpus_path, tmp_path):
   result = _run(_cli(tmp_path, corpus_path, "--config.model.hidden=48", "--config.train.steps=2"))
   assert result.returncode == 2
   assert "different model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_restore_onto_another_mesh(corpus_path, tmp_path):
+  from jaxspeech.data import pipeline
+  from jaxspeech.train import checkpoint
+  cfg = tiny_ast(corpus_path, steps=2, checkpoint_every=2)
+  cfg.model.update(hidden=64, mlp=128)
+  cfg.mesh.update(data=8)
+  trainer.Trainer(cfg, str(tmp_path)).train()
+  saved = _params(tmp_path, 2)
+  cfg.mesh.update(data=2, fsdp=1, tensor=4)
+  t = trainer.Trainer(cfg, str(tmp_path))
+  iterator = pipeline.make_iterator(t._data("train", train=True))  # pylint: disable=protected-access
+  state = t.restore_or_init(iterator, checkpoint.Checkpoints(str(tmp_path), keep=3, async_save=False))
+  assert int(state.step) == 2
+  kernel = state.params["blocks"][0]["fc1"]["kernel"][...]
+  assert kernel.sharding.mesh.shape["tensor"] == 4 and kernel.sharding.spec == jax.sharding.PartitionSpec(
+      "fsdp", "tensor")
+  for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), saved, strict=True):
+    np.testing.assert_array_equal(a, b)
