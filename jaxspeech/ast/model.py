@@ -99,12 +99,15 @@ class AST(nnx.Module):
     grid_FxTxD = jax.image.resize(grid_FxTxD, (f, t, grid_FxTxD.shape[-1]), "linear")
     return jnp.concatenate([pos_1xNxD[:, :2], grid_FxTxD.reshape(1, f * t, -1)], axis=1)
 
-  def features(self, fbank_BxTxF: jax.Array) -> jax.Array:
-    """Final-norm hidden states (B, 2 + f·t, D); rows 0 and 1 are the cls and distillation tokens."""
-    b, frames, _ = fbank_BxTxF.shape
+  def patchify(self, fbank_BxTxF: jax.Array) -> jax.Array:
+    """Patch embeddings (B, f·t, D), frequency-major, before tokens and positions are added."""
     image_BxFxTx1 = jnp.swapaxes(fbank_BxTxF, 1, 2)[..., None]
     patches_BxfxtxD = self.patch_embed(image_BxFxTx1)
-    x_BxNxD = patches_BxfxtxD.reshape(b, -1, self.cfg.hidden)
+    return patches_BxfxtxD.reshape(fbank_BxTxF.shape[0], -1, self.cfg.hidden)
+
+  def encode(self, x_BxNxD: jax.Array, frames: int) -> jax.Array:
+    """Prepends the cls and distillation tokens, adds positions, runs the blocks and the final norm."""
+    b = x_BxNxD.shape[0]
     tokens_Bx2xD = jnp.concatenate([self.cls_token[...], self.dist_token[...]], axis=1)
     x_BxLxD = jnp.concatenate([jnp.broadcast_to(tokens_Bx2xD, (b, 2, self.cfg.hidden)).astype(x_BxNxD.dtype),
                                x_BxNxD], axis=1)
@@ -112,6 +115,10 @@ class AST(nnx.Module):
     for block in self.blocks:
       x_BxLxD = block(x_BxLxD)
     return self.norm(x_BxLxD)
+
+  def features(self, fbank_BxTxF: jax.Array) -> jax.Array:
+    """Final-norm hidden states (B, 2 + f·t, D); rows 0 and 1 are the cls and distillation tokens."""
+    return self.encode(self.patchify(fbank_BxTxF), fbank_BxTxF.shape[1])
 
   def __call__(self, fbank_BxTxF: jax.Array) -> jax.Array:
     """Logits (B, num_classes), float32."""
