@@ -18,6 +18,7 @@ FIXED = batching.FixedBatch(4, "audio", batching.Buckets(multiple=512), pad_extr
 BUDGET = batching.FrameBudget(budget=64, key="audio", hop=160, buckets=batching.Buckets((800, 1600, 3200)),
                               pad_extra=TOKENS, buffer_size=12)
 PACKING = packing.Packing(seq_len=24, batch_size=2, key="tokens", num_bins=4)
+ONE = batching.FixedBatch(1, "audio", batching.Buckets(multiple=512), pad_extra=TOKENS)
 
 
 def _examples(lengths, rates=None):
@@ -88,14 +89,23 @@ def test_decode_resamples_crops_and_pads(source):
 
 
 @pytest.mark.parametrize("hosts", [1, 2, 3])
-def test_host_shards_are_disjoint_and_cover_every_epoch(source, hosts):
-  shards = []
-  for host in range(hosts):
-    indices = _indices(list(_pipeline(source, shard_index=host, shard_count=hosts, num_epochs=2)))
-    half = len(indices) // 2
-    assert sorted(indices[:half]) == sorted(indices[half:])  # each epoch covers the shard once
-    shards.append(set(indices))
-  assert sum(len(s) for s in shards) == NUM_EXAMPLES and set().union(*shards) == set(range(NUM_EXAMPLES))
+def test_hosts_split_one_global_stream(source, hosts):
+  """Host h takes global positions h, h+H, ...: each global epoch covers every record once, and
+  interleaving the hosts' streams gives the single-host stream, whatever the host count."""
+  one = pipeline.make_pipeline(source, seed=0, map_fn=DECODE, batching=ONE,
+                               shard_index=0, shard_count=1, num_epochs=2)
+  expected = _indices(list(one))
+  streams = [_indices(list(pipeline.make_pipeline(
+      source, seed=0, map_fn=DECODE, batching=ONE, shard_index=h, shard_count=hosts,
+      num_epochs=2))) for h in range(hosts)]
+  merged = [streams[p % hosts][p // hosts] for p in range(2 * NUM_EXAMPLES)]
+  assert merged == expected
+  first, second = merged[:NUM_EXAMPLES], merged[NUM_EXAMPLES:]
+  assert sorted(first) == sorted(second) == list(range(NUM_EXAMPLES))
+  assert first != second  # reshuffled each epoch
+  for h in range(hosts):
+    assert not set(streams[h][:NUM_EXAMPLES // hosts]) & set().union(
+        *(streams[g][:NUM_EXAMPLES // hosts] for g in range(hosts) if g != h))
 
 
 def test_crops_depend_on_record_and_epoch_not_on_hosts(source):

@@ -6,10 +6,11 @@
     it = pipeline.make_iterator(ds)          # or make_iterator(ds, saved_state)
     batch = next(it); state = it.get_state()  # JSON-serialisable; Orbax: grain.checkpoint.CheckpointSave(it)
 
-Records are read by index: the source is sliced per host (`shard_index::shard_count`), shuffled
-with a per-epoch seed and repeated, then decoded by `map_fn(record, rng)` where
-`rng = default_rng((seed, epoch, record_index))`: crops depend on the record and the epoch only, not
-on the host or worker count. A record that fails to parse, or whose `map_fn` raises, is skipped and
+Records are read by index: the source is shuffled with a per-epoch seed and repeated into one global
+stream, the same on every host; host `h` of `H` takes positions `h, h + H, h + 2H, ...`. So the
+examples of a global batch (each host's rows, concatenated) do not depend on how many hosts share
+it. Records are decoded by `map_fn(record, rng)` where `rng = default_rng((seed, epoch,
+record_index))`: crops depend on the record and the epoch only, not on the host or worker count. A record that fails to parse, or whose `map_fn` raises, is skipped and
 counted (`read_errors`, `decode_errors`); `map_fn` returning None filters a record (`filtered`).
 `pipeline_stats(iterator)` sums these and the batching stage's counts.
 
@@ -20,8 +21,8 @@ restores into a pipeline with the same `worker_count`. Worker processes are spaw
 uses workers needs an `if __name__ == "__main__":` guard, and Grain reads absl flags, so
 `make_pipeline` marks them parsed (at their defaults) unless `app.run` already parsed them.
 
-Shards cover every record exactly once per epoch, but their batch counts can differ between hosts;
-train by steps with `num_epochs=None`. Bucketed batch shapes also differ between hosts from step to
+Each global epoch covers every record exactly once across the hosts, but hosts' batch counts can
+differ by one at the end of a finite stream; train by steps with `num_epochs=None`. Bucketed batch shapes also differ between hosts from step to
 step, so for several hosts use `Packing` or a single bucket length with `global_batch`.
 """
 
@@ -71,12 +72,15 @@ class _Decode:
   map_fn: Callable[[Mapping[str, Any], np.random.Generator], Any]
   seed: int
   epoch_len: int
+  shard_index: int
+  shard_count: int
 
   def __call__(self, position, item):
     index, record = item
     if isinstance(record, Skipped):
       return record
-    rng = np.random.default_rng((self.seed, position // self.epoch_len, index))
+    epoch = (position * self.shard_count + self.shard_index) // self.epoch_len  # position in the global stream
+    rng = np.random.default_rng((self.seed, epoch, index))
     try:
       example = self.map_fn(record, rng)
     except Exception as e:  # pylint: disable=broad-except
@@ -128,19 +132,20 @@ def make_pipeline(source, *, seed: int, map_fn: Callable[[Mapping[str, Any], np.
   """The input pipeline over a random-access `source` (e.g. `tfds_io.data_source`).
 
   `batching` is a `batching.FixedBatch`, `batching.FrameBudget` or `packing.Packing` (anything with
-  `apply(ds, seed) -> IterDataset`). The host shard defaults to `jax.process_index()` of
+  `apply(ds, seed) -> IterDataset`). The host's slice of the global stream defaults to `jax.process_index()` of
   `jax.process_count()`. `num_epochs=None` repeats forever. `prefetch` batches are prepared ahead in a
   background thread (0 = none).
   """
   shard_index = jax.process_index() if shard_index is None else shard_index
   shard_count = jax.process_count() if shard_count is None else shard_count
-  ds = grain.MapDataset.source(_IndexedSource(source))[shard_index::shard_count]
+  ds = grain.MapDataset.source(_IndexedSource(source))
   epoch_len = len(ds)
-  if epoch_len == 0:
-    raise ValueError(f"shard {shard_index} of {shard_count} of a source with {len(source)} records is empty")
+  if epoch_len < shard_count:
+    raise ValueError(f"a source with {len(source)} records cannot feed {shard_count} hosts")
   if shuffle:
     ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs).map_with_index(_Decode(map_fn, seed, epoch_len))
+  ds = ds.repeat(num_epochs)[shard_index::shard_count]
+  ds = ds.map_with_index(_Decode(map_fn, seed, epoch_len, shard_index, shard_count))
   ds = ds.to_iter_dataset(read_options)
   if worker_count:
     if not flags.FLAGS.is_parsed():  # Grain reads its absl flags when it starts workers
