@@ -47,9 +47,14 @@ class Checkpoints:
     and the one before it is tried.
     """
     for step in reversed(self.steps()):
+      items = {"state": ocp.args.StandardRestore(target)}
+      if self._has_data(step):
+        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
+      elif jax.process_index() == 0:
+        print(f"warning: checkpoint {step} holds no data-iterator state for {jax.process_count()} host(s) (saved "
+              "by another host count, or converted); the data stream starts from its beginning")
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), data=grain.checkpoint.CheckpointRestore(iterator)))
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("checkpoint at step %d is unreadable (%s: %s); trying the previous one",
                         step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
@@ -58,6 +63,10 @@ class Checkpoints:
         continue
       return step, restored["state"]
     return None
+
+  def _has_data(self, step: int) -> bool:
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    return os.path.exists(os.path.join(self.manager.directory, str(step), "data", name))
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

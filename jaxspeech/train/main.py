@@ -9,6 +9,12 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/ast.py:tiny",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and TensorBoard logs go")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
+                                   "outside TPU VMs and SLURM (else JAXSPEECH_COORDINATOR_ADDRESS)")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job (else JAXSPEECH_NUM_PROCESSES)")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (else JAXSPEECH_PROCESS_ID)")
+_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "seconds to wait for every process to join")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout", 100, "seconds before a silent process counts as dead")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -16,13 +22,16 @@ def _run(command: str) -> None:
   from jaxspeech.train import trainer  # after flag parsing: importing JAX reads XLA flags
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  from jaxspeech.train import distributed
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value,
+                           _HEARTBEAT_TIMEOUT.value)
     if command == "train":
       result = trainer.Trainer(cfg, workdir).train()
     else:
       result = trainer.evaluate(cfg, workdir)
-  except (trainer.TrainingError, FileNotFoundError, KeyError, ValueError) as e:
+  except (trainer.TrainingError, FileNotFoundError, KeyError, ValueError, ConnectionError) as e:
     print(f"jaxspeech {command}: error: {e}", file=sys.stderr)
     sys.exit(2)
   if result:

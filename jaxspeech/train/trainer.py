@@ -6,6 +6,7 @@ steps and at the end; SIGTERM/SIGINT save one and return. A workdir that already
 resumes from the newest readable one, with the data iterator where it was.
 """
 
+import itertools
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from jaxspeech import registry, sharding
@@ -95,10 +97,26 @@ class Trainer:
     return self.family.make_data(self.cfg, split, train=train, shard_index=jax.process_index(),
                                  shard_count=jax.process_count())
 
+  def _eval_batches(self):
+    """One pass over the eval split. Hosts' shares can differ by a batch: a host that has run out
+    feeds empty batches (no valid rows) until every host has, so all run the same steps."""
+    template = None
+    for batch in itertools.chain(pipeline.make_iterator(self._data(self.cfg.data.eval_split, train=False)),
+                                 itertools.repeat(None)):
+      more = batch is not None
+      if jax.process_count() > 1:
+        more = bool(multihost_utils.process_allgather(np.array(more)).any())
+      if not more:
+        return
+      if batch is None:
+        batch = {k: np.zeros_like(v) for k, v in template.items()}
+      template = template or batch
+      yield batch
+
   def evaluate(self, state) -> dict[str, float]:
     sums = {}
     with sharding.use_rules(self.mesh, self.rules):
-      for batch in pipeline.make_iterator(self._data(self.cfg.data.eval_split, train=False)):
+      for batch in self._eval_batches():
         out = jax.device_get(self.eval_step(state, self._global(batch)))
         for name, (total, count) in out.items():
           s, c = sums.get(name, (0.0, 0.0))
