@@ -55,6 +55,22 @@ def test_two_processes_match_one_and_checkpoints_move_between_them(corpus_path, 
   assert int(state["step"]) == 4 and all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
 
 
+def _process(index, workdir):
+  """The pid of the training process with JAXSPEECH_PROCESS_ID=index for `workdir`."""
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        cmdline = f.read()
+      with open(f"/proc/{pid}/environ", "rb") as f:
+        environ = f.read().split(b"\0")
+    except OSError:
+      continue
+    if b"jaxspeech.cli" in cmdline and f"--workdir={workdir}".encode() in cmdline and \
+        f"JAXSPEECH_PROCESS_ID={index}".encode() in environ:
+      return int(pid)
+  raise AssertionError(f"no process {index} for {workdir}")
+
+
 def test_killing_one_process_makes_the_other_exit(corpus_path, tmp_path):
   proc = subprocess.Popen(LAUNCH + ["--num-processes", "2", "--devices-per-process", "2", "--grace", "120", "--"]
                           + _train(tmp_path, corpus_path, "--config.train.steps=100000", "--heartbeat_timeout=10"),
@@ -64,14 +80,7 @@ def test_killing_one_process_makes_the_other_exit(corpus_path, tmp_path):
   while not (tmp_path / "metrics.jsonl").exists():
     assert time.time() < deadline and proc.poll() is None, "training never started"
     time.sleep(0.1)
-  victim = None
-  while victim is None:
-    out = subprocess.run(["pgrep", "-f", f"--workdir={tmp_path}"], capture_output=True, text=True).stdout.split()
-    pids = [int(p) for p in out if int(p) != proc.pid]
-    for pid in pids:
-      with open(f"/proc/{pid}/environ", "rb") as f:
-        if b"JAXSPEECH_PROCESS_ID=1" in f.read():
-          victim = pid
+  victim = _process(1, tmp_path)
   os.kill(victim, signal.SIGKILL)
   start = time.time()
   out, _ = proc.communicate(timeout=200)
