@@ -96,7 +96,7 @@ def inputs(seed: int = 0):
 class JaxSide:
   """A compiled train step and forward on a 1-device mesh; `variant` picks a candidate change (see VARIANTS)."""
 
-  def __init__(self, stride: int, variant: str = "library", heads: int = SHAPE["heads"]):
+  def __init__(self, stride: int, variant: str = "library", heads: int = SHAPE["heads"], with_grad: bool = True):
     import jax
     from flax import nnx
     from jaxspeech import sharding
@@ -120,8 +120,12 @@ class JaxSide:
         fbank, label = inputs()
         self.batch = {"fbank": jax.device_put(fbank, batch_shardings["fbank"]),
                       "label": jax.device_put(label, batch_shardings["label"])}
-        self.forward = jax.jit(lambda params, rest, batch: fam.loss(nnx.merge(graphdef, params, rest), batch,
-                                                                     None, cfg)[0])
+        forward = jax.jit(lambda params, rest, batch: fam.loss(nnx.merge(graphdef, params, rest), batch, None, cfg)[0])
+        self.forward = forward.lower(self.state.params, self.state.rest, self.batch).compile()
+        if with_grad:  # value_and_grad of the loss alone: the step minus clipping, AdamW and the guard
+          grad = jax.jit(jax.grad(lambda params, rest, batch: fam.loss(nnx.merge(graphdef, params, rest), batch,
+                                                                        None, cfg)[0]))
+          self.grad = grad.lower(self.state.params, self.state.rest, self.batch).compile()
         t0 = time.perf_counter()
         self.compiled = self.step.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
@@ -138,6 +142,12 @@ class JaxSide:
   def forward_step(self) -> float:
     t0 = time.perf_counter()
     self.forward(self.state.params, self.state.rest, self.batch).block_until_ready()
+    return time.perf_counter() - t0
+
+  def grad_step(self) -> float:
+    import jax
+    t0 = time.perf_counter()
+    jax.block_until_ready(self.grad(self.state.params, self.state.rest, self.batch))
     return time.perf_counter() - t0
 
   def loss(self) -> float:
@@ -178,6 +188,12 @@ class TorchSide:
     self.opt.step()
     return time.perf_counter() - t0
 
+  def grad_step(self) -> float:
+    t0 = time.perf_counter()
+    self.opt.zero_grad(set_to_none=True)
+    self.loss_fn(self.model(self.x).logits, self.y).backward()
+    return time.perf_counter() - t0
+
   def forward_step(self) -> float:
     import torch
     t0 = time.perf_counter()
@@ -206,6 +222,11 @@ def _patched(obj, name, value):
     finally:
       setattr(obj, name, old)
   return ctx
+
+
+def layers_module():
+  from jaxspeech.nn import layers
+  return layers
 
 
 def _attention_bhlk(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS=None):
@@ -244,27 +265,74 @@ def _patch_conv_as_matmul():
   return _patched(nnx.Conv, "__call__", call)
 
 
-def _gelu_tanh():
+def _gelu_shim(gelu):
+  """Patches `jax.nn.gelu` as seen by jaxspeech.ast.model (the library and jax stay untouched)."""
   import jax
   from jaxspeech.ast import model
-  gelu = jax.nn.gelu
 
-  class Shim:
+  class Nn:
     def __getattr__(self, name):
       return getattr(jax.nn, name)
 
-    @staticmethod
-    def gelu(x, approximate=False):
-      del approximate
-      return gelu(x, approximate=True)
-
-  class JaxShim:
-    nn = Shim()
-
+  class Jax:
     def __getattr__(self, name):
       return getattr(jax, name)
 
-  return _patched(model, "jax", JaxShim())
+  shim = Jax()
+  shim.nn = Nn()
+  shim.nn.gelu = gelu
+  return _patched(model, "jax", shim)
+
+
+def exact_gelu_saving_input():
+  """jax.nn.gelu(approximate=False) (same forward: 0.5·x·erfc(−x/√2)) with a custom VJP that saves only x and
+  computes the derivative Φ(x) + x·φ(x) in the backward pass, instead of autodiff's erfc and exp residuals."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  sqrt_half, inv_sqrt_2pi = np.float32(np.sqrt(0.5)), np.float32(1 / np.sqrt(2 * np.pi))
+
+  @jax.custom_vjp
+  def gelu(x):
+    return 0.5 * x * jax.lax.erfc(-x * sqrt_half)
+
+  def fwd(x):
+    return gelu(x), x
+
+  def bwd(x, g):
+    return (g * (0.5 * jax.lax.erfc(-x * sqrt_half) + x * inv_sqrt_2pi * jnp.exp(-0.5 * x * x)),)
+
+  gelu.defvjp(fwd, bwd)
+  return lambda x, approximate=False: gelu(x)
+
+
+def _gelu_erf():
+  """Exact GELU as 0.5·x·(1 + erf(x/√2)) (PyTorch's formula) instead of jax.nn.gelu's 0.5·x·erfc(−x/√2)."""
+  import jax
+  import numpy as np
+  return _gelu_shim(lambda x, approximate=False: 0.5 * x * (1 + jax.lax.erf(x * np.float32(np.sqrt(0.5)))))
+
+
+def _fused_qkv():
+  """Attention with one (embed → 3·heads·kv) projection instead of three (different params, same FLOPs)."""
+  import jax.numpy as jnp
+  from flax import nnx
+  from jaxspeech.ast import model
+  from jaxspeech.nn import layers
+
+  class Attention(nnx.Module):
+    def __init__(self, cfg, rngs):
+      d, h, dtype = cfg.hidden, cfg.heads, jnp.dtype(cfg.dtype)
+      self.qkv = layers.dense(d, (3, h, d // h), ("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype)
+      self.out = layers.dense((h, d // h), d, ("heads", "kv", "embed"), rngs=rngs, dtype=dtype)
+
+    def __call__(self, x_BxLxD):
+      qkv_BxLx3xHxK = self.qkv(x_BxLxD)
+      q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
+      return self.out(layers.dot_product_attention(q, k, v))
+
+  return _patched(model, "Attention", Attention)
 
 
 def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_shardings):
@@ -301,31 +369,14 @@ def _no_constrain():
   return _patched(model, "constrain", lambda x, names: x)
 
 
-def _combine(*ctxs):
-  @contextlib.contextmanager
-  def ctx():
-    with contextlib.ExitStack() as stack:
-      for c in ctxs:
-        stack.enter_context(c() if callable(c) else c)
-      yield
-  return ctx
-
-
-def _lazy(factory):
-  @contextlib.contextmanager
-  def ctx():
-    with factory()():
-      yield
-  return ctx
-
-
-VARIANTS = {
+VARIANTS = {  # name → context manager factory active while the model is traced and compiled
     "library": _no_patch,
     "select guard": _no_patch,
-    "attention (b,h,l,k)": lambda: _patched(__import__("jaxspeech.nn.layers", fromlist=["x"]),
-                                            "dot_product_attention", _attention_bhlk)(),
+    "attention bhlk": _patched(layers_module(), "dot_product_attention", _attention_bhlk),
+    "fused qkv": lambda: _fused_qkv()(),
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
-    "tanh GELU": lambda: _gelu_tanh()(),
+    "erf GELU": lambda: _gelu_erf()(),
+    "GELU custom VJP": lambda: _gelu_shim(exact_gelu_saving_input())(),
     "no sharding constraints": lambda: _no_constrain()(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
@@ -333,13 +384,63 @@ STEP_VARIANTS = {"select guard": _select_step}
 
 # ------------------------------------------------------------------------------------------------------ timing
 
-def timed_blocks(sides: dict, what: str, blocks: int, steps: int) -> dict[str, list[float]]:
-  times = {name: [] for name in sides}
+class CpuShare:
+  """The share of the machine's CPU time that other processes used since `__init__` (from /proc/stat)."""
+
+  def __init__(self):
+    self._start = self._sample()
+
+  @staticmethod
+  def _sample():
+    try:
+      with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    except OSError:
+      return None
+    hz = os.sysconf("SC_CLK_TCK")
+    busy = (sum(ticks) - ticks[3] - ticks[4]) / hz  # all but idle and iowait
+    mine = sum(os.times()[:4])
+    return busy, sum(ticks) / hz, mine
+
+  def other(self) -> float | None:
+    end = self._sample()
+    if end is None or self._start is None:
+      return None
+    busy, total, mine = (e - s for e, s in zip(end, self._start))
+    return max(busy - mine, 0.0) / max(total, 1e-9)
+
+
+def wait_quiet(max_other: float, limit_s: float) -> float:
+  """Waits (up to `limit_s`) for a half-second in which other processes used at most `max_other` of the CPU."""
+  t0 = time.perf_counter()
+  while time.perf_counter() - t0 < limit_s:
+    share = CpuShare()
+    time.sleep(0.5)
+    if (share.other() or 0.0) <= max_other:
+      break
+  return time.perf_counter() - t0
+
+
+def timed_blocks(sides: dict, what: str, blocks: int, steps: int, max_other: float, retries: int,
+                 wait_s: float = 20.0):
+  """{name: step times} over `blocks` rounds of `steps` calls per side, and the largest share of the CPU that
+  other processes used during a kept block. Each block starts after a quiet half-second (waiting up to
+  `wait_s`); a block during which other processes used more than `max_other` of the CPU is run again (up to
+  `retries` times)."""
+  times, worst = {name: [] for name in sides}, 0.0
   for _ in range(blocks):
     for name, side in sides.items():
       fn = getattr(side, what)
-      times[name] += [fn() for _ in range(steps)]
-  return times
+      for attempt in range(retries + 1):
+        wait_quiet(max_other / 2, wait_s)
+        share = CpuShare()
+        block = [fn() for _ in range(steps)]
+        other = share.other() or 0.0
+        if other <= max_other or attempt == retries:
+          break
+      times[name] += block
+      worst = max(worst, other)
+  return times, worst
 
 
 def median_ms(ts: list[float]) -> float:
@@ -362,5 +463,219 @@ def versions() -> str:
   return ", ".join(f"{n} {metadata.version(n)}" for n in names) + f", Python {platform.python_version()}"
 
 
+FLAG_SETS = {  # name → XLA_FLAGS for a child process (XLA reads them once per process)
+    "default flags": "",
+    "XLA's own dots, not YNNPACK's": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
+    "no YNNPACK (dots, convolutions, reductions)":
+        "--xla_cpu_experimental_ynn_fusion_type=-individual_dot,-individual_convolution,-reduce",
+    "YNNPACK dot + elementwise fusions": "--xla_cpu_experimental_ynn_fusion_type=+dot,+eltwise",
+}
+
+
+def child(args) -> None:
+  """`--child`: times the library step (train and forward) under this process's XLA_FLAGS; prints JSON."""
+  side = JaxSide(args.child_stride, "library", with_grad=False)
+  for _ in range(2):
+    side.train_step()
+    side.forward_step()
+  sides = {"jax": side}
+  train, other_t = timed_blocks(sides, "train_step", args.blocks, args.variant_steps, args.max_other, args.retries)
+  fwd, other_f = timed_blocks(sides, "forward_step", args.blocks, args.variant_steps, args.max_other, args.retries)
+  print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": max(other_t, other_f),
+                    "compile_s": side.compile_s, "loss": side.loss()}))
+
+
+def run_child(flags: str, args) -> dict:
+  env = dict(os.environ, XLA_FLAGS=flags)
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--child-stride", "16", "--blocks", str(args.blocks),
+         "--variant-steps", str(args.variant_steps), "--max-other", str(args.max_other), "--retries", str(args.retries)]
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+  return json.loads(out.strip().splitlines()[-1])
+
+
+def tokens(stride: int) -> int:
+  return ((MEL - 16) // stride + 1) * ((FRAMES - 16) // stride + 1) + 2
+
+
+def main_table(rows: list[dict]) -> str:
+  out = ["| patches | side | step ms | samples/s | forward ms | fwd+bwd ms | backward / forward | clip+AdamW ms "
+         "| jax/torch samples/s |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+  for r in rows:
+    ratio = f"**{r['ratio']:.2f}×**" if "ratio" in r else ""
+    out.append(f"| {r['case']} | {r['side']} | {r['step']:.1f} | {BATCH / r['step'] * 1e3:.1f} | {r['fwd']:.1f} | "
+               f"{r['grad']:.1f} | {(r['grad'] - r['fwd']) / r['fwd']:.2f} | {r['step'] - r['grad']:.1f} | {ratio} |")
+  return "\n".join(out) + "\n"
+
+
+def variant_table(rows: list[dict]) -> str:
+  out = ["| stride 16/16, jaxspeech step with | step ms | vs library step | forward ms | vs library forward |",
+         "|---|---:|---:|---:|---:|"]
+  for r in rows:
+    out.append(f"| {r['name']} | {r['step']:.1f} | {r['step'] / r['base_step'] - 1:+.1%} | {r['fwd']:.1f} | "
+               f"{r['fwd'] / r['base_fwd'] - 1:+.1%} |")
+  return "\n".join(out) + "\n"
+
+
+def run(args) -> dict:
+  import torch
+  result = {"main": [], "variants": [], "flags": [], "other": 0.0, "compile": {}}
+  library16 = None
+  for stride in args.strides:
+    case = f"16×16 stride {stride}/{stride} ({tokens(stride)} tokens)"
+    jax_side = JaxSide(stride, "library", heads=args.heads)
+    torch_side = TorchSide(stride, heads=args.heads)
+    result["torch_threads"], result["torch_attention"] = torch_side.threads, torch_side.attn
+    result["compile"][stride] = jax_side.compile_s
+    sides = {"jaxspeech": jax_side, "torch": torch_side}
+    for side in sides.values():
+      for _ in range(2):
+        side.train_step()
+        side.grad_step()
+        side.forward_step()
+    figures = {}
+    for what in ("train_step", "grad_step", "forward_step"):
+      times, other = timed_blocks(sides, what, args.blocks, args.steps, args.max_other, args.retries)
+      result["other"] = max(result["other"], other)
+      for name, ts in times.items():
+        figures.setdefault(name, {})[what] = median_ms(ts)
+        figures[name].setdefault("n", len(ts))
+    for name in sides:
+      f = figures[name]
+      result["main"].append({"case": case if name == "jaxspeech" else "", "side": name, "step": f["train_step"],
+                             "grad": f["grad_step"], "fwd": f["forward_step"], "n": f["n"]})
+    result["main"][-1]["ratio"] = figures["torch"]["train_step"] / figures["jaxspeech"]["train_step"]
+    print(main_table(result["main"]), file=sys.stderr)
+    if stride == 16:
+      library16 = jax_side
+    del torch_side
+  torch.set_num_threads(THREADS)
+
+  if args.variants and library16 is not None:
+    sides = {"library": library16}
+    for name in VARIANTS:
+      if name != "library":
+        sides[name] = JaxSide(16, name, heads=args.heads, with_grad=False)
+    for side in sides.values():
+      side.train_step()
+      side.forward_step()
+    train, other_t = timed_blocks(sides, "train_step", args.blocks, args.variant_steps, args.max_other, args.retries)
+    fwd, other_f = timed_blocks(sides, "forward_step", args.blocks, args.variant_steps, args.max_other, args.retries)
+    result["other"] = max(result["other"], other_t, other_f)
+    base_step, base_fwd = median_ms(train["library"]), median_ms(fwd["library"])
+    for name in sides:
+      result["variants"].append({"name": name, "step": median_ms(train[name]), "fwd": median_ms(fwd[name]),
+                                 "base_step": base_step, "base_fwd": base_fwd})
+    print(variant_table(result["variants"]), file=sys.stderr)
+    flags = {}
+    for name, value in FLAG_SETS.items():
+      flags[name] = run_child(value, args)
+      result["other"] = max(result["other"], flags[name]["other"])
+    base = flags["default flags"]
+    for name, f in flags.items():
+      result["flags"].append({"name": f"{name} (`{FLAG_SETS[name]}`)" if FLAG_SETS[name] else name,
+                              "step": median_ms(f["train"]), "fwd": median_ms(f["forward"]),
+                              "base_step": median_ms(base["train"]), "base_fwd": median_ms(base["forward"])})
+    print(variant_table(result["flags"]), file=sys.stderr)
+  return result
+
+
+def section(result: dict, args, load: float, seconds: float) -> str:
+  today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()  # = `date -u +%F`
+  n = result["main"][0]["n"]
+  text = f"""## {SECTION}
+
+Written by `benchmarks/ast_train.py --write` ({seconds:.0f} s).
+
+- Date: {today} (UTC)
+- Machine: {machine()}; load average {load:.2f} before the run; other processes used at most
+  {100 * result['other']:.0f} % of the CPU during a kept timing block
+- Software: {versions()}; torch threads {result['torch_threads']} (`torch.get_num_threads()`), HF attention
+  `{result['torch_attention']}`
+- Model: AST hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, {args.heads} heads, MLP {SHAPE['mlp']}, {CLASSES} classes, fp32;
+  input a precomputed fbank {BATCH}×{FRAMES}×{MEL} (batch × frames × mel) fed to both models; lr {LR:g}, AdamW
+  (0.9, 0.999, eps 1e-8, weight decay 0.01 on params with ndim > 1), global-norm clip {CLIP:g}
+- jaxspeech: `make_train_step` (the trainer's jitted step, donated state, non-finite guard) on a 1-device mesh
+  (no fake host devices); compile {', '.join(f'{v:.1f} s (stride {k})' for k, v in result['compile'].items())}
+- torch: `ASTForAudioClassification` in train mode, dropout 0, `CrossEntropyLoss`, `clip_grad_norm_`,
+  `torch.optim.AdamW` (default implementation)
+
+{main_table(result['main'])}
+Medians of {n} steps per cell, timed in {args.blocks} alternating blocks of {args.steps} (jaxspeech, torch, ...) after
+warm-up. "forward" is the loss alone (jitted; `torch.no_grad()`), "fwd+bwd" the loss and its gradients without
+the optimizer; backward / forward = (fwd+bwd − forward) / forward; clip+AdamW = step − fwd+bwd (for jaxspeech also
+the non-finite guard and the metrics).
+"""
+  if result["variants"]:
+    text += f"""
+Candidate changes to the jaxspeech step (implemented in the benchmark only; medians of
+{args.blocks}×{args.variant_steps} steps in blocks alternating with the library step):
+
+{variant_table(result['variants'])}
+XLA CPU flags (each in its own process, same library step; medians of {args.blocks}×{args.variant_steps} steps):
+
+{variant_table(result['flags'])}"""
+  return text + NOTES
+
+
+NOTES = """
+Notes:
+- The machine is shared: a timing block during which other processes used more than 10 % of the CPU is
+  rerun (up to 3 times) after waiting for a quiet half-second. PyTorch's OpenMP threads suffer far more than
+  XLA's from other load on 2 cores (steps of 1–2.5 s instead of 0.18 s were seen), so figures taken under
+  load are not comparable.
+"""
+
+
+HEADER = """# Benchmark results
+
+Speed figures measured by the scripts in `benchmarks/`. Each section is written by the script named in it
+(`--write` replaces that section and leaves the others alone) and states the machine or accelerator card, the
+library versions and the date (UTC) of its figures. Figures from different machines are not comparable;
+rerun a script on your machine before comparing against it.
+"""
+
+
+def write_section(text: str, path: str = RESULTS) -> None:
+  """Replaces this script's section of RESULTS.md (re-read just before writing), or appends it."""
+  current = open(path).read() if os.path.exists(path) else HEADER
+  pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
+  if pattern.search(current):
+    updated = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", current).rstrip("\n") + "\n"
+  else:
+    updated = current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
+  tmp = path + ".ast_train.tmp"
+  with open(tmp, "w") as f:
+    f.write(updated)
+  os.replace(tmp, path)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--strides", type=int, nargs="+", default=[16, 10])
+  parser.add_argument("--heads", type=int, default=SHAPE["heads"])
+  parser.add_argument("--blocks", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=7, help="steps per block in the main table")
+  parser.add_argument("--variant-steps", type=int, default=4, help="steps per block for variants and flags")
+  parser.add_argument("--no-variants", dest="variants", action="store_false")
+  parser.add_argument("--max-other", type=float, default=0.1)
+  parser.add_argument("--retries", type=int, default=3)
+  parser.add_argument("--write", action="store_true", help=f"replace the section in {os.path.relpath(RESULTS)}")
+  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--child-stride", type=int, default=16, help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  if args.child:
+    child(args)
+    return
+  load = os.getloadavg()[0]
+  t0 = time.perf_counter()
+  result = run(args)
+  text = section(result, args, load, time.perf_counter() - t0)
+  print(text)
+  if args.write:
+    write_section(text)
+    print(f"wrote the section {SECTION!r} of {RESULTS}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-  pass
+  main()

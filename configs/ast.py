@@ -1,33 +1,94 @@
-"""AST speaker classification on the embedded corpus (Kaldi fbank → AST → speaker).
+"""AST on the embedded corpus: speaker classification, SSAST pretraining, and fine-tuning from SSAST.
+
+Speaker classification (Kaldi fbank → AST → speaker); `tiny` is what `make train` runs:
 
   jaxspeech train --config=configs/ast.py:tiny --workdir=workdirs/ast_tiny
   jaxspeech eval  --config=configs/ast.py:tiny --workdir=workdirs/ast_tiny
 
-Variants: `tiny` (2-core CPU, what `make train` runs) and `base` (the published AST-Base shape:
-768 wide, 12 layers, 16×16 patches at stride 10 over 1024 frames).
+SSAST self-supervised pretraining on unlabelled audio (speaker labels are ignored; any TFDS speech dataset
+with the same schema works via --config.data.path), patch-based (16×16 patches, cluster masking) or
+frame-based (128×2 patches, random masking):
+
+  jaxspeech train --config=configs/ast.py:ssast_patch_tiny --workdir=workdirs/ssast_patch_tiny
+  jaxspeech train --config=configs/ast.py:ssast_frame_tiny --workdir=workdirs/ssast_frame_tiny
+
+Fine-tuning a speaker classifier from the patch-based run (its newest checkpoint; the kernel is reused at
+stride 10, the positional embeddings are resized, the head reads the mean of the patch tokens):
+
+  jaxspeech train --config=configs/ast.py:finetune --workdir=workdirs/ast_finetune \
+      --config.model.init_from=workdirs/ssast_patch_tiny
+
+From the frame-based run, keep its 128×2 patches and overlap in time only:
+
+  jaxspeech train --config=configs/ast.py:finetune --workdir=workdirs/ast_finetune_frame \
+      --config.model.init_from=workdirs/ssast_frame_tiny --config.model.patch=128 \
+      --config.model.time_patch=2 --config.model.fstride=128 --config.model.tstride=1
+
+Variants: `tiny`, `ssast_patch_tiny`, `ssast_frame_tiny` and `finetune` (2-core CPU); `base` (the published
+AST-Base shape: 768 wide, 12 layers, 16×16 patches at stride 10 over 1024 frames), `ssast_patch_base` and
+`ssast_frame_base` (the SSAST-Base recipe: 400 of 512 patches masked, batch 24, lr 1e-4).
 """
+
+import ml_collections
 
 from jaxspeech.train import config as base
 
+VARIANTS = ("tiny", "base", "ssast_patch_tiny", "ssast_frame_tiny", "ssast_patch_base", "ssast_frame_base",
+            "finetune")
+TINY = dict(hidden=128, layers=4, heads=4, mlp=256, max_frames=256)
+BASE = dict(hidden=768, layers=12, heads=12, mlp=3072, max_frames=1024)
+
 
 def get_config(variant: str = "tiny"):
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of configs/ast.py; choose one of {', '.join(VARIANTS)}")
   cfg = base.defaults()
   cfg.family = "ast"
+  cfg.model.task = "classify"         # or "ssast" (pretraining)
+  cfg.model.init_from = ""            # an SSAST workdir whose newest checkpoint initialises the encoder
   cfg.model.num_classes = 16          # speakers of the default corpus (held-out ones never train)
   cfg.model.num_mel_bins = 128
   cfg.model.patch = 16
+  cfg.model.time_patch = 0            # 0 = square patches
+  cfg.model.pool = "cls"              # "cls" (mean of the cls and distillation outputs) or "mean" (of the patches)
   cfg.model.layer_norm_eps = 1e-12
   cfg.model.dtype = "float32"
   cfg.train.best_metric = "accuracy"
-  if variant == "tiny":
-    cfg.model.update(hidden=128, layers=4, heads=4, mlp=256, max_frames=256, fstride=16, tstride=16)
+  if variant.startswith("ssast"):
+    _ssast(cfg, frame=variant.startswith("ssast_frame"))
+  if variant in ("tiny", "ssast_patch_tiny", "ssast_frame_tiny", "finetune"):
+    cfg.model.update(**TINY)
     cfg.train.update(steps=300, batch_size=32, log_every=10, eval_every=100, checkpoint_every=100)
     cfg.optim.update(lr=1e-3, warmup_steps=30)
-  elif variant == "base":
-    cfg.model.update(hidden=768, layers=12, heads=12, mlp=3072, max_frames=1024, fstride=10, tstride=10)
+  else:
+    cfg.model.update(**BASE)
     cfg.model.dtype = "bfloat16"
     cfg.train.update(steps=20_000, batch_size=256, eval_every=1000, checkpoint_every=1000)
     cfg.optim.update(lr=1e-4, warmup_steps=1000)
-  else:
-    raise ValueError(f"unknown variant {variant!r} of configs/ast.py; choose tiny or base")
+  if variant == "tiny":
+    cfg.model.update(fstride=16, tstride=16)
+  elif variant in ("base", "finetune"):
+    cfg.model.update(fstride=10, tstride=10)
+  if variant == "finetune":
+    cfg.model.update(init_from="workdirs/ssast_patch_tiny", pool="mean")
+    cfg.train.update(batch_size=16)
+  elif variant.endswith("_tiny"):
+    cfg.ssast.mask_patches = 100      # of 128 patches, SSAST's 400-of-512 ratio
+    cfg.train.update(batch_size=16)
+  elif variant.startswith("ssast"):  # SSAST's recipe: Adam β1 0.95, weight decay 5e-7, lr 1e-4, 1000 warmup
+    cfg.train.update(batch_size=24)
+    cfg.optim.update(b1=0.95, weight_decay=5e-7)
   return cfg
+
+
+def _ssast(cfg, frame: bool):
+  """SSAST pretraining: non-overlapping patches, no classes, InfoNCE + 10 × MSE on the masked patches."""
+  cfg.model.update(task="ssast", num_classes=0)
+  if frame:  # 128×2 frame patches: frequency-full, 2 frames wide
+    cfg.model.update(patch=128, time_patch=2, fstride=128, tstride=2)
+  else:
+    cfg.model.update(fstride=16, tstride=16)
+  cfg.ssast = ml_collections.ConfigDict(dict(
+      mask_patches=400, masking="random" if frame else "cluster", cluster_sizes=(3, 4, 5),
+      nce_weight=1.0, mse_weight=10.0))
+  cfg.train.best_metric = "accuracy"  # masked-patch accuracy, as SSAST picks its best model

@@ -6,10 +6,16 @@
   jaxspeech text train --dataset DATASET_DIR --output FILE.model [--vocab-size V]
   jaxspeech train --config=configs/ast.py:tiny --workdir=DIR [--config.train.steps=100 ...]
   jaxspeech eval  --config=configs/ast.py:tiny --workdir=DIR
+  jaxspeech sweep run --config=configs/sweeps/ast_cpu.py --workdir=DIR [--backend local|slurm|xpk]
+  jaxspeech sweep fit --workdir=DIR                   (see jaxspeech/sweep/cli.py)
+  jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR    (see jaxspeech/convert/cli.py)
+  jaxspeech convert ast --to hf --src WORKDIR --dst DIR
 """
 
 import argparse
 import sys
+
+from jaxspeech.convert import cli as convert_cli  # light: imports a family's converter only when run
 
 
 def _data_synth(args):
@@ -55,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
   groups = parser.add_subparsers(dest="group", required=True)
   groups.add_parser("train", help="train a model: --config=configs/<family>.py:<variant> --workdir=DIR")
   groups.add_parser("eval", help="evaluate a workdir's newest checkpoint")
+  groups.add_parser("sweep", help="scaling-law sweeps: run, fit, status (see jaxspeech/sweep/cli.py)")
 
   data = groups.add_parser("data", help="build and inspect datasets").add_subparsers(dest="command", required=True)
   p = data.add_parser("synth", help="synthesise the embedded multi-speaker English corpus (offline, espeak-ng)")
@@ -81,11 +88,15 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--output", required=True)
   p.add_argument("--vocab-size", type=int, default=1024)
   p.set_defaults(run=_text_train)
+  convert_cli.add_parser(groups)
   return parser
 
 
 def main(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if argv and argv[0] == "sweep":
+    from jaxspeech.sweep import cli as sweep_cli
+    return sweep_cli.main(argv[1:])
   if argv and argv[0] in ("train", "eval"):  # absl + ml_collections flags, as in big_vision and MaxText
     from jaxspeech.train import main as train_main
     train_main.run(argv[0], argv[1:])

@@ -1,6 +1,7 @@
-"""AST params <-> HF transformers `ASTForAudioClassification` / `ASTModel` state dicts.
+"""AST / SSAST checkpoints: HF transformers `ASTForAudioClassification` / `ASTModel`, and the original
+YuanGongND AST and SSAST `.pth` files. `jaxspeech convert ast` runs the functions at the end.
 
-Import reads both HF naming generations (transformers 5 `layers.N.attention.q_proj`, transformers 4
+HF import reads both naming generations (transformers 5 `layers.N.attention.q_proj`, transformers 4
 `encoder.layer.N.attention.attention.query`), with or without the `audio_spectrogram_transformer.` prefix
 and classifier (an `ASTModel` checkpoint leaves our head at its initial values, with a warning naming it).
 Export writes the names of the installed transformers.
@@ -10,9 +11,18 @@ Export writes the names of the installed transformers.
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, from_hf_state_dict(hf_model.state_dict(), cfg))
     nnx.update(model, state)
+
+Original checkpoints (`torch.save` of a `DataParallel` model) use timm's ViT names under `module.v.`, with
+q/k/v fused into one `attn.qkv` Linear (row blocks q, k, v), the head `module.mlp_head.{0: LayerNorm,
+1: Linear}`, and for SSAST pretraining the heads `module.{c,g}predlayer.{0,2}` (Linear, ReLU, Linear) and
+`module.mask_embed`. They do not store the model config: shapes give the width, depth, MLP size and patch;
+flags give the rest (see `add_arguments`).
 """
 
+import dataclasses
 import importlib.metadata
+import json
+import os
 
 import numpy as np
 from absl import logging
@@ -20,7 +30,8 @@ from flax import nnx
 
 from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.convert import mapping
-from jaxspeech.convert.mapping import CONV2D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, Rule
+from jaxspeech.convert.mapping import (CONV2D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, QKV_BIAS, QKV_IN,
+                                       ConversionError, Rule)
 
 PREFIX = "audio_spectrogram_transformer."
 
@@ -72,6 +83,57 @@ TRANSFORMERS4 = {
 }
 GENERATIONS = {5: {}, 4: TRANSFORMERS4}
 
+# Original AST / SSAST (timm ViT under `module.v.`): the encoder, the classifier `mlp_head`, SSAST's heads.
+ORIGINAL = (
+    Rule("patch_embed.kernel", "module.v.patch_embed.proj.weight", CONV2D),
+    Rule("patch_embed.bias", "module.v.patch_embed.proj.bias"),
+    Rule("cls_token", "module.v.cls_token"),
+    Rule("dist_token", "module.v.dist_token"),
+    Rule("pos_embed", "module.v.pos_embed"),
+    Rule("blocks.{i}.norm1.scale", "module.v.blocks.{i}.norm1.weight"),
+    Rule("blocks.{i}.norm1.bias", "module.v.blocks.{i}.norm1.bias"),
+    Rule(("blocks.{i}.attn.query.kernel", "blocks.{i}.attn.key.kernel", "blocks.{i}.attn.value.kernel"),
+         "module.v.blocks.{i}.attn.qkv.weight", QKV_IN),
+    Rule(("blocks.{i}.attn.query.bias", "blocks.{i}.attn.key.bias", "blocks.{i}.attn.value.bias"),
+         "module.v.blocks.{i}.attn.qkv.bias", QKV_BIAS),
+    Rule("blocks.{i}.attn.out.kernel", "module.v.blocks.{i}.attn.proj.weight", HEADS_OUT),
+    Rule("blocks.{i}.attn.out.bias", "module.v.blocks.{i}.attn.proj.bias"),
+    Rule("blocks.{i}.norm2.scale", "module.v.blocks.{i}.norm2.weight"),
+    Rule("blocks.{i}.norm2.bias", "module.v.blocks.{i}.norm2.bias"),
+    Rule("blocks.{i}.fc1.kernel", "module.v.blocks.{i}.mlp.fc1.weight", LINEAR),
+    Rule("blocks.{i}.fc1.bias", "module.v.blocks.{i}.mlp.fc1.bias"),
+    Rule("blocks.{i}.fc2.kernel", "module.v.blocks.{i}.mlp.fc2.weight", LINEAR),
+    Rule("blocks.{i}.fc2.bias", "module.v.blocks.{i}.mlp.fc2.bias"),
+    Rule("norm.scale", "module.v.norm.weight"),
+    Rule("norm.bias", "module.v.norm.bias"),
+)
+ORIGINAL_HEAD = (
+    Rule("head_norm.scale", "module.mlp_head.0.weight"),
+    Rule("head_norm.bias", "module.mlp_head.0.bias"),
+    Rule("head.kernel", "module.mlp_head.1.weight", LINEAR),
+    Rule("head.bias", "module.mlp_head.1.bias"),
+)
+SSAST_HEADS = (   # our SSAST model (jaxspeech.ast.ssast) holds the encoder above under `encoder.`
+    Rule("mask_embed", "module.mask_embed"),
+    Rule("cpred.fc1.kernel", "module.cpredlayer.0.weight", LINEAR),
+    Rule("cpred.fc1.bias", "module.cpredlayer.0.bias"),
+    Rule("cpred.fc2.kernel", "module.cpredlayer.2.weight", LINEAR),
+    Rule("cpred.fc2.bias", "module.cpredlayer.2.bias"),
+    Rule("gpred.fc1.kernel", "module.gpredlayer.0.weight", LINEAR),
+    Rule("gpred.fc1.bias", "module.gpredlayer.0.bias"),
+    Rule("gpred.fc2.kernel", "module.gpredlayer.2.weight", LINEAR),
+    Rule("gpred.fc2.bias", "module.gpredlayer.2.bias"),
+)
+# Keys of original checkpoints that hold no param of ours: skipped and listed in convert.json.
+ORIGINAL_UNUSED = {
+    "module.v.head.weight": "timm DeiT's ImageNet head; AST never calls it",
+    "module.v.head.bias": "timm DeiT's ImageNet head; AST never calls it",
+    "module.v.head_dist.weight": "timm DeiT's ImageNet distillation head; AST never calls it",
+    "module.v.head_dist.bias": "timm DeiT's ImageNet distillation head; AST never calls it",
+    "module.p_input_fdim": "SSAST's pretraining input bins: the default of --input-fdim",
+    "module.p_input_tdim": "SSAST's pretraining input frames: the default of --input-tdim",
+}
+
 
 def installed_generation() -> int:
   """4 or 5: the naming generation of the installed transformers (5 when it is not installed)."""
@@ -92,7 +154,26 @@ def tables(cfg: ASTConfig) -> dict[str, mapping.Table]:
   return out
 
 
-def param_shapes(cfg: ASTConfig) -> dict[str, tuple[int, ...]]:
+def _under(prefix: str, rules) -> list[Rule]:
+  """`rules` with `prefix` before each of our paths (our SSAST model keeps its AST under `encoder.`)."""
+  return [dataclasses.replace(r, ours=prefix + r.ours if isinstance(r.ours, str) else tuple(prefix + o for o in r.ours))
+          for r in rules]
+
+
+def original_tables(cfg: ASTConfig) -> dict[str, mapping.Table]:
+  """The original layouts we read, by name: key -> (our path(s), transform); SSAST's are for our SSAST model."""
+  return {
+      "AST (original)": mapping.expand(ORIGINAL + ORIGINAL_HEAD, cfg.layers),
+      "AST encoder (original, no mlp_head)": mapping.expand(ORIGINAL, cfg.layers),
+      "SSAST (original)": mapping.expand(_under("encoder.", ORIGINAL) + list(SSAST_HEADS), cfg.layers),
+  }
+
+
+def param_shapes(cfg: ASTConfig, task: str = "classify") -> dict[str, tuple[int, ...]]:
+  """Dotted path -> shape of every param of our AST (`task="classify"`) or SSAST (`"ssast"`) for `cfg`."""
+  if task == "ssast":
+    from jaxspeech.ast.ssast import SSAST  # pylint: disable=import-outside-toplevel
+    return mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: SSAST(cfg, nnx.Rngs(0))), nnx.Param))
   return mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: AST(cfg, nnx.Rngs(0))), nnx.Param))
 
 
@@ -132,14 +213,25 @@ def from_hf_state_dict(state_dict, cfg: ASTConfig) -> dict:
   `state_dict` (torch tensors or arrays) is an `ASTForAudioClassification` or `ASTModel` state dict in
   transformers 4 or 5 names; keys it lacks or has beyond that layout raise a ValueError naming them.
   """
-  layouts = tables(cfg)
-  layout = mapping.closest(layouts, state_dict)
-  shapes = param_shapes(cfg)
-  params = mapping.from_hf(state_dict, layouts[layout], shapes, f"HF {layout} state dict for {cfg}")
-  unset = sorted(shapes.keys() - params.keys())
+  layout, params = read_state_dict(state_dict, tables(cfg), param_shapes(cfg), f"HF AST state dict for {cfg}")
+  unset = sorted(param_shapes(cfg).keys() - params.keys())
   if unset:
     logging.warning("%s checkpoint has no values for %s; they keep their initial values", layout, unset)
   return mapping.unflatten(params)
+
+
+def read_state_dict(state_dict, layouts: dict[str, mapping.Table], shapes, what: str
+                    ) -> tuple[str, dict[str, np.ndarray]]:
+  """(the name of the layout in `layouts` that `state_dict` is in, our dotted path -> float32 array).
+
+  The layout is the one sharing most keys with `state_dict`; any key it lacks or has beyond it, and any
+  shape that does not fit, is a ConversionError naming each.
+  """
+  layout = mapping.closest(layouts, state_dict)
+  if not set(state_dict) & set(layouts[layout]):
+    raise ConversionError(what, [f"no key matches an AST layout ({', '.join(layouts)}); "
+                                 f"its first keys are {sorted(state_dict)[:4]}"])
+  return layout, mapping.from_hf(state_dict, layouts[layout], shapes, f"{what} ({layout})")
 
 
 def to_hf_state_dict(params: dict, cfg: ASTConfig, generation: int | None = None) -> dict[str, np.ndarray]:
@@ -150,3 +242,289 @@ def to_hf_state_dict(params: dict, cfg: ASTConfig, generation: int | None = None
   generation = installed_generation() if generation is None else generation
   table = tables(cfg)[f"ASTForAudioClassification (transformers {generation})"]
   return mapping.to_hf(mapping.flatten(params), table, param_shapes(cfg), f"AST params for {cfg}")
+
+
+# ------------------------------------------------------------------------------- `jaxspeech convert ast`
+
+SOURCES = {
+    "hf": "an HF directory (config.json + model.safetensors or pytorch_model.bin) of ASTForAudioClassification "
+          "or ASTModel, transformers 4 or 5 names",
+    "original": "a YuanGongND AST or SSAST .pth (module.v.* timm names, fused attn.qkv)",
+}
+TARGETS = {"hf": "an HF directory for ASTForAudioClassification.from_pretrained (ASTModel for an SSAST run)"}
+# `cfg.model` fields of the ast family that are not ASTConfig's (jaxspeech.ast.family.FAMILY_FIELDS).
+FAMILY_FIELDS = {"task": "classify", "init_from": ""}
+# This converter's flags, their defaults, and the conversions they apply to.
+FLAGS = {"num_classes": None, "dtype": "float32", "input_fdim": None, "input_tdim": None, "fstride": None,
+         "tstride": None, "heads": None, "pool": "cls", "layer_norm_eps": 1e-12, "generation": None, "labels": None}
+APPLIES = {"from hf": {"num_classes", "dtype"},
+           "from original": {"num_classes", "dtype", "input_fdim", "input_tdim", "fstride", "tstride", "heads", "pool",
+                             "layer_norm_eps"},
+           "to hf": {"generation", "labels"}}
+
+
+def _check_flags(args, conversion: str) -> None:
+  """A flag given to a conversion it does not apply to is an error, not silently ignored."""
+  given = sorted(k for k, default in FLAGS.items() if getattr(args, k) != default and k not in APPLIES[conversion])
+  if given:
+    raise ConversionError(f"convert ast --{conversion}",
+                          [f"--{k.replace('_', '-')} does not apply here" for k in given])
+
+
+def add_arguments(parser) -> None:
+  g = parser.add_argument_group("model (import)")
+  g.add_argument("--num-classes", type=int, default=None,
+                 help="classes of the workdir's head. hf: default num_labels; a different value starts a new, "
+                      "initialised head. original: default the rows of module.mlp_head.1")
+  g.add_argument("--dtype", default=FLAGS["dtype"],
+                 help="compute dtype in the workdir's model config (params stay float32)")
+  g = parser.add_argument_group("original checkpoints (their config is not in the file)")
+  g.add_argument("--input-fdim", type=int, default=None,
+                 help="mel bins (default: SSAST's module.p_input_fdim, else 128)")
+  g.add_argument("--input-tdim", type=int, default=None,
+                 help="frames the positional embeddings were made for (default: module.p_input_tdim, else 1024)")
+  g.add_argument("--fstride", type=int, default=None, help="frequency stride (default: the patch for SSAST, else 10)")
+  g.add_argument("--tstride", type=int, default=None, help="time stride (default: the patch for SSAST, else 10)")
+  g.add_argument("--heads", type=int, default=None, help="attention heads (default: width / 64, DeiT's)")
+  g.add_argument("--pool", choices=("cls", "mean"), default=FLAGS["pool"],
+                 help="head input: cls (AST; SSAST finetuningcls) or mean of the patches (SSAST finetuningavgtok)")
+  g.add_argument("--layer-norm-eps", type=float, default=FLAGS["layer_norm_eps"],
+                 help="default 1e-12, as HF's converted MIT/ast-* checkpoints (timm used 1e-6, mlp_head 1e-5)")
+  g = parser.add_argument_group("hf export (--to hf)")
+  g.add_argument("--generation", type=int, choices=(4, 5), default=None,
+                 help="transformers naming generation to write (default: the installed transformers'; "
+                      "transformers 5 also reads 4)")
+  g.add_argument("--labels", default=None,
+                 help="id2label: a JSON list or {id: label} file, or one label per line "
+                      "(default: the labels of an imported HF classifier, else LABEL_i)")
+
+
+def _model_dict(cfg: ASTConfig, task: str) -> dict:
+  """config.json's "model" for `cfg`: every field of `configs/ast.py`'s `cfg.model`."""
+  return {**FAMILY_FIELDS, "task": task, **dataclasses.asdict(cfg)}
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _readable(load, path: str):
+  """`load(path)`, with a file it cannot parse (not a checkpoint, truncated) as a ConversionError."""
+  try:
+    return load(path)
+  except Exception as e:  # pylint: disable=broad-except  (torch, pickle, zip and safetensors errors)
+    first = str(e).splitlines()[0] if str(e) else ""
+    raise ConversionError(f"cannot read {path}", [f"{type(e).__name__}: {first}"]) from None
+
+
+def _hf_state_dict(src: str) -> tuple[dict, str]:
+  """(state dict of numpy arrays, file name) of an HF model directory."""
+  files = {name: os.path.join(src, name) for name in
+           ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")}
+  if os.path.exists(files["model.safetensors"]):
+    import safetensors.numpy  # pylint: disable=import-outside-toplevel
+    return dict(_readable(safetensors.numpy.load_file, files["model.safetensors"])), "model.safetensors"
+  if os.path.exists(files["model.safetensors.index.json"]):
+    import safetensors.numpy  # pylint: disable=import-outside-toplevel
+    shards = sorted(set(_read_json(files["model.safetensors.index.json"])["weight_map"].values()))
+    return {k: v for shard in shards
+            for k, v in _readable(safetensors.numpy.load_file, os.path.join(src, shard)).items()}, \
+        "model.safetensors.index.json"
+  if os.path.exists(files["pytorch_model.bin"]):
+    import torch  # pylint: disable=import-outside-toplevel
+    return dict(_readable(lambda f: torch.load(f, map_location="cpu", weights_only=True),
+                          files["pytorch_model.bin"])), "pytorch_model.bin"
+  raise ConversionError(f"HF directory {src}", [f"has none of {sorted(files)} (it has {sorted(os.listdir(src))})"])
+
+
+def import_hf(src: str, args):
+  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
+  config_path = os.path.join(src, "config.json")
+  if not os.path.isfile(config_path):
+    raise ConversionError(f"HF directory {src}", ["has no config.json"])
+  raw = _read_json(config_path)
+  model_type = raw.get("model_type")
+  if model_type != "audio-spectrogram-transformer":
+    raise ConversionError(f"HF directory {src}", [
+        f"holds a {model_type!r} model ({', '.join(raw.get('architectures') or ['architecture unknown'])}), "
+        "not an AST one (model_type 'audio-spectrogram-transformer')"])
+  import transformers  # pylint: disable=import-outside-toplevel
+  hf_config = _readable(lambda _: transformers.ASTConfig.from_dict(raw), config_path)
+  cfg = dataclasses.replace(hf_config_to_ast(hf_config), dtype=args.dtype)
+  state_dict, filename = _hf_state_dict(src)
+  notes, provenance = [], {}
+  has_classifier = any(k.startswith("classifier.") for k in state_dict)
+  if has_classifier and args.num_classes not in (None, cfg.num_classes):
+    dropped = sorted(k for k in state_dict if k.startswith("classifier."))
+    state_dict = {k.removeprefix(PREFIX): v for k, v in state_dict.items() if not k.startswith("classifier.")}
+    notes.append(f"--num-classes {args.num_classes}: the checkpoint's {cfg.num_classes}-way classifier is not "
+                 f"imported ({', '.join(dropped)}); the new head starts from its initialisation")
+    provenance["not_imported"] = dropped
+  cfg = dataclasses.replace(cfg, num_classes=args.num_classes or cfg.num_classes)
+  layout, params = read_state_dict(state_dict, tables(cfg), param_shapes(cfg), f"HF AST checkpoint {src}")
+  if provenance.get("not_imported"):
+    layout = layout.replace("ASTModel", "ASTForAudioClassification") + " without its classifier"
+  elif layout.startswith("ASTModel"):
+    notes.append(f"{layout} checkpoint: no classifier; head_norm and head ({cfg.num_classes} classes"
+                 f"{'' if args.num_classes else ', set with --num-classes'}) start from their initialisation")
+  elif hf_config.id2label:
+    provenance["id2label"] = {str(k): v for k, v in sorted(hf_config.id2label.items())}
+  generation = 4 if "transformers 4" in layout else 5
+  provenance.update(layout=layout, generation=generation, file=filename, hf_config=raw)
+  return Imported(model=_model_dict(cfg, "classify"), params=params, provenance=provenance, notes=notes)
+
+
+def _load_original(src: str) -> dict:
+  if src.endswith(".safetensors"):
+    import safetensors.numpy  # pylint: disable=import-outside-toplevel
+    return dict(_readable(safetensors.numpy.load_file, src))
+  import torch  # pylint: disable=import-outside-toplevel
+  state_dict = _readable(lambda f: torch.load(f, map_location="cpu", weights_only=True), src)
+  if not isinstance(state_dict, dict):
+    raise ConversionError(f"original checkpoint {src}", [f"holds a {type(state_dict).__name__}, not a state dict"])
+  for wrapper in ("state_dict", "model"):  # a training checkpoint around the state dict
+    if isinstance(state_dict.get(wrapper), dict) and "module.v.cls_token" not in state_dict:
+      state_dict = state_dict[wrapper]
+  return dict(state_dict)
+
+
+def original_config(state_dict: dict, args, what: str = "original AST/SSAST checkpoint") -> tuple[ASTConfig, str]:
+  """(our config, task) of an original AST / SSAST state dict: shapes give the size, `args` the rest."""
+  needed = ("module.v.cls_token", "module.v.patch_embed.proj.weight", "module.v.blocks.0.mlp.fc1.weight")
+  missing = [k for k in needed if k not in state_dict]
+  if missing:
+    raise ConversionError(what, [f"missing key {k}" for k in missing] + [
+        f"(its first keys are {sorted(state_dict)[:4]}; is it an original AST/SSAST checkpoint?)"])
+  ssast = any(k.startswith(("module.cpredlayer.", "module.gpredlayer.")) for k in state_dict)
+  hidden = int(state_dict["module.v.cls_token"].shape[-1])
+  _, channels, pf, pt = state_dict["module.v.patch_embed.proj.weight"].shape
+  if channels != 1:
+    raise ConversionError(what, [
+        f"module.v.patch_embed.proj.weight has {channels} input channels; AST reads one (a spectrogram)"])
+
+  def scalar(key: str, default: int) -> int:
+    return int(mapping.as_numpy(state_dict[key])) if key in state_dict else default
+
+  if ssast and args.num_classes:
+    raise ConversionError("--num-classes", ["an SSAST pretraining checkpoint has no classifier; import it, then "
+                                            "fine-tune with --config.model.init_from=WORKDIR"])
+  if ssast:
+    num_classes = 0
+  elif args.num_classes:
+    num_classes = args.num_classes
+  elif "module.mlp_head.1.weight" in state_dict:
+    num_classes = int(state_dict["module.mlp_head.1.weight"].shape[0])
+  else:
+    raise ConversionError(what, ["has no module.mlp_head: pass --num-classes for a new head"])
+  layers = 1 + max(int(k.split(".")[3]) for k in state_dict if k.startswith("module.v.blocks."))
+  cfg = ASTConfig(
+      num_classes=num_classes, hidden=hidden, layers=layers, heads=args.heads or max(hidden // 64, 1),
+      mlp=int(state_dict["module.v.blocks.0.mlp.fc1.weight"].shape[0]),
+      num_mel_bins=args.input_fdim or scalar("module.p_input_fdim", 128),
+      max_frames=args.input_tdim or scalar("module.p_input_tdim", 1024),
+      patch=int(pf), time_patch=0 if pf == pt else int(pt),
+      fstride=args.fstride or (int(pf) if ssast else 10), tstride=args.tstride or (int(pt) if ssast else 10),
+      layer_norm_eps=args.layer_norm_eps, dtype=args.dtype, pool=args.pool)
+  return cfg, "ssast" if ssast else "classify"
+
+
+def import_original(src: str, args):
+  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
+  state_dict = _load_original(src)
+  notes, provenance = [], {}
+  if not any(k.startswith("module.") for k in state_dict):  # saved without DataParallel
+    state_dict = {"module." + k: v for k, v in state_dict.items()}
+    provenance["prefix_added"] = "module."
+  what = f"original checkpoint {src}"
+  cfg, task = original_config(state_dict, args, what)
+  unused = {k: why for k, why in ORIGINAL_UNUSED.items() if k in state_dict}
+  state_dict = {k: v for k, v in state_dict.items() if k not in unused}
+  layouts = {k: v for k, v in original_tables(cfg).items() if k.startswith("SSAST") == (task == "ssast")}
+  try:
+    layout, params = read_state_dict(state_dict, layouts, param_shapes(cfg, task), what)
+  except ConversionError as e:
+    f, t = cfg.grid()
+    if any("pos_embed" in p for p in e.problems):
+      e.problems.append(f"(our pos_embed has 2 + {f}×{t} rows: the patch grid of --input-fdim {cfg.num_mel_bins} "
+                        f"--input-tdim {cfg.max_frames} --fstride {cfg.fstride} --tstride {cfg.tstride}; pass the "
+                        "values the checkpoint was trained with)")
+    raise
+  if layout.startswith("AST encoder"):
+    notes.append(f"{layout}: head_norm and head ({cfg.num_classes} classes) start from their initialisation")
+  if unused:
+    notes.append(f"not imported, unused by our model: {', '.join(unused)}")
+  provenance.update(layout=layout, generation=None, unused=unused,
+                    inferred={k: getattr(cfg, k) for k in ("hidden", "layers", "mlp", "patch", "time_patch")})
+  return Imported(model=_model_dict(cfg, task), params=params, provenance=provenance, notes=notes)
+
+
+def import_checkpoint(source: str, src: str, args):
+  """`jaxspeech convert ast --from hf|original`: a `jaxspeech.convert.workdir.Imported`."""
+  _check_flags(args, f"from {source}")
+  return import_hf(src, args) if source == "hf" else import_original(src, args)
+
+
+def _labels(path: str | None, provenance: dict, num_classes: int) -> dict[int, str] | None:
+  if path:
+    with open(path) as f:
+      text = f.read()
+    try:
+      loaded = json.loads(text)
+    except json.JSONDecodeError:
+      loaded = [line.strip() for line in text.splitlines() if line.strip()]
+    labels = dict(enumerate(loaded)) if isinstance(loaded, list) else {int(k): v for k, v in loaded.items()}
+  elif provenance.get("id2label"):
+    labels = {int(k): v for k, v in provenance["id2label"].items()}
+  else:
+    return None
+  if sorted(labels) != list(range(num_classes)):
+    raise ConversionError("id2label", [f"{path or 'convert.json'} gives labels for ids {sorted(labels)[:8]}..., "
+                                       f"not 0..{num_classes - 1}"])
+  return labels
+
+
+def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
+  """`jaxspeech convert ast --to hf`: writes config.json and model.safetensors into `dst`; lines to print.
+
+  A classifier run becomes `ASTForAudioClassification`; an SSAST pretraining run its encoder as `ASTModel`
+  (HF has no SSAST heads: `mask_embed`, `cpred` and `gpred` are left out, and the output says so).
+  """
+  _check_flags(args, f"to {target}")
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  model = dict(checkpoint.model)
+  task = model.get("task", "classify")
+  fields = {f.name for f in dataclasses.fields(ASTConfig)}
+  unknown = sorted(model.keys() - fields - FAMILY_FIELDS.keys())
+  cfg = ASTConfig(**{k: v for k, v in model.items() if k in fields})
+  problems = [f"model.{k}={model[k]!r} is not a field this converter knows" for k in unknown]
+  if cfg.time_patch and cfg.time_patch != cfg.patch:
+    problems.append(f"non-square patches {cfg.patch_shape}: HF's ASTConfig.patch_size is one int")
+  if task == "classify" and cfg.pool != "cls":
+    problems.append(f"model.pool={cfg.pool!r}: HF's classifier reads the mean of the cls and distillation tokens")
+  if problems:
+    raise ConversionError(f"workdir model {model}", problems)
+  generation = args.generation or installed_generation()
+  lines = []
+  if task == "ssast":
+    encoder_cfg = dataclasses.replace(cfg, num_classes=0)
+    params = {k.removeprefix("encoder."): v for k, v in checkpoint.params.items() if k.startswith("encoder.")}
+    left_out = sorted({k.split(".")[0] for k in checkpoint.params if not k.startswith("encoder.")})
+    state_dict = mapping.to_hf(params, tables(encoder_cfg)[f"ASTModel (transformers {generation})"],
+                               param_shapes(encoder_cfg), f"SSAST encoder params for {encoder_cfg}")
+    hf_config = ast_to_hf_config(dataclasses.replace(cfg, num_classes=2))  # HF's default; ASTModel has no head
+    hf_config.architectures = ["ASTModel"]
+    lines.append(f"ASTModel: the SSAST encoder; left out (HF has no SSAST heads): {', '.join(left_out)}")
+  else:
+    state_dict = to_hf_state_dict(mapping.unflatten(checkpoint.params), cfg, generation)
+    hf_config = ast_to_hf_config(cfg)
+    hf_config.architectures = ["ASTForAudioClassification"]
+    labels = _labels(args.labels, checkpoint.provenance, cfg.num_classes)
+    if labels:
+      hf_config.id2label, hf_config.label2id = labels, {v: k for k, v in labels.items()}
+    lines.append(f"ASTForAudioClassification, {cfg.num_classes} labels"
+                 + ("" if labels else " (LABEL_i; name them with --labels)"))
+  hf_config.save_pretrained(dst)
+  safetensors.numpy.save_file(state_dict, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+  lines.append(f"{len(state_dict)} tensors in transformers {generation} names")
+  return lines

@@ -1,10 +1,17 @@
-"""AST as a family: speaker classification from Kaldi fbanks computed on the device."""
+"""AST as a family: Kaldi fbanks computed on the device, then one of two objectives (`model.task`):
+
+- "classify": speaker classification (optionally initialised from an SSAST run with `model.init_from`);
+- "ssast": SSAST masked patch pretraining on unlabelled audio (labels are read but never used), with its
+  masking and loss weights in `cfg.ssast`.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
+from jaxspeech.ast import masking, ssast
 from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.audio import features
 from jaxspeech.data import batching, pipeline, tfds_io
@@ -15,8 +22,33 @@ HOP = 160      # 10 ms frame shift at 16 kHz
 WINDOW = 400   # 25 ms
 
 
+TASKS = ("classify", "ssast")
+# `cfg.model` fields that are the family's, not ASTConfig's.
+FAMILY_FIELDS = ("task", "init_from")
+
+
 def model_config(cfg) -> ASTConfig:
-  return ASTConfig(**cfg.model.to_dict())
+  return ASTConfig(**{k: v for k, v in cfg.model.to_dict().items() if k not in FAMILY_FIELDS})
+
+
+def task(cfg) -> str:
+  name = cfg.model.get("task", "classify")
+  if name not in TASKS:
+    raise ValueError(f"unknown model.task {name!r}; choose one of {TASKS}")
+  return name
+
+
+def build_model(cfg, rngs):
+  """SSAST for pretraining, else an AST; `model.init_from` (an SSAST workdir) sets its encoder's params."""
+  if task(cfg) == "ssast":
+    return ssast.SSAST(model_config(cfg), rngs)
+  model = AST(model_config(cfg), rngs)
+  if cfg.model.get("init_from"):
+    # Runs inside the trainer's jitted init: the loaded arrays become constants of that program.
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, ssast.init_from_ssast(cfg.model.init_from, model_config(cfg)))
+    nnx.update(model, state)
+  return model
 
 
 def crop_samples(cfg) -> int:
@@ -32,24 +64,42 @@ def fbank(batch, cfg) -> jax.Array:
   return features.ast_normalize(fb_BxTxF).astype(cfg.model.dtype)
 
 
-def _per_example(model, batch, cfg):
+def ssast_terms(model, fbank_BxTxF, key, cfg) -> dict[str, jax.Array]:
+  """Per-example SSAST `loss` (nce_weight · nce + mse_weight · mse), `nce`, `mse` and masked-patch `accuracy`."""
+  s = cfg.ssast
+  grid = model_config(cfg).grid(fbank_BxTxF.shape[1])
+  idx_BxM = masking.batch_masks(key, fbank_BxTxF.shape[0], grid, s.mask_patches, s.masking, tuple(s.cluster_sizes))
+  terms = model(fbank_BxTxF, idx_BxM)
+  return {"loss": s.nce_weight * terms["nce"] + s.mse_weight * terms["mse"], **terms}
+
+
+def _ssast_per_example(model, batch, key, cfg):
+  terms = ssast_terms(model, fbank(batch, cfg), key, cfg)
+  return terms.pop("loss"), terms, batch["valid"].astype(jnp.float32)
+
+
+def _per_example(model, batch, key, cfg):
+  """(loss_B, {metric: values_B}, valid_B)."""
+  if task(cfg) == "ssast":
+    return _ssast_per_example(model, batch, key, cfg)
   logits_BxC = model(fbank(batch, cfg))
   labels_B = batch["speaker_id"]
   ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
   correct_B = (jnp.argmax(logits_BxC, -1) == labels_B).astype(jnp.float32)
-  return ce_B, correct_B, batch["valid"].astype(jnp.float32)
+  return ce_B, {"accuracy": correct_B}, batch["valid"].astype(jnp.float32)
 
 
 def loss(model, batch, key, cfg):
-  del key
-  ce_B, correct_B, valid_B = _per_example(model, batch, cfg)
+  """Mean over the valid rows; SSAST draws its masks from `key` (the step's), so a resumed run draws the same."""
+  loss_B, metrics, valid_B = _per_example(model, batch, key, cfg)
   n = jnp.maximum(valid_B.sum(), 1.0)
-  return (ce_B * valid_B).sum() / n, {"accuracy": (correct_B * valid_B).sum() / n}
+  return (loss_B * valid_B).sum() / n, {k: (v * valid_B).sum() / n for k, v in metrics.items()}
 
 
 def evaluate(model, batch, cfg):
-  ce_B, correct_B, valid_B = _per_example(model, batch, cfg)
-  return {"loss": ((ce_B * valid_B).sum(), valid_B.sum()), "accuracy": ((correct_B * valid_B).sum(), valid_B.sum())}
+  """{name: (sum, count)}; SSAST masks are drawn from a fixed key (`cfg.seed`), the same for every eval."""
+  loss_B, metrics, valid_B = _per_example(model, batch, jax.random.PRNGKey(cfg.seed), cfg)
+  return {k: ((v * valid_B).sum(), valid_B.sum()) for k, v in {"loss": loss_B, **metrics}.items()}
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
@@ -66,18 +116,23 @@ def make_data(cfg, split, *, train, shard_index, shard_count):
 
 
 def batch_axes(cfg):
-  del cfg
   rows = ("activation_batch",)
-  return {"audio": rows + (None,), "audio_lengths": rows, "speaker_id": rows, "valid": rows}
+  axes = {"audio": rows + (None,), "audio_lengths": rows, "valid": rows}
+  return axes if task(cfg) == "ssast" else {**axes, "speaker_id": rows}
 
 
 def train_flops(cfg) -> float:
   """Forward + backward (3× forward) matmul FLOPs of one global batch."""
   m = model_config(cfg)
   f, t = m.grid()
-  n, d = f * t + 2, m.hidden
+  (pf, pt), n, d = m.patch_shape, f * t + 2, m.hidden
   per_layer = 2 * n * 4 * d * d + 2 * 2 * n * n * d + 2 * 2 * n * d * m.mlp
-  forward = 2 * f * t * m.patch * m.patch * d + m.layers * per_layer + 2 * d * m.num_classes
+  forward = 2 * f * t * pf * pt * d + m.layers * per_layer
+  if task(cfg) == "ssast":  # two heads at the masked patches, and the (M, M) InfoNCE scores
+    k = cfg.ssast.mask_patches
+    forward += 2 * 2 * k * (d * d + d * pf * pt) + 2 * k * k * pf * pt
+  else:
+    forward += 2 * d * m.num_classes
   return 3.0 * forward * cfg.train.batch_size
 
 
@@ -87,5 +142,5 @@ def units(batch) -> dict[str, float]:
 
 
 FAMILY = Family(
-    name="ast", build_model=lambda cfg, rngs: AST(model_config(cfg), rngs), loss=loss, evaluate=evaluate,
-    make_data=make_data, batch_axes=batch_axes, train_flops=train_flops, units=units)
+    name="ast", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
+    train_flops=train_flops, units=units)

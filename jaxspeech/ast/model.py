@@ -2,7 +2,10 @@
 
 Input: a (normalised) Kaldi fbank `fbank_BxTxF`. It is read as an image F×T (frequency is the
 height), cut into 16×16 patches with strides (fstride, tstride), frequency-major patch order.
-A cls and a distillation token are prepended; the head classifies the mean of their outputs.
+A cls and a distillation token are prepended; the head classifies the mean of their outputs
+(`pool="cls"`, HF's) or of the patch tokens' outputs (`pool="mean"`, SSAST's fine-tuning default).
+`time_patch` makes patches non-square (SSAST's frame patches are 128 × 2); `num_classes=0` builds the
+encoder alone, without the head (SSAST pretraining).
 """
 
 import dataclasses
@@ -27,15 +30,23 @@ class ASTConfig:
   num_mel_bins: int = 128
   max_frames: int = 1024          # T the positional embeddings were made for
   patch: int = 16
+  time_patch: int = 0             # patch width in frames; 0 = square (patch × patch)
   fstride: int = 10
   tstride: int = 10
   layer_norm_eps: float = 1e-12
   dtype: str = "float32"          # compute dtype; params stay float32
+  pool: str = "cls"               # head input: "cls" = mean of the cls and dist outputs; "mean" = of the patches
+
+  @property
+  def patch_shape(self) -> tuple[int, int]:
+    """(frequency bins, frames) of one patch."""
+    return self.patch, self.time_patch or self.patch
 
   def grid(self, frames: int | None = None) -> tuple[int, int]:
     """Patch grid (f, t) for an input of `frames` frames."""
     frames = self.max_frames if frames is None else frames
-    return ((self.num_mel_bins - self.patch) // self.fstride + 1, (frames - self.patch) // self.tstride + 1)
+    pf, pt = self.patch_shape
+    return (self.num_mel_bins - pf) // self.fstride + 1, (frames - pt) // self.tstride + 1
 
 
 class Attention(nnx.Module):
@@ -75,7 +86,7 @@ class AST(nnx.Module):
     d, dtype = cfg.hidden, jnp.dtype(cfg.dtype)
     init = nnx.initializers.truncated_normal(0.02)
     self.patch_embed = nnx.Conv(
-        1, d, kernel_size=(cfg.patch, cfg.patch), strides=(cfg.fstride, cfg.tstride), padding="VALID",
+        1, d, kernel_size=cfg.patch_shape, strides=(cfg.fstride, cfg.tstride), padding="VALID",
         dtype=dtype, rngs=rngs,
         kernel_init=nnx.with_partitioning(init, (None, None, None, "embed")),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)))
@@ -85,8 +96,11 @@ class AST(nnx.Module):
     self.pos_embed = nnx.Param(nnx.with_partitioning(init, (None, None, "embed"))(rngs.params(), (1, f * t + 2, d)))
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
     self.norm = layers.layer_norm(d, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
-    self.head_norm = layers.layer_norm(d, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
-    self.head = layers.dense(d, cfg.num_classes, ("embed", "classes"), dtype=dtype, rngs=rngs)
+    if cfg.pool not in ("cls", "mean"):
+      raise ValueError(f"ASTConfig.pool={cfg.pool!r}; choose 'cls' or 'mean'")
+    if cfg.num_classes:
+      self.head_norm = layers.layer_norm(d, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
+      self.head = layers.dense(d, cfg.num_classes, ("embed", "classes"), dtype=dtype, rngs=rngs)
 
   def positions(self, frames: int) -> jax.Array:
     """Positional embeddings for `frames` input frames: the time axis of the grid is resized linearly."""
@@ -123,5 +137,8 @@ class AST(nnx.Module):
   def __call__(self, fbank_BxTxF: jax.Array) -> jax.Array:
     """Logits (B, num_classes), float32."""
     h_BxLxD = self.features(fbank_BxTxF)
-    pooled_BxD = (h_BxLxD[:, 0] + h_BxLxD[:, 1]) / 2
+    if self.cfg.pool == "mean":
+      pooled_BxD = h_BxLxD[:, 2:].mean(axis=1)
+    else:
+      pooled_BxD = (h_BxLxD[:, 0] + h_BxLxD[:, 1]) / 2
     return self.head(self.head_norm(pooled_BxD)).astype(jnp.float32)

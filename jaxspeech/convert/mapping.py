@@ -2,8 +2,10 @@
 
 A family's converter lists `Rule`s: our dotted param path (`blocks.{i}.attn.query.kernel`), the HF key
 (`layers.{i}.attention.q_proj.weight`), where `{i}` is a layer index, and the `Transform` between the two
-layouts. `expand` turns the rules into a table keyed by HF key; `from_hf` and `to_hf` move arrays through
-it, and any key either side does not account for is an error that names it.
+layouts. A rule whose `ours` is a tuple maps several of our params to one fused tensor (timm's `attn.qkv`,
+see `fused`). `expand` turns the rules into a table keyed by HF key; `from_hf` and `to_hf` move arrays
+through it, and any key either side does not account for, or any shape that does not fit, is a
+`ConversionError` that names every one of them.
 """
 
 import dataclasses
@@ -11,6 +13,14 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 from flax import nnx
+
+
+class ConversionError(ValueError):
+  """Checkpoint keys or shapes that do not fit a mapping; `problems` has one line per key."""
+
+  def __init__(self, what: str, problems: Iterable[str], message: str | None = None):
+    self.what, self.problems = what, list(problems)
+    super().__init__(message or f"{what}: " + "; ".join(self.problems))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,22 +83,47 @@ def conv_from_hf(weight_OxIxHxW: np.ndarray, shape: tuple[int, ...]) -> np.ndarr
   return weight_OxIxHxW.transpose(2, 3, 1, 0)
 
 
+def split_qkv(w_3NxM: np.ndarray, parts: int = 3) -> list[np.ndarray]:
+  """A fused projection's tensor (q/k/v stacked as row blocks, timm's `attn.qkv`) as its `parts` row blocks."""
+  if w_3NxM.shape[0] % parts:
+    raise ValueError(f"fused tensor of {w_3NxM.shape[0]} rows does not split into {parts} equal row blocks")
+  return np.split(w_3NxM, parts, axis=0)
+
+
+def fuse_qkv(*blocks: np.ndarray) -> np.ndarray:
+  """The row blocks (q, k, v) stacked into one fused tensor; inverts `split_qkv`."""
+  return np.concatenate(blocks, axis=0)
+
+
+def fused(part: Transform, parts: int = 3) -> Transform:
+  """A transform between `parts` of our params (a tuple) and one tensor whose row blocks are `part`'s tensors."""
+  return Transform(lambda xs: fuse_qkv(*(part.to_hf(x) for x in xs)),
+                   lambda w, shapes: tuple(part.from_hf(b, s) for b, s in zip(split_qkv(w, parts), shapes)))
+
+
 SAME = Transform(same_to_hf, same_from_hf)
 LINEAR = Transform(linear_to_hf, linear_from_hf)
 HEADS_IN = Transform(heads_in_to_hf, heads_in_from_hf)
 HEADS_OUT = Transform(heads_out_to_hf, heads_out_from_hf)
 HEADS_BIAS = Transform(heads_bias_to_hf, heads_bias_from_hf)
 CONV2D = Transform(conv_to_hf, conv_from_hf)
+QKV_IN = fused(HEADS_IN)       # (3·H·K, D) <-> query, key, value kernels (D, H, K)
+QKV_BIAS = fused(HEADS_BIAS)   # (3·H·K,) <-> query, key, value biases (H, K)
 
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  ours: str
+  ours: str | tuple[str, ...]   # a tuple: several params fused into one tensor (with a `fused` transform)
   hf: str
   transform: Transform = SAME
 
 
-Table = Mapping[str, tuple[str, Transform]]   # HF key -> (our dotted path, transform)
+Table = Mapping[str, tuple[str | tuple[str, ...], Transform]]   # HF key -> (our dotted path(s), transform)
+
+
+def our_paths(table: Table) -> list[str]:
+  """Every one of our dotted paths that `table` fills."""
+  return [p for ours, _ in table.values() for p in ((ours,) if isinstance(ours, str) else ours)]
 
 
 def rename_hf(rules: Iterable[Rule], prefixes: Mapping[str, str]) -> list[Rule]:
@@ -101,12 +136,13 @@ def rename_hf(rules: Iterable[Rule], prefixes: Mapping[str, str]) -> list[Rule]:
   return [dataclasses.replace(rule, hf=rename(rule.hf)) for rule in rules]
 
 
-def expand(rules: Iterable[Rule], layers: int) -> dict[str, tuple[str, Transform]]:
+def expand(rules: Iterable[Rule], layers: int) -> dict[str, tuple[str | tuple[str, ...], Transform]]:
   """The table of `rules`, with each `{i}` rule repeated for i < layers."""
   table = {}
   for rule in rules:
     for i in range(layers) if "{i}" in rule.hf else (0,):
-      table[rule.hf.format(i=i)] = (rule.ours.format(i=i), rule.transform)
+      ours = rule.ours.format(i=i) if isinstance(rule.ours, str) else tuple(o.format(i=i) for o in rule.ours)
+      table[rule.hf.format(i=i)] = (ours, rule.transform)
   return table
 
 
@@ -120,7 +156,8 @@ def check_keys(got: Iterable[str], expected: Iterable[str], what: str) -> None:
   got, expected = set(got), set(expected)
   missing, unexpected = sorted(expected - got), sorted(got - expected)
   if missing or unexpected:
-    raise ValueError(f"{what}: missing keys {missing}, unexpected keys {unexpected}")
+    raise ConversionError(what, [f"missing key {k}" for k in missing] + [f"unexpected key {k}" for k in unexpected],
+                          f"{what}: missing keys {missing}, unexpected keys {unexpected}")
 
 
 def as_numpy(x) -> np.ndarray:
@@ -147,26 +184,45 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
   return nnx.traversals.unflatten_mapping({tuple(map(part, k.split("."))): v for k, v in flat.items()})
 
 
-def _check_shape(x: np.ndarray, shape: tuple[int, ...], key: str) -> np.ndarray:
-  if x.shape != shape:
-    raise ValueError(f"{key}: shape {x.shape}, expected {shape}")
-  return x
+def _hf_shape(transform: Transform, ours, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+  """The HF tensor shape our params' shapes imply."""
+  if isinstance(ours, str):
+    return transform.to_hf(np.zeros(shapes[ours], np.float32)).shape
+  return transform.to_hf(tuple(np.zeros(shapes[o], np.float32) for o in ours)).shape
 
 
 def from_hf(state_dict: Mapping, table: Table, shapes: Mapping[str, tuple[int, ...]],
             what: str) -> dict[str, np.ndarray]:
-  """Our dotted path -> array for every entry of `table`; `state_dict` must hold exactly the table's keys."""
+  """Our dotted path -> array for every entry of `table`; `state_dict` must hold exactly the table's keys.
+
+  A tensor whose shape is not the one our param(s) imply is a `ConversionError` listing every such key.
+  """
   check_keys(state_dict, table, what)
-  params = {}
+  params, problems = {}, []
   for key, (ours, transform) in table.items():
-    params[ours] = _check_shape(np.ascontiguousarray(transform.from_hf(as_numpy(state_dict[key]), shapes[ours])),
-                                shapes[ours], f"{key} -> {ours}")
+    w = as_numpy(state_dict[key])
+    expected = _hf_shape(transform, ours, shapes)
+    if w.shape != expected:
+      problems.append(f"shape mismatch {key}: {w.shape}, expected {expected} (for {ours})")
+      continue
+    if isinstance(ours, str):
+      params[ours] = np.ascontiguousarray(transform.from_hf(w, shapes[ours]))
+    else:
+      params.update(zip(ours, map(np.ascontiguousarray, transform.from_hf(w, tuple(shapes[o] for o in ours)))))
+  if problems:
+    raise ConversionError(what, problems)
   return params
 
 
 def to_hf(params: Mapping[str, np.ndarray], table: Table, shapes: Mapping[str, tuple[int, ...]],
           what: str) -> dict[str, np.ndarray]:
   """HF key -> array; `params` (dotted paths) must hold exactly the table's paths, in the shapes of `shapes`."""
-  check_keys(params, [ours for ours, _ in table.values()], what)
-  return {key: np.ascontiguousarray(transform.to_hf(_check_shape(as_numpy(params[ours]), shapes[ours], ours)))
+  check_keys(params, our_paths(table), what)
+  arrays = {path: as_numpy(params[path]) for path in our_paths(table)}
+  problems = [f"shape mismatch {path}: {x.shape}, expected {shapes[path]}"
+              for path, x in arrays.items() if x.shape != shapes[path]]
+  if problems:
+    raise ConversionError(what, problems)
+  return {key: np.ascontiguousarray(transform.to_hf(arrays[ours] if isinstance(ours, str)
+                                                    else tuple(arrays[o] for o in ours)))
           for key, (ours, transform) in table.items()}

@@ -1,0 +1,120 @@
+"""`jaxspeech convert <family>`: checkpoints in and out of jaxspeech workdirs.
+
+  jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR [family flags]
+  jaxspeech convert ast --to hf --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
+
+A family's converter is `jaxspeech/<family>/convert.py` (next to the `family.py` the registry names). It
+provides `SOURCES` and `TARGETS` ({name: help}), `add_arguments(parser)` for its own flags,
+`import_checkpoint(source, src, args) -> workdir.Imported` and
+`export_checkpoint(target, checkpoint, dst, args) -> list[str]` (lines to print). This module imports it
+by name only when asked, so it never imports a family itself.
+
+Problems (a checkpoint of another family, missing, unexpected or misshaped keys) are printed one per line
+as `jaxspeech convert: error: ...` and exit 2, with nothing written at --dst.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+PROG = "jaxspeech convert"
+
+
+def add_parser(groups) -> None:
+  """Registers `convert` under the top-level `jaxspeech` subcommands."""
+  p = groups.add_parser(
+      "convert", help="import a checkpoint into a workdir, or export a workdir's params (e.g. to Hugging Face)",
+      description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("family", help="the model family, e.g. ast")
+  p.add_argument("args", nargs=argparse.REMAINDER, help="--from/--to, --src, --dst and the family's flags")
+  p.set_defaults(run=lambda args: sys.exit(run(args.family, args.args)))
+
+
+def converter(family: str):
+  """The family's converter module."""
+  from jaxspeech import registry
+  if family not in registry.FAMILIES:
+    raise KeyError(f"unknown family {family!r}; known families: {sorted(registry.FAMILIES)}")
+  name = registry.FAMILIES[family].rsplit(".", 1)[0] + ".convert"
+  try:
+    return importlib.import_module(name)
+  except ModuleNotFoundError as e:
+    if e.name != name:
+      raise
+    raise KeyError(f"family {family!r} has no converter ({name})") from None
+
+
+def family_parser(family: str, module) -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog=f"{PROG} {family}", description=module.__doc__.split("\n\n")[0])
+  direction = parser.add_mutually_exclusive_group(required=True)
+  direction.add_argument("--from", dest="source", choices=sorted(module.SOURCES),
+                         help="import: " + "; ".join(f"{k}: {v}" for k, v in module.SOURCES.items()))
+  direction.add_argument("--to", dest="target", choices=sorted(module.TARGETS),
+                         help="export: " + "; ".join(f"{k}: {v}" for k, v in module.TARGETS.items()))
+  parser.add_argument("--src", required=True, help="the checkpoint to import, or the workdir to export")
+  parser.add_argument("--dst", required=True, help="the new workdir (import) or output directory (export)")
+  out = parser.add_argument_group("export (--to)")
+  out.add_argument("--step", type=int, default=None, help="the checkpoint step to export (default: the newest)")
+  out.add_argument("--best", action="store_true", help="export the best checkpoint (workdir/best) instead")
+  out.add_argument("--weights", choices=("auto", "params", "ema"), default="auto",
+                   help="auto: the EMA when the checkpoint has one (what `jaxspeech eval` uses), else params")
+  module.add_arguments(parser)
+  return parser
+
+
+def _print_error(e: Exception) -> None:
+  from jaxspeech.convert.mapping import ConversionError
+  if isinstance(e, ConversionError):
+    print(f"{PROG}: error: {e.what}:", file=sys.stderr)
+    for problem in e.problems:
+      print(f"  {problem}", file=sys.stderr)
+  else:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def run(family: str, argv: list[str]) -> int:
+  """Runs one conversion; 0 on success, 2 on a problem the user must fix (printed, no traceback)."""
+  from absl import logging
+  verbosity = logging.get_verbosity()
+  logging.set_verbosity(logging.ERROR)  # Orbax reports every step at INFO and WARNING
+  try:
+    return _run(family, argv)
+  finally:
+    logging.set_verbosity(verbosity)
+
+
+def _run(family: str, argv: list[str]) -> int:
+  from jaxspeech.convert import workdir
+  try:
+    module = converter(family)
+  except KeyError as e:
+    _print_error(e)
+    return 2
+  parser = family_parser(family, module)
+  args = parser.parse_args(argv)
+  if args.source and (args.step is not None or args.best or args.weights != "auto"):
+    parser.error("--step, --best and --weights apply to --to only")
+  try:
+    if args.source:
+      workdir.check_destination(args.dst)
+      imported = module.import_checkpoint(args.source, args.src, args)
+      record = workdir.write(args.dst, family, imported,
+                             {"from": args.source, "source": os.path.abspath(args.src)})
+      for note in imported.notes:
+        print(f"note: {note}", file=sys.stderr)
+      print(f"wrote {args.dst}: {record['imported']} params from {args.src} ({args.source}: {record.get('layout')})"
+            + (f"; initialised {record['initialised']}" if record["initialised"] else ""))
+    else:
+      workdir.check_destination(args.dst)
+      checkpoint = workdir.read(args.src, family, step=args.step, best=args.best, weights=args.weights)
+      with workdir.staged(args.dst) as tmp:
+        lines = module.export_checkpoint(args.target, checkpoint, tmp, args)
+      print(f"wrote {args.dst}: {checkpoint.weights} of {args.src} at step {checkpoint.step}")
+      for line in lines:
+        print(f"  {line}")
+  except (OSError, KeyError, ValueError) as e:
+    _print_error(e)
+    return 2
+  return 0

@@ -1,0 +1,242 @@
+"""Converted checkpoints as jaxspeech workdirs, and workdirs' newest params back out.
+
+An imported workdir is what `jaxspeech train` would have written at step 0 for the same model:
+
+    WORKDIR/config.json                 {"family": ..., "model": {...}}: what the trainer checks on resume
+    WORKDIR/convert.json                provenance: source, direction, layout, keys initialised or ignored
+    WORKDIR/checkpoints/0/state         the TrainState (Orbax): imported params, fresh AdamW state, rng, step 0
+
+The state is built by the trainer's own code (`optim.make`, `state_lib.make_init`) from the shared defaults
+(`jaxspeech.train.config.defaults()`: AdamW with clipping, no parameter groups, no EMA): bit for bit what
+`state_lib.create` makes, with the imported params in place of the initial ones. There is no `data` item:
+no data iterator has run yet.
+
+Every output is written to a temporary sibling directory and renamed into place once complete, so a
+failed conversion leaves nothing at the destination.
+"""
+
+import contextlib
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import shutil
+from collections.abc import Iterator
+
+import numpy as np
+
+from jaxspeech.convert import mapping
+from jaxspeech.convert.mapping import ConversionError
+
+STATE_CONFIG = "jaxspeech.train.config.defaults() (AdamW with clipping, no parameter groups, no EMA)"
+
+
+@dataclasses.dataclass
+class Imported:
+  """A family converter's result: the model config, the params it read, and what to record about them."""
+  model: dict                        # the family's model config, as config.json's "model"
+  params: dict[str, np.ndarray]      # our dotted param path -> float32 array
+  provenance: dict = dataclasses.field(default_factory=dict)   # layout, generation, ignored keys, labels, ...
+  notes: list[str] = dataclasses.field(default_factory=list)   # printed to stderr
+
+
+@dataclasses.dataclass
+class Checkpoint:
+  """A workdir's params at one step, as read for export."""
+  family: str
+  model: dict
+  params: dict[str, np.ndarray]      # dotted path -> float32 array
+  step: int
+  weights: str                       # "params" or "ema": which tree `params` holds
+  provenance: dict                   # the workdir's convert.json, {} if it has none
+
+
+def _version(package: str) -> str | None:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def check_destination(dst: str) -> None:
+  if os.path.exists(dst) and not (os.path.isdir(dst) and not os.listdir(dst)):
+    raise ConversionError(f"destination {dst}", ["already exists and is not empty; choose a new --dst"])
+
+
+@contextlib.contextmanager
+def staged(dst: str) -> Iterator[str]:
+  """A fresh temporary sibling of `dst`, renamed to `dst` when the block succeeds and removed when it fails."""
+  check_destination(dst)
+  dst = os.path.abspath(dst)
+  os.makedirs(os.path.dirname(dst), exist_ok=True)
+  tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.converting-{os.getpid()}")
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    yield tmp
+    if os.path.isdir(dst):
+      os.rmdir(dst)  # empty (checked above)
+    os.replace(tmp, dst)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_json(path: str, obj) -> None:
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
+
+
+def train_config(family: str, model: dict):
+  """The config an imported state is built from: the shared defaults with this family and model."""
+  import ml_collections
+  from jaxspeech.train import config as config_lib
+  cfg = config_lib.defaults()
+  cfg.family = family
+  cfg.model = ml_collections.ConfigDict(model)
+  return cfg
+
+
+def _state(family_impl, cfg, tx, mesh, params: dict[str, np.ndarray]):
+  """The step-0 TrainState `state_lib.create` makes, with `params` in place of the initial params.
+
+  The model's random init runs only for the params `params` lacks (and other model variables, if any):
+  XLA drops the rest of it, so importing a complete checkpoint compiles no init at all. The result is
+  the same, bit for bit, as `state_lib.create` followed by replacing the params.
+  """
+  import jax
+  import jax.numpy as jnp
+  from jaxspeech.train import optim, state as state_lib
+
+  def key(path) -> str:
+    return ".".join(optim.param_path(path))
+
+  init = state_lib.make_init(family_impl, cfg, tx)
+  abstract = jax.eval_shape(init, cfg.seed)
+  shardings = state_lib.state_shardings(abstract, mesh)
+  missing = {key(path) for path, _ in jax.tree_util.tree_leaves_with_path(abstract.params)} - params.keys()
+  initial, rest = {}, abstract.rest
+  if missing or jax.tree.leaves(abstract.rest):
+    def init_missing(seed):
+      state = init(seed)
+      return {key(p): x for p, x in jax.tree_util.tree_leaves_with_path(state.params) if key(p) in missing}, state.rest
+    initial, rest = jax.jit(init_missing, static_argnums=0)(cfg.seed)
+
+  def put(path, leaf, sharding):
+    k = key(path)
+    return jax.device_put(initial[k] if k in initial else np.asarray(params[k], leaf.dtype), sharding)
+
+  def assemble(p, rest):
+    _, rng = jax.random.split(jax.random.PRNGKey(cfg.seed))  # as make_init splits it
+    return state_lib.TrainState(
+        step=jnp.zeros((), jnp.int32), params=p, rest=rest, opt_state=tx.init(p),
+        ema=None if abstract.ema is None else jax.tree.map(jnp.copy, p), rng=rng)
+
+  arrays = jax.tree_util.tree_map_with_path(put, abstract.params, shardings.params)
+  return jax.jit(assemble, out_shardings=shardings)(arrays, rest)
+
+
+def write(dst: str, family: str, imported: Imported, provenance: dict) -> dict:
+  """Writes `imported` as a workdir at `dst` (see the module docstring); returns what went into convert.json.
+
+  Every imported param must be one of the model's, in its shape; the model's params the import lacks keep
+  their initial values and are listed in convert.json (`initialised`). Anything else is a ConversionError.
+  """
+  import orbax.checkpoint as ocp
+  from jaxspeech import registry, sharding
+  from jaxspeech.train import optim, state as state_lib
+
+  check_destination(dst)
+  cfg = train_config(family, imported.model)
+  family_impl = registry.get(family)
+  # As `Trainer.__init__` builds its restore target, so the trainer reads this state as one of its own.
+  mesh = sharding.make_mesh(cfg.mesh)
+  with sharding.use_rules(mesh, [tuple(r) for r in cfg.axis_rules]):
+    _, abstract_params, _ = state_lib.abstract_model(family_impl, cfg)
+    shapes = mapping.param_shapes(abstract_params)
+    what = f"params for the {family} model {imported.model}"
+    problems = [f"unexpected param {k}" for k in sorted(imported.params.keys() - shapes.keys())]
+    problems += [f"shape mismatch {k}: {v.shape}, expected {shapes[k]}" for k, v in sorted(imported.params.items())
+                 if k in shapes and tuple(v.shape) != shapes[k]]
+    if problems:
+      raise ConversionError(what, problems)
+    tx, _ = optim.make(cfg.optim, cfg.train.steps, abstract_params, family_impl.param_groups)
+    state = _state(family_impl, cfg, tx, mesh, imported.params)
+  record = {
+      "direction": "import", **provenance, **imported.provenance, "family": family, "step": 0,
+      "imported": len(imported.params), "initialised": sorted(shapes.keys() - imported.params.keys()),
+      "state_config": STATE_CONFIG, "jaxspeech": _version("jaxspeech"),
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+  with staged(dst) as tmp:
+    manager = ocp.CheckpointManager(
+        os.path.join(tmp, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
+    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
+    manager.wait_until_finished()
+    manager.close()
+    _write_json(os.path.join(tmp, "config.json"), {"family": family, "model": json.loads(cfg.model.to_json())})
+    _write_json(os.path.join(tmp, "convert.json"), record)
+  return record
+
+
+def _strip_value(tree):
+  """A restored nnx.State tree (each Variable saved as {"value": array}) as a plain nested dict of arrays."""
+  if isinstance(tree, dict):
+    if tree.keys() == {"value"} and not isinstance(tree["value"], dict):
+      return tree["value"]
+    return {k: _strip_value(v) for k, v in tree.items()}
+  return tree
+
+
+def steps(directory: str) -> list[int]:
+  """The finished checkpoint steps in `directory` (Orbax renames a step's temporary dir to its number when done)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state")))
+
+
+def read(src: str, family: str, *, step: int | None = None, best: bool = False, weights: str = "auto"
+         ) -> Checkpoint:
+  """The params of `src`'s newest checkpoint (or `step`, or the best one), as float32 numpy.
+
+  `weights`: "params", "ema", or "auto" (the EMA when the checkpoint has one, as `jaxspeech eval` uses it).
+  """
+  import jax
+  import orbax.checkpoint as ocp
+
+  config_path = os.path.join(src, "config.json")
+  if not os.path.exists(config_path):
+    raise ConversionError(f"workdir {src}", ["has no config.json; is it a jaxspeech workdir?"])
+  with open(config_path) as f:
+    saved = json.load(f)
+  if saved.get("family") != family:
+    raise ConversionError(f"workdir {src}", [f"holds a {saved.get('family')!r} run, not {family!r}"])
+  directory = os.path.join(src, "best" if best else "checkpoints")
+  available = steps(directory)
+  if not available:
+    raise ConversionError(f"workdir {src}", [f"has no checkpoint in {directory}"])
+  if step is None:
+    step = available[-1]
+  elif step not in available:
+    raise ConversionError(f"workdir {src}", [f"has no checkpoint at step {step} (it has {available})"])
+  path = os.path.join(directory, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  has_ema = tree.get("ema") is not None
+  if weights == "auto":
+    weights = "ema" if has_ema else "params"
+  if weights == "ema" and not has_ema:
+    raise ConversionError(f"checkpoint {path}", ["has no EMA (train.ema_decay was 0); use --weights params"])
+  target = {weights: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[weights])}
+  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
+      partial_restore=True))
+  params = mapping.flatten(_strip_value(restored[weights]))
+  provenance = {}
+  if os.path.exists(os.path.join(src, "convert.json")):
+    with open(os.path.join(src, "convert.json")) as f:
+      provenance = json.load(f)
+  return Checkpoint(family=family, model=saved["model"], params=params, step=step, weights=weights,
+                    provenance=provenance)
