@@ -24,6 +24,7 @@ Prints a markdown table; `--write` replaces the AST section of benchmarks/RESULT
 """
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -94,43 +95,49 @@ def inputs(seed: int = 0):
 
 
 class JaxSide:
-  """A compiled train step and forward on a 1-device mesh; `variant` picks a candidate change (see VARIANTS)."""
+  """The library's compiled train step, a jitted forward (the loss alone) and the step's optimizer part alone, on
+  a 1-device mesh. `variant` names a candidate change (see VARIANTS) active while tracing and compiling; `like`
+  is a side whose initial state is copied when the param trees match (skips compiling the init)."""
 
-  def __init__(self, stride: int, variant: str = "library", heads: int = SHAPE["heads"], with_grad: bool = True):
+  def __init__(self, stride: int, variant: str = "library", heads: int = SHAPE["heads"], with_optimizer: bool = True,
+               like: "JaxSide | None" = None):
     import jax
+    import jax.numpy as jnp
     from flax import nnx
+    from jax.sharding import NamedSharding
     from jaxspeech import sharding
     from jaxspeech.train import optim, state as state_lib, step as step_lib
-    from jax.sharding import NamedSharding
 
     self.cfg = cfg = jax_config(stride, heads)
-    patches = VARIANTS[variant]
-    with patches():
+    with VARIANTS[variant]():
       fam = fbank_family()
       self.mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-      rules = [tuple(r) for r in cfg.axis_rules]
-      with sharding.use_rules(self.mesh, rules):
+      with sharding.use_rules(self.mesh, [tuple(r) for r in cfg.axis_rules]):
         graphdef, abstract_params, _ = state_lib.abstract_model(fam, cfg)
         tx, schedules = optim.make(cfg.optim, cfg.train.steps, abstract_params, fam.param_groups)
-        self.state, shardings = state_lib.create(fam, cfg, tx, self.mesh)
+        target, shardings = state_lib.abstract_state(fam, cfg, tx, self.mesh)
+        if like is not None and jax.tree.structure(like.state) == jax.tree.structure(target) and all(
+            a.shape == b.shape for a, b in zip(jax.tree.leaves(like.state), jax.tree.leaves(target))):
+          self.state = jax.tree.map(jnp.copy, like.state)
+        else:
+          self.state, shardings = state_lib.create(fam, cfg, tx, self.mesh)
         batch_shardings = {k: NamedSharding(self.mesh, sharding.logical_spec(a))
                            for k, a in fam.batch_axes(cfg).items()}
-        make = step_lib.make_train_step if variant not in STEP_VARIANTS else STEP_VARIANTS[variant]
-        self.step = make(fam, cfg, graphdef, tx, schedules, shardings, batch_shardings)
+        make = STEP_VARIANTS.get(variant, step_lib.make_train_step)
+        step = make(fam, cfg, graphdef, tx, schedules, shardings, batch_shardings)
         fbank, label = inputs()
-        self.batch = {"fbank": jax.device_put(fbank, batch_shardings["fbank"]),
-                      "label": jax.device_put(label, batch_shardings["label"])}
+        self.batch = {k: jax.device_put(v, batch_shardings[k]) for k, v in (("fbank", fbank), ("label", label))}
         forward = jax.jit(lambda params, rest, batch: fam.loss(nnx.merge(graphdef, params, rest), batch, None, cfg)[0])
         self.forward = forward.lower(self.state.params, self.state.rest, self.batch).compile()
-        if with_grad:  # value_and_grad of the loss alone: the step minus clipping, AdamW and the guard
-          grad = jax.jit(jax.grad(lambda params, rest, batch: fam.loss(nnx.merge(graphdef, params, rest), batch,
-                                                                        None, cfg)[0]))
-          self.grad = grad.lower(self.state.params, self.state.rest, self.batch).compile()
         t0 = time.perf_counter()
-        self.compiled = self.step.lower(self.state, self.batch).compile()
+        self.step = step.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
-        self.step = self.compiled
-    self.params_count = sum(x.size for x in jax.tree.leaves(self.state.params))
+        if with_optimizer:
+          grads = jax.jit(jax.grad(lambda p: fam.loss(nnx.merge(graphdef, p, self.state.rest), self.batch, None,
+                                                      cfg)[0]))(self.state.params)
+          self.grads, self.loss_value = grads, self.forward(self.state.params, self.state.rest, self.batch)
+          self.optimizer = jax.jit(optimizer_part(tx), donate_argnums=0).lower(
+              self.state, self.grads, self.loss_value).compile()
 
   def train_step(self) -> float:
     import jax
@@ -144,20 +151,44 @@ class JaxSide:
     self.forward(self.state.params, self.state.rest, self.batch).block_until_ready()
     return time.perf_counter() - t0
 
-  def grad_step(self) -> float:
+  def optimizer_step(self) -> float:
     import jax
     t0 = time.perf_counter()
-    jax.block_until_ready(self.grad(self.state.params, self.state.rest, self.batch))
+    self.state, grad_norm = self.optimizer(self.state, self.grads, self.loss_value)
+    jax.block_until_ready(grad_norm)
     return time.perf_counter() - t0
 
   def loss(self) -> float:
     return float(self.forward(self.state.params, self.state.rest, self.batch))
 
 
+def optimizer_part(tx):
+  """What `make_train_step` does after the gradients: global norm, non-finite guard, clip → AdamW (in a cond)."""
+  import jax
+  import jax.numpy as jnp
+  import optax
+  from jaxspeech.train import optim
+
+  def run(state, grads, loss):
+    grad_norm = optim.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def update(_):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      return optax.apply_updates(state.params, updates), opt_state
+
+    params, opt_state = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state), None)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), grad_norm
+
+  return run
+
+
 # --------------------------------------------------------------------------------------------------- torch side
 
 class TorchSide:
-  def __init__(self, stride: int, heads: int = SHAPE["heads"], foreach: bool | None = None):
+  """`ASTForAudioClassification` in train mode (dropout 0), CrossEntropyLoss, clip_grad_norm_ and AdamW."""
+
+  def __init__(self, stride: int, heads: int = SHAPE["heads"]):
     import torch
     import transformers
     torch.set_num_threads(THREADS)
@@ -169,10 +200,11 @@ class TorchSide:
         attention_probs_dropout_prob=0.0, layer_norm_eps=1e-12)
     self.model = transformers.ASTForAudioClassification(hf).train()
     self.attn = self.model.config._attn_implementation
+    # The weight-decay groups of `optim.decay_mask`: kernels, tokens and position embeddings; no biases or norms.
     decay = [p for p in self.model.parameters() if p.ndim > 1]
     no_decay = [p for p in self.model.parameters() if p.ndim <= 1]
     self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                                 lr=LR, betas=(0.9, 0.999), eps=1e-8, foreach=foreach)
+                                 lr=LR, betas=(0.9, 0.999), eps=1e-8)
     self.loss_fn = torch.nn.CrossEntropyLoss()
     fbank, label = inputs()
     self.x, self.y = torch.from_numpy(fbank), torch.from_numpy(label).long()
@@ -188,10 +220,12 @@ class TorchSide:
     self.opt.step()
     return time.perf_counter() - t0
 
-  def grad_step(self) -> float:
+  def optimizer_step(self) -> float:
+    """Clip and AdamW on the gradients the last train step left in `.grad`."""
+    import torch
     t0 = time.perf_counter()
-    self.opt.zero_grad(set_to_none=True)
-    self.loss_fn(self.model(self.x).logits, self.y).backward()
+    torch.nn.utils.clip_grad_norm_(self.model.parameters(), CLIP)
+    self.opt.step()
     return time.perf_counter() - t0
 
   def forward_step(self) -> float:
@@ -203,9 +237,6 @@ class TorchSide:
 
 
 # ------------------------------------------------------------------------------------------ candidate variants
-
-import contextlib  # noqa: E402
-
 
 @contextlib.contextmanager
 def _no_patch():
@@ -364,20 +395,14 @@ def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_sh
                  out_shardings=(state_shardings, None), donate_argnums=0)
 
 
-def _no_constrain():
-  from jaxspeech.ast import model
-  return _patched(model, "constrain", lambda x, names: x)
-
-
 VARIANTS = {  # name → context manager factory active while the model is traced and compiled
     "library": _no_patch,
     "select guard": _no_patch,
-    "attention bhlk": _patched(layers_module(), "dot_product_attention", _attention_bhlk),
+    "attention bhlk": lambda: _patched(layers_module(), "dot_product_attention", _attention_bhlk)(),
     "fused qkv": lambda: _fused_qkv()(),
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
     "erf GELU": lambda: _gelu_erf()(),
     "GELU custom VJP": lambda: _gelu_shim(exact_gelu_saving_input())(),
-    "no sharding constraints": lambda: _no_constrain()(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
 
@@ -465,32 +490,28 @@ def versions() -> str:
 
 FLAG_SETS = {  # name → XLA_FLAGS for a child process (XLA reads them once per process)
     "default flags": "",
-    "XLA's own dots, not YNNPACK's": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
-    "no YNNPACK (dots, convolutions, reductions)":
-        "--xla_cpu_experimental_ynn_fusion_type=-individual_dot,-individual_convolution,-reduce",
-    "YNNPACK dot + elementwise fusions": "--xla_cpu_experimental_ynn_fusion_type=+dot,+eltwise",
+    "XLA's own dots instead of YNNPACK's": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
+    "no YNNPACK": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot,-individual_convolution,-reduce",
 }
 
 
 def child(args) -> None:
-  """`--child`: times the library step (train and forward) under this process's XLA_FLAGS; prints JSON."""
-  side = JaxSide(args.child_stride, "library", with_grad=False)
+  """`--child`: times the library step and forward under this process's XLA_FLAGS; prints JSON."""
+  sides = {"jax": JaxSide(16, "library", heads=args.heads, with_optimizer=False)}
   for _ in range(2):
-    side.train_step()
-    side.forward_step()
-  sides = {"jax": side}
+    sides["jax"].train_step()
+    sides["jax"].forward_step()
   train, other_t = timed_blocks(sides, "train_step", args.blocks, args.variant_steps, args.max_other, args.retries)
   fwd, other_f = timed_blocks(sides, "forward_step", args.blocks, args.variant_steps, args.max_other, args.retries)
-  print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": max(other_t, other_f),
-                    "compile_s": side.compile_s, "loss": side.loss()}))
+  print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": max(other_t, other_f)}))
 
 
 def run_child(flags: str, args) -> dict:
-  env = dict(os.environ, XLA_FLAGS=flags)
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--child-stride", "16", "--blocks", str(args.blocks),
-         "--variant-steps", str(args.variant_steps), "--max-other", str(args.max_other), "--retries", str(args.retries)]
-  out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-  return json.loads(out.strip().splitlines()[-1])
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--heads", str(args.heads), "--blocks",
+         str(args.blocks), "--variant-steps", str(args.variant_steps), "--max-other", str(args.max_other),
+         "--retries", str(args.retries)]
+  out = subprocess.run(cmd, env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def tokens(stride: int) -> int:
@@ -498,132 +519,153 @@ def tokens(stride: int) -> int:
 
 
 def main_table(rows: list[dict]) -> str:
-  out = ["| patches | side | step ms | samples/s | forward ms | fwd+bwd ms | backward / forward | clip+AdamW ms "
+  out = ["| patches | side | step ms | samples/s | forward ms | backward ms | backward / forward | clip+AdamW ms "
          "| jax/torch samples/s |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
+    backward = r["step"] - r["fwd"] - r["opt"]
     ratio = f"**{r['ratio']:.2f}×**" if "ratio" in r else ""
     out.append(f"| {r['case']} | {r['side']} | {r['step']:.1f} | {BATCH / r['step'] * 1e3:.1f} | {r['fwd']:.1f} | "
-               f"{r['grad']:.1f} | {(r['grad'] - r['fwd']) / r['fwd']:.2f} | {r['step'] - r['grad']:.1f} | {ratio} |")
+               f"{backward:.1f} | {backward / r['fwd']:.2f} | {r['opt']:.1f} | {ratio} |")
   return "\n".join(out) + "\n"
 
 
-def variant_table(rows: list[dict]) -> str:
-  out = ["| stride 16/16, jaxspeech step with | step ms | vs library step | forward ms | vs library forward |",
-         "|---|---:|---:|---:|---:|"]
+def variant_table(rows: list[dict], title: str) -> str:
+  out = [f"| {title} | step ms | vs library | forward ms | vs library |", "|---|---:|---:|---:|---:|"]
   for r in rows:
     out.append(f"| {r['name']} | {r['step']:.1f} | {r['step'] / r['base_step'] - 1:+.1%} | {r['fwd']:.1f} | "
                f"{r['fwd'] / r['base_fwd'] - 1:+.1%} |")
   return "\n".join(out) + "\n"
 
 
+def compare(sides: dict, args, steps: int) -> tuple[dict, dict, float]:
+  for side in sides.values():
+    side.train_step()
+    side.forward_step()
+  train, other_t = timed_blocks(sides, "train_step", args.blocks, steps, args.max_other, args.retries)
+  fwd, other_f = timed_blocks(sides, "forward_step", args.blocks, steps, args.max_other, args.retries)
+  return ({k: median_ms(v) for k, v in train.items()}, {k: median_ms(v) for k, v in fwd.items()},
+          max(other_t, other_f))
+
+
 def run(args) -> dict:
-  import torch
   result = {"main": [], "variants": [], "flags": [], "other": 0.0, "compile": {}}
   library16 = None
   for stride in args.strides:
-    case = f"16×16 stride {stride}/{stride} ({tokens(stride)} tokens)"
     jax_side = JaxSide(stride, "library", heads=args.heads)
     torch_side = TorchSide(stride, heads=args.heads)
-    result["torch_threads"], result["torch_attention"] = torch_side.threads, torch_side.attn
+    result.update(torch_threads=torch_side.threads, torch_attention=torch_side.attn)
     result["compile"][stride] = jax_side.compile_s
     sides = {"jaxspeech": jax_side, "torch": torch_side}
     for side in sides.values():
       for _ in range(2):
         side.train_step()
-        side.grad_step()
         side.forward_step()
-    figures = {}
-    for what in ("train_step", "grad_step", "forward_step"):
-      times, other = timed_blocks(sides, what, args.blocks, args.steps, args.max_other, args.retries)
+        side.optimizer_step()
+    figures = {name: {} for name in sides}
+    for what, steps in (("train_step", args.steps), ("forward_step", args.other_steps),
+                        ("optimizer_step", args.other_steps)):
+      times, other = timed_blocks(sides, what, args.blocks, steps, args.max_other, args.retries)
       result["other"] = max(result["other"], other)
       for name, ts in times.items():
-        figures.setdefault(name, {})[what] = median_ms(ts)
-        figures[name].setdefault("n", len(ts))
-    for name in sides:
-      f = figures[name]
-      result["main"].append({"case": case if name == "jaxspeech" else "", "side": name, "step": f["train_step"],
-                             "grad": f["grad_step"], "fwd": f["forward_step"], "n": f["n"]})
+        figures[name][what] = median_ms(ts)
+        figures[name][what + "_n"] = len(ts)
+    for name, f in figures.items():
+      result["main"].append({"case": f"16×16 stride {stride}/{stride} ({tokens(stride)} tokens)" if name == "jaxspeech"
+                             else "", "side": name, "step": f["train_step"], "fwd": f["forward_step"],
+                             "opt": f["optimizer_step"], "n": f["train_step_n"], "n_other": f["forward_step_n"]})
     result["main"][-1]["ratio"] = figures["torch"]["train_step"] / figures["jaxspeech"]["train_step"]
-    print(main_table(result["main"]), file=sys.stderr)
+    print(main_table(result["main"]), file=sys.stderr, flush=True)
     if stride == 16:
       library16 = jax_side
-    del torch_side
-  torch.set_num_threads(THREADS)
 
   if args.variants and library16 is not None:
     sides = {"library": library16}
     for name in VARIANTS:
       if name != "library":
-        sides[name] = JaxSide(16, name, heads=args.heads, with_grad=False)
-    for side in sides.values():
-      side.train_step()
-      side.forward_step()
-    train, other_t = timed_blocks(sides, "train_step", args.blocks, args.variant_steps, args.max_other, args.retries)
-    fwd, other_f = timed_blocks(sides, "forward_step", args.blocks, args.variant_steps, args.max_other, args.retries)
-    result["other"] = max(result["other"], other_t, other_f)
-    base_step, base_fwd = median_ms(train["library"]), median_ms(fwd["library"])
-    for name in sides:
-      result["variants"].append({"name": name, "step": median_ms(train[name]), "fwd": median_ms(fwd[name]),
-                                 "base_step": base_step, "base_fwd": base_fwd})
-    print(variant_table(result["variants"]), file=sys.stderr)
-    flags = {}
-    for name, value in FLAG_SETS.items():
-      flags[name] = run_child(value, args)
-      result["other"] = max(result["other"], flags[name]["other"])
+        sides[name] = JaxSide(16, name, heads=args.heads, with_optimizer=False, like=library16)
+    train, fwd, other = compare(sides, args, args.variant_steps)
+    result["other"] = max(result["other"], other)
+    result["variants"] = [{"name": name, "step": train[name], "fwd": fwd[name], "base_step": train["library"],
+                           "base_fwd": fwd["library"]} for name in sides]
+    del sides
+    print(variant_table(result["variants"], "variant"), file=sys.stderr, flush=True)
+
+  if args.flags:
+    flags = {name: run_child(value, args) for name, value in FLAG_SETS.items()}
+    result["other"] = max([result["other"]] + [f["other"] for f in flags.values()])
     base = flags["default flags"]
-    for name, f in flags.items():
-      result["flags"].append({"name": f"{name} (`{FLAG_SETS[name]}`)" if FLAG_SETS[name] else name,
-                              "step": median_ms(f["train"]), "fwd": median_ms(f["forward"]),
-                              "base_step": median_ms(base["train"]), "base_fwd": median_ms(base["forward"])})
-    print(variant_table(result["flags"]), file=sys.stderr)
+    result["flags"] = [{"name": f"{name} (`{FLAG_SETS[name]}`)" if FLAG_SETS[name] else name,
+                        "step": median_ms(f["train"]), "fwd": median_ms(f["forward"]),
+                        "base_step": median_ms(base["train"]), "base_fwd": median_ms(base["forward"])}
+                       for name, f in flags.items()]
+    print(variant_table(result["flags"], "XLA_FLAGS"), file=sys.stderr, flush=True)
   return result
 
 
-def section(result: dict, args, load: float, seconds: float) -> str:
+VARIANT_NOTES = {
+    "library": "`make_train_step` as is (the same executable as the table above)",
+    "select guard": "the non-finite guard as `jnp.where` on the new params and optimizer state instead of `lax.cond`",
+    "attention bhlk": "`dot_product_attention` transposing q, k, v to (b, h, l, k) before the einsums",
+    "fused qkv": "one embed → (3, heads, kv) projection instead of three",
+    "patch conv as matmul": "the 16×16/16 patch embedding as reshape + matmul instead of `nnx.Conv`",
+    "erf GELU": "exact GELU as 0.5·x·(1 + erf(x/√2)) (PyTorch's formula) instead of `jax.nn.gelu`'s erfc form",
+    "GELU custom VJP": "`jax.nn.gelu`'s erfc form with a custom VJP that saves only x",
+}
+
+
+def section(result: dict, args, load: float, seconds: float, command: str) -> str:
   today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()  # = `date -u +%F`
-  n = result["main"][0]["n"]
+  first = result["main"][0]
+  compile_s = ", ".join(f"{v:.1f} s at stride {k}" for k, v in result["compile"].items())
   text = f"""## {SECTION}
 
-Written by `benchmarks/ast_train.py --write` ({seconds:.0f} s).
+Written by `{command}` ({seconds:.0f} s).
 
 - Date: {today} (UTC)
 - Machine: {machine()}; load average {load:.2f} before the run; other processes used at most
   {100 * result['other']:.0f} % of the CPU during a kept timing block
-- Software: {versions()}; torch threads {result['torch_threads']} (`torch.get_num_threads()`), HF attention
-  `{result['torch_attention']}`
-- Model: AST hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, {args.heads} heads, MLP {SHAPE['mlp']}, {CLASSES} classes, fp32;
-  input a precomputed fbank {BATCH}×{FRAMES}×{MEL} (batch × frames × mel) fed to both models; lr {LR:g}, AdamW
-  (0.9, 0.999, eps 1e-8, weight decay 0.01 on params with ndim > 1), global-norm clip {CLIP:g}
-- jaxspeech: `make_train_step` (the trainer's jitted step, donated state, non-finite guard) on a 1-device mesh
-  (no fake host devices); compile {', '.join(f'{v:.1f} s (stride {k})' for k, v in result['compile'].items())}
-- torch: `ASTForAudioClassification` in train mode, dropout 0, `CrossEntropyLoss`, `clip_grad_norm_`,
-  `torch.optim.AdamW` (default implementation)
+- Software: {versions()}
+- Model: AST hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, {args.heads} heads, MLP {SHAPE['mlp']}, {CLASSES} classes, float32, on a
+  precomputed fbank of {BATCH}×{FRAMES}×{MEL} (batch × frames × mel bins) fed to both sides, integer labels, mean
+  cross-entropy; AdamW lr {LR:g}, β (0.9, 0.999), eps 1e-8, weight decay 0.01 on params with ndim > 1 (kernels,
+  tokens, position embeddings), global-norm clip {CLIP:g}
+- jaxspeech: the trainer's step from `jaxspeech.train.step.make_train_step` (donated state, `lax.cond` non-finite
+  guard, `optim.make`'s clip → AdamW) over the AST model with a loss that reads `batch["fbank"]`, on a 1-device
+  mesh (no fake host devices); compile {compile_s}
+- torch: `ASTForAudioClassification` in train mode with dropout 0 (attention `{result['torch_attention']}`),
+  `CrossEntropyLoss`, `clip_grad_norm_`, `torch.optim.AdamW` (default implementation);
+  `torch.get_num_threads()` = {result['torch_threads']}
 
 {main_table(result['main'])}
-Medians of {n} steps per cell, timed in {args.blocks} alternating blocks of {args.steps} (jaxspeech, torch, ...) after
-warm-up. "forward" is the loss alone (jitted; `torch.no_grad()`), "fwd+bwd" the loss and its gradients without
-the optimizer; backward / forward = (fwd+bwd − forward) / forward; clip+AdamW = step − fwd+bwd (for jaxspeech also
-the non-finite guard and the metrics).
+- Medians over {first['n']} train steps ({args.blocks} alternating blocks of {args.steps}: jaxspeech, torch, jaxspeech, ...)
+  and {first['n_other']} forward and optimizer calls, after warm-up (compilation). samples/s = {BATCH} / step time.
+- forward: the loss alone (jitted; under `torch.no_grad()`). clip+AdamW: global norm, clipping and the AdamW update
+  alone on fixed gradients (for jaxspeech with the non-finite guard, as in the step). backward = step − forward −
+  clip+AdamW: the gradient computation including the forward's extra work for it (saved residuals).
 """
   if result["variants"]:
     text += f"""
-Candidate changes to the jaxspeech step (implemented in the benchmark only; medians of
-{args.blocks}×{args.variant_steps} steps in blocks alternating with the library step):
+Candidate changes at stride 16/16, each implemented in the benchmark only (the library is untouched), timed in
+blocks of {args.variant_steps} alternating with the library step ({args.blocks} rounds):
 
-{variant_table(result['variants'])}
-XLA CPU flags (each in its own process, same library step; medians of {args.blocks}×{args.variant_steps} steps):
+{variant_table(result['variants'], 'variant')}
+""" + "\n".join(f"- {name}: {note}" for name, note in VARIANT_NOTES.items()) + "\n"
+  if result["flags"]:
+    text += f"""
+XLA CPU flags, each in its own process running the library step at stride 16/16 ({args.blocks}×{args.variant_steps} steps):
 
-{variant_table(result['flags'])}"""
+{variant_table(result['flags'], 'XLA_FLAGS')}"""
   return text + NOTES
 
 
 NOTES = """
 Notes:
-- The machine is shared: a timing block during which other processes used more than 10 % of the CPU is
-  rerun (up to 3 times) after waiting for a quiet half-second. PyTorch's OpenMP threads suffer far more than
-  XLA's from other load on 2 cores (steps of 1–2.5 s instead of 0.18 s were seen), so figures taken under
-  load are not comparable.
+- The machine is shared. A timing block during which other processes used more than 10 % of the CPU is run again
+  (up to 3 times) after a quiet half-second. PyTorch's OpenMP threads suffer far more than XLA's from load on 2 cores
+  (torch steps of 0.7–4 s instead of 0.16 s were seen while another process took one core; jaxspeech steps about
+  doubled), so a ratio taken under load favours jaxspeech. Slowdowns from outside this VM are not visible here;
+  repeated quiet runs of the same jaxspeech step differed by up to about 15 %.
 """
 
 
@@ -637,7 +679,7 @@ rerun a script on your machine before comparing against it.
 
 
 def write_section(text: str, path: str = RESULTS) -> None:
-  """Replaces this script's section of RESULTS.md (re-read just before writing), or appends it."""
+  """Replaces this script's section of RESULTS.md (re-read just before writing) or appends it; other sections stay."""
   current = open(path).read() if os.path.exists(path) else HEADER
   pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
   if pattern.search(current):
@@ -650,27 +692,45 @@ def write_section(text: str, path: str = RESULTS) -> None:
   os.replace(tmp, path)
 
 
+def dump_hlo(args) -> None:
+  """`jax.jit(...).lower(...).compile().as_text()` of the library step and forward, one file per stride."""
+  os.makedirs(args.dump_hlo, exist_ok=True)
+  for stride in args.strides:
+    side = JaxSide(stride, "library", heads=args.heads, with_optimizer=False)
+    for name, compiled in (("train_step", side.step), ("forward", side.forward)):
+      path = os.path.join(args.dump_hlo, f"ast_{name}_stride{stride}.hlo.txt")
+      with open(path, "w") as f:
+        f.write(compiled.as_text())
+      print(path)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--strides", type=int, nargs="+", default=[16, 10])
   parser.add_argument("--heads", type=int, default=SHAPE["heads"])
-  parser.add_argument("--blocks", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=7, help="steps per block in the main table")
-  parser.add_argument("--variant-steps", type=int, default=4, help="steps per block for variants and flags")
-  parser.add_argument("--no-variants", dest="variants", action="store_false")
+  parser.add_argument("--blocks", type=int, default=3, help="alternating rounds of timing blocks")
+  parser.add_argument("--steps", type=int, default=7, help="train steps per block in the main table")
+  parser.add_argument("--other-steps", type=int, default=4, help="forward / optimizer calls per block")
+  parser.add_argument("--variant-steps", type=int, default=3, help="steps per block for variants and flags")
+  parser.add_argument("--no-variants", dest="variants", action="store_false", help="skip the candidate changes")
+  parser.add_argument("--flags", action="store_true", help="also time XLA CPU flags (one process each)")
   parser.add_argument("--max-other", type=float, default=0.1)
   parser.add_argument("--retries", type=int, default=3)
   parser.add_argument("--write", action="store_true", help=f"replace the section in {os.path.relpath(RESULTS)}")
+  parser.add_argument("--dump-hlo", metavar="DIR", help="write the optimised HLO of the step and forward, then exit")
   parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--child-stride", type=int, default=16, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     child(args)
     return
+  if args.dump_hlo:
+    dump_hlo(args)
+    return
   load = os.getloadavg()[0]
   t0 = time.perf_counter()
   result = run(args)
-  text = section(result, args, load, time.perf_counter() - t0)
+  command = "benchmarks/ast_train.py " + " ".join(a for a in sys.argv[1:])
+  text = section(result, args, load, time.perf_counter() - t0, command.strip())
   print(text)
   if args.write:
     write_section(text)
