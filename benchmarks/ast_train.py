@@ -366,6 +366,21 @@ def _fused_qkv():
   return _patched(model, "Attention", Attention)
 
 
+def _remat_blocks(policy_name: str):
+  """Each transformer block under `nnx.remat` with a `jax.checkpoint_policies` policy (smaller saved residuals)."""
+  import jax
+  from flax import nnx
+  from jaxspeech.ast import model
+
+  original = model.Block.__call__
+  policy = getattr(jax.checkpoint_policies, policy_name)
+
+  def call(self, x_BxLxD):
+    return nnx.remat(original, policy=policy)(self, x_BxLxD)
+
+  return _patched(model.Block, "__call__", call)
+
+
 def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_shardings):
   """make_train_step with the non-finite guard as a select on the new state instead of lax.cond."""
   import jax
@@ -403,6 +418,7 @@ VARIANTS = {  # name → context manager factory active while the model is trace
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
     "erf GELU": lambda: _gelu_erf()(),
     "GELU custom VJP": lambda: _gelu_shim(exact_gelu_saving_input())(),
+    "remat blocks save dots": lambda: _remat_blocks("dots_saveable")(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
 

@@ -304,12 +304,11 @@ def section(rows: list[dict], args, share: float, load: str) -> str:
 Written by `benchmarks/ssast_train.py --write`.
 
 - Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} (UTC)
-- Machine: {machine()}; load average {load} before the run, other processes used {100 * share:.0f} % of the
-  CPU time during it
+- Machine: {machine()}; load average {load} before the run; other processes used
+  {100 * share:.0f} % of the CPU time during it
 - Software: {versions()}
-- Shapes: batch {BATCH}, {FRAMES} frames × {MEL} mel, hidden {SHAPE['hidden']}, {SHAPE['layers']} layers,
-  {SHAPE['heads']} heads, MLP {SHAPE['mlp']} ({r0['params'] / 1e6:.2f} M params), 256 patches + 2 tokens,
-  {MASKED} masked; fp32
+- Shapes: batch {BATCH}, {FRAMES} frames × {MEL} mel; hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, \
+{SHAPE['heads']} heads, MLP {SHAPE['mlp']} ({r0['params'] / 1e6:.2f} M params); 256 patches + 2 tokens, {MASKED} masked; fp32
 
 {table(rows)}
 
@@ -319,6 +318,8 @@ Notes:
   `ASTModel` ({r0['attn']} attention, {r0['threads']} threads) with a forward hook for `mask_embed`.
 - Medians over {args.blocks} alternating blocks of {args.steps} steps per side, after 2 warm-up steps.
 - "loss Δ at init": |JAX − PyTorch| loss of the same initial params on the same batch and masks (float32).
+- The SSAST parts (in-graph masks, the two heads, InfoNCE) are a small share of the JAX step: the gradient of the
+  plain AST encoder alone on this batch takes about as long, so the gap to PyTorch is the encoder's.
 - PyTorch / jaxspeech > 1 means jaxspeech is faster. Other processes' load slows both sides; rerun on an idle
   machine before comparing against these figures.
 """
