@@ -1,26 +1,28 @@
 """AST training-step throughput: jaxspeech's jitted train step vs transformers' ASTForAudioClassification in PyTorch.
 
-    .venv/bin/python benchmarks/ast_train.py [--write] [--variants] [--blocks 3] [--steps 7]
+    .venv/bin/python benchmarks/ast_train.py [--write] [--flags] [--no-variants] [--no-malloc] [--dump-hlo DIR]
 
-Same model shape, batch, loss, clipping and AdamW on both sides, fp32, on this machine's CPU:
-  model    hidden 256, 4 layers, 4 heads, MLP 1024, 16 classes, 16×16 patches at stride 16/16 (130 tokens)
-           and at AST's default stride 10/10 (overlapping, 302 tokens)
+Same model, batch, loss, clipping and AdamW on both sides, float32, on this machine's CPU, in one run:
+  model    hidden 256, 4 layers, 4 heads, MLP 1024, 16 classes; 16×16 patches at stride 16/16 (130 tokens) and at
+           AST's default stride 10/10 (overlapping, 302 tokens)
   input    a precomputed normalised fbank (8, 256 frames, 128 mel) and integer labels, fed to both models
            (the Kaldi fbank is not part of the timed step)
   jax      `jaxspeech.train.step.make_train_step` (the trainer's step: value_and_grad, global norm, the
-           non-finite guard, clip → AdamW from `jaxspeech.train.optim.make`, state donation) over a family
-           whose loss reads `batch["fbank"]`; a 1-device mesh (no fake host devices)
+           non-finite guard, clip → AdamW from `jaxspeech.train.optim.make`, state donation) over the AST model with
+           a loss that reads `batch["fbank"]`; a 1-device mesh (no fake host devices)
   torch    `ASTForAudioClassification(ASTConfig(...))` in train mode with dropout 0, CrossEntropyLoss,
-           `clip_grad_norm_(1.0)` and `torch.optim.AdamW` with the same hyper-parameters and weight-decay
-           groups (decay on params with ndim > 1, as `optim.decay_mask`)
+           `clip_grad_norm_(1.0)` and `torch.optim.AdamW` with the same hyper-parameters and weight-decay groups
+           (decay on params with ndim > 1, as `optim.decay_mask`); `torch.set_num_threads(2)`
 
-Both sides are warmed up (JAX compiles), then timed in alternating blocks (JAX, torch, repeated `--blocks`
-times) of `--steps` steps each, so machine noise hits both; figures are medians over all timed steps. Forward
-is the loss alone (jitted for JAX, under `torch.no_grad()` for torch).
+Both sides are warmed up (JAX compiles), then timed in alternating blocks (jaxspeech, torch, repeated `--blocks`
+times) so machine noise hits both; figures are medians. Forward is the loss alone, clip+AdamW the optimizer part
+alone; backward is the rest of the step.
 
-`--variants` also times candidate changes to the step (each reimplemented here, the library untouched), and
-XLA CPU flags (each in a subprocess, since XLA_FLAGS is read once per process).
-Prints a markdown table; `--write` replaces the AST section of benchmarks/RESULTS.md.
+Also measured: the stride-16 comparison again in a child process started with GLIBC_TUNABLES (see MALLOC_TUNABLES:
+XLA's per-call temp buffer is otherwise mmapped and page-faulted in on every step); candidate changes to the step,
+each reimplemented here with the library untouched (VARIANTS); with `--flags`, XLA CPU flags (one child process
+each, since XLA reads XLA_FLAGS once per process). `--dump-hlo DIR` writes the optimised HLO of the step and forward.
+Prints markdown; `--write` replaces this script's section of benchmarks/RESULTS.md and leaves the others alone.
 """
 
 import argparse
@@ -64,7 +66,7 @@ def jax_config(stride: int, heads: int = SHAPE["heads"]):
   return cfg
 
 
-def fbank_family(build_model=None):
+def fbank_family():
   """The AST family with its loss on a precomputed `batch["fbank"]` (as ast.family's, minus the Kaldi fbank)."""
   import dataclasses
   import jax.numpy as jnp
@@ -81,10 +83,7 @@ def fbank_family(build_model=None):
     del cfg
     return {"fbank": ("activation_batch", None, None), "label": ("activation_batch",)}
 
-  fam = dataclasses.replace(ast_family.FAMILY, loss=loss, batch_axes=batch_axes)
-  if build_model is not None:
-    fam = dataclasses.replace(fam, build_model=build_model)
-  return fam
+  return dataclasses.replace(ast_family.FAMILY, loss=loss, batch_axes=batch_axes)
 
 
 def inputs(seed: int = 0):
@@ -366,21 +365,6 @@ def _fused_qkv():
   return _patched(model, "Attention", Attention)
 
 
-def _remat_blocks(policy_name: str):
-  """Each transformer block under `nnx.remat` with a `jax.checkpoint_policies` policy (smaller saved residuals)."""
-  import jax
-  from flax import nnx
-  from jaxspeech.ast import model
-
-  original = model.Block.__call__
-  policy = getattr(jax.checkpoint_policies, policy_name)
-
-  def call(self, x_BxLxD):
-    return nnx.remat(original, policy=policy)(self, x_BxLxD)
-
-  return _patched(model.Block, "__call__", call)
-
-
 def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_shardings):
   """make_train_step with the non-finite guard as a select on the new state instead of lax.cond."""
   import jax
@@ -418,7 +402,6 @@ VARIANTS = {  # name → context manager factory active while the model is trace
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
     "erf GELU": lambda: _gelu_erf()(),
     "GELU custom VJP": lambda: _gelu_shim(exact_gelu_saving_input())(),
-    "remat blocks save dots": lambda: _remat_blocks("dots_saveable")(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
 
@@ -462,25 +445,41 @@ def wait_quiet(max_other: float, limit_s: float) -> float:
   return time.perf_counter() - t0
 
 
+class Usage:
+  """Minor page faults and kernel CPU time of this process, summed over timed blocks (per side)."""
+
+  def __init__(self):
+    self.faults, self.system_s, self.calls = 0, 0.0, 0
+
+  def add(self, before, after, calls: int) -> None:
+    self.faults += after.ru_minflt - before.ru_minflt
+    self.system_s += after.ru_stime - before.ru_stime
+    self.calls += calls
+
+
 def timed_blocks(sides: dict, what: str, blocks: int, steps: int, max_other: float, retries: int,
-                 wait_s: float = 20.0):
-  """{name: step times} over `blocks` rounds of `steps` calls per side, and the largest share of the CPU that
-  other processes used during a kept block. Each block starts after a quiet half-second (waiting up to
-  `wait_s`); a block during which other processes used more than `max_other` of the CPU is run again (up to
-  `retries` times)."""
+                 wait_s: float = 20.0, usage: dict | None = None):
+  """({name: call times}, largest share of the CPU other processes used during a kept block) over `blocks`
+  rounds of `steps` calls per side. A block during which other processes used more than `max_other` of the CPU
+  is run again (up to `retries` times) after a quiet half-second (waiting up to `wait_s`). `usage` collects each
+  side's page faults and kernel time."""
+  import resource
   times, worst = {name: [] for name in sides}, 0.0
   for _ in range(blocks):
     for name, side in sides.items():
       fn = getattr(side, what)
       for attempt in range(retries + 1):
-        wait_quiet(max_other / 2, wait_s)
-        share = CpuShare()
+        if attempt:
+          wait_quiet(max_other / 2, wait_s)
+        share, before = CpuShare(), resource.getrusage(resource.RUSAGE_SELF)
         block = [fn() for _ in range(steps)]
-        other = share.other() or 0.0
+        after, other = resource.getrusage(resource.RUSAGE_SELF), share.other() or 0.0
         if other <= max_other or attempt == retries:
           break
       times[name] += block
       worst = max(worst, other)
+      if usage is not None:
+        usage.setdefault(name, Usage()).add(before, after, steps)
   return times, worst
 
 
@@ -504,6 +503,7 @@ def versions() -> str:
   return ", ".join(f"{n} {metadata.version(n)}" for n in names) + f", Python {platform.python_version()}"
 
 
+MALLOC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 FLAG_SETS = {  # name → XLA_FLAGS for a child process (XLA reads them once per process)
     "default flags": "",
     "XLA's own dots instead of YNNPACK's": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
@@ -511,46 +511,87 @@ FLAG_SETS = {  # name → XLA_FLAGS for a child process (XLA reads them once per
 }
 
 
-def child(args) -> None:
-  """`--child`: times the library step and forward under this process's XLA_FLAGS; prints JSON."""
-  sides = {"jax": JaxSide(16, "library", heads=args.heads, with_optimizer=False)}
-  for _ in range(2):
-    sides["jax"].train_step()
-    sides["jax"].forward_step()
-  train, other_t = timed_blocks(sides, "train_step", args.blocks, args.variant_steps, args.max_other, args.retries)
-  fwd, other_f = timed_blocks(sides, "forward_step", args.blocks, args.variant_steps, args.max_other, args.retries)
-  print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": max(other_t, other_f)}))
-
-
-def run_child(flags: str, args) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", "--heads", str(args.heads), "--blocks",
-         str(args.blocks), "--variant-steps", str(args.variant_steps), "--max-other", str(args.max_other),
-         "--retries", str(args.retries)]
-  out = subprocess.run(cmd, env=dict(os.environ, XLA_FLAGS=flags), capture_output=True, text=True, check=True)
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def tokens(stride: int) -> int:
   return ((MEL - 16) // stride + 1) * ((FRAMES - 16) // stride + 1) + 2
 
 
+def compare_main(stride: int, args) -> dict:
+  """jaxspeech vs torch at one stride: train step, forward and optimizer medians, faults and kernel time."""
+  jax_side, torch_side = JaxSide(stride, "library", heads=args.heads), TorchSide(stride, heads=args.heads)
+  sides = {"jaxspeech": jax_side, "torch": torch_side}
+  for side in sides.values():
+    for _ in range(2):
+      side.train_step()
+      side.forward_step()
+      side.optimizer_step()
+  out = {"other": 0.0, "compile_s": jax_side.compile_s, "temp_mb": jax_side.step.memory_analysis().temp_size_in_bytes / 1e6,
+         "torch_threads": torch_side.threads, "torch_attention": torch_side.attn, "rows": {}}
+  usage = {}
+  for what, steps in (("train_step", args.steps), ("forward_step", args.other_steps),
+                      ("optimizer_step", args.other_steps)):
+    times, other = timed_blocks(sides, what, args.blocks, steps, args.max_other, args.retries,
+                                usage=usage if what == "train_step" else None)
+    out["other"] = max(out["other"], other)
+    for name, ts in times.items():
+      row = out["rows"].setdefault(name, {})
+      row[what], row[what + "_n"] = median_ms(ts), len(ts)
+  for name, u in usage.items():
+    out["rows"][name].update(faults=u.faults / u.calls, system_ms=1e3 * u.system_s / u.calls)
+  out["jax_side"] = jax_side
+  return out
+
+
+def child(args) -> None:
+  """`--child`: prints JSON figures measured in this process (its own XLA_FLAGS / GLIBC_TUNABLES)."""
+  if args.child == "main":
+    out = compare_main(args.strides[0], args)
+    out.pop("jax_side")
+    print(json.dumps(out))
+    return
+  sides = {"jax": JaxSide(16, "library", heads=args.heads, with_optimizer=False)}
+  train, fwd, other = compare(sides, args, args.variant_steps)
+  print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": other}))
+
+
+def run_child(kind: str, env: dict, args, *extra: str) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--heads", str(args.heads), "--blocks",
+         str(args.blocks), "--steps", str(args.steps), "--other-steps", str(args.other_steps), "--variant-steps",
+         str(args.variant_steps), "--max-other", str(args.max_other), "--retries", str(args.retries), *extra]
+  out = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True, check=True)
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main_rows(stride: int, figures: dict, label: str = "") -> list[dict]:
+  rows = []
+  for name, f in figures["rows"].items():
+    rows.append({"case": f"16×16 stride {stride}/{stride} ({tokens(stride)} tokens)" if not rows else "",
+                 "side": name + label if name == "jaxspeech" else name, "step": f["train_step"],
+                 "fwd": f["forward_step"], "opt": f["optimizer_step"], "faults": f["faults"],
+                 "system_ms": f["system_ms"], "n": f["train_step_n"], "n_other": f["forward_step_n"]})
+  rows[-1]["ratio"] = figures["rows"]["torch"]["train_step"] / figures["rows"]["jaxspeech"]["train_step"]
+  return rows
+
+
 def main_table(rows: list[dict]) -> str:
   out = ["| patches | side | step ms | samples/s | forward ms | backward ms | backward / forward | clip+AdamW ms "
-         "| jax/torch samples/s |",
-         "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+         "| page faults / step | kernel CPU ms / step | jax/torch samples/s |",
+         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     backward = r["step"] - r["fwd"] - r["opt"]
     ratio = f"**{r['ratio']:.2f}×**" if "ratio" in r else ""
     out.append(f"| {r['case']} | {r['side']} | {r['step']:.1f} | {BATCH / r['step'] * 1e3:.1f} | {r['fwd']:.1f} | "
-               f"{backward:.1f} | {backward / r['fwd']:.2f} | {r['opt']:.1f} | {ratio} |")
+               f"{backward:.1f} | {backward / r['fwd']:.2f} | {r['opt']:.1f} | {r['faults']:,.0f} | "
+               f"{r['system_ms']:.0f} | {ratio} |")
   return "\n".join(out) + "\n"
 
 
 def variant_table(rows: list[dict], title: str) -> str:
-  out = [f"| {title} | step ms | vs library | forward ms | vs library |", "|---|---:|---:|---:|---:|"]
+  temp = any("temp_mb" in r for r in rows)
+  out = [f"| {title} | step ms | vs library | forward ms | vs library |" + (" XLA temp MB |" if temp else ""),
+         "|---|---:|---:|---:|---:|" + ("---:|" if temp else "")]
   for r in rows:
     out.append(f"| {r['name']} | {r['step']:.1f} | {r['step'] / r['base_step'] - 1:+.1%} | {r['fwd']:.1f} | "
-               f"{r['fwd'] / r['base_fwd'] - 1:+.1%} |")
+               f"{r['fwd'] / r['base_fwd'] - 1:+.1%} |" + (f" {r['temp_mb']:.0f} |" if temp else ""))
   return "\n".join(out) + "\n"
 
 
@@ -565,35 +606,24 @@ def compare(sides: dict, args, steps: int) -> tuple[dict, dict, float]:
 
 
 def run(args) -> dict:
-  result = {"main": [], "variants": [], "flags": [], "other": 0.0, "compile": {}}
+  result = {"main": [], "malloc": [], "variants": [], "flags": [], "other": 0.0, "compile": {}, "temp": {}}
   library16 = None
   for stride in args.strides:
-    jax_side = JaxSide(stride, "library", heads=args.heads)
-    torch_side = TorchSide(stride, heads=args.heads)
-    result.update(torch_threads=torch_side.threads, torch_attention=torch_side.attn)
-    result["compile"][stride] = jax_side.compile_s
-    sides = {"jaxspeech": jax_side, "torch": torch_side}
-    for side in sides.values():
-      for _ in range(2):
-        side.train_step()
-        side.forward_step()
-        side.optimizer_step()
-    figures = {name: {} for name in sides}
-    for what, steps in (("train_step", args.steps), ("forward_step", args.other_steps),
-                        ("optimizer_step", args.other_steps)):
-      times, other = timed_blocks(sides, what, args.blocks, steps, args.max_other, args.retries)
-      result["other"] = max(result["other"], other)
-      for name, ts in times.items():
-        figures[name][what] = median_ms(ts)
-        figures[name][what + "_n"] = len(ts)
-    for name, f in figures.items():
-      result["main"].append({"case": f"16×16 stride {stride}/{stride} ({tokens(stride)} tokens)" if name == "jaxspeech"
-                             else "", "side": name, "step": f["train_step"], "fwd": f["forward_step"],
-                             "opt": f["optimizer_step"], "n": f["train_step_n"], "n_other": f["forward_step_n"]})
-    result["main"][-1]["ratio"] = figures["torch"]["train_step"] / figures["jaxspeech"]["train_step"]
+    figures = compare_main(stride, args)
+    result.update(torch_threads=figures["torch_threads"], torch_attention=figures["torch_attention"])
+    result["other"] = max(result["other"], figures["other"])
+    result["compile"][stride], result["temp"][stride] = figures["compile_s"], figures["temp_mb"]
+    result["main"] += main_rows(stride, figures)
     print(main_table(result["main"]), file=sys.stderr, flush=True)
     if stride == 16:
-      library16 = jax_side
+      library16 = figures["jax_side"]
+    del figures
+
+  if args.malloc:
+    figures = run_child("main", {"GLIBC_TUNABLES": MALLOC_TUNABLES}, args, "--strides", "16")
+    result["other"] = max(result["other"], figures["other"])
+    result["malloc"] = main_rows(16, figures, " with `GLIBC_TUNABLES`")
+    print(main_table(result["malloc"]), file=sys.stderr, flush=True)
 
   if args.variants and library16 is not None:
     sides = {"library": library16}
@@ -603,18 +633,19 @@ def run(args) -> dict:
     train, fwd, other = compare(sides, args, args.variant_steps)
     result["other"] = max(result["other"], other)
     result["variants"] = [{"name": name, "step": train[name], "fwd": fwd[name], "base_step": train["library"],
-                           "base_fwd": fwd["library"]} for name in sides]
+                           "base_fwd": fwd["library"],
+                           "temp_mb": side.step.memory_analysis().temp_size_in_bytes / 1e6}
+                          for name, side in sides.items()]
     del sides
     print(variant_table(result["variants"], "variant"), file=sys.stderr, flush=True)
 
   if args.flags:
-    flags = {name: run_child(value, args) for name, value in FLAG_SETS.items()}
+    flags = {name: run_child("flags", {"XLA_FLAGS": value}, args) for name, value in FLAG_SETS.items()}
     result["other"] = max([result["other"]] + [f["other"] for f in flags.values()])
     base = flags["default flags"]
     result["flags"] = [{"name": f"{name} (`{FLAG_SETS[name]}`)" if FLAG_SETS[name] else name,
-                        "step": median_ms(f["train"]), "fwd": median_ms(f["forward"]),
-                        "base_step": median_ms(base["train"]), "base_fwd": median_ms(base["forward"])}
-                       for name, f in flags.items()]
+                        "step": f["train"], "fwd": f["forward"], "base_step": base["train"],
+                        "base_fwd": base["forward"]} for name, f in flags.items()]
     print(variant_table(result["flags"], "XLA_FLAGS"), file=sys.stderr, flush=True)
   return result
 
@@ -634,6 +665,7 @@ def section(result: dict, args, load: float, seconds: float, command: str) -> st
   today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()  # = `date -u +%F`
   first = result["main"][0]
   compile_s = ", ".join(f"{v:.1f} s at stride {k}" for k, v in result["compile"].items())
+  temp = ", ".join(f"{v:.0f} MB at stride {k}" for k, v in result["temp"].items())
   text = f"""## {SECTION}
 
 Written by `{command}` ({seconds:.0f} s).
@@ -642,13 +674,13 @@ Written by `{command}` ({seconds:.0f} s).
 - Machine: {machine()}; load average {load:.2f} before the run; other processes used at most
   {100 * result['other']:.0f} % of the CPU during a kept timing block
 - Software: {versions()}
-- Model: AST hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, {args.heads} heads, MLP {SHAPE['mlp']}, {CLASSES} classes, float32, on a
-  precomputed fbank of {BATCH}×{FRAMES}×{MEL} (batch × frames × mel bins) fed to both sides, integer labels, mean
+- Model: AST hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, {args.heads} heads, MLP {SHAPE['mlp']}, {CLASSES} classes, float32, on
+  a precomputed fbank of {BATCH}×{FRAMES}×{MEL} (batch × frames × mel bins) fed to both sides, integer labels, mean
   cross-entropy; AdamW lr {LR:g}, β (0.9, 0.999), eps 1e-8, weight decay 0.01 on params with ndim > 1 (kernels,
   tokens, position embeddings), global-norm clip {CLIP:g}
 - jaxspeech: the trainer's step from `jaxspeech.train.step.make_train_step` (donated state, `lax.cond` non-finite
   guard, `optim.make`'s clip → AdamW) over the AST model with a loss that reads `batch["fbank"]`, on a 1-device
-  mesh (no fake host devices); compile {compile_s}
+  mesh (no fake host devices); compile {compile_s}; XLA temp buffer {temp}
 - torch: `ASTForAudioClassification` in train mode with dropout 0 (attention `{result['torch_attention']}`),
   `CrossEntropyLoss`, `clip_grad_norm_`, `torch.optim.AdamW` (default implementation);
   `torch.get_num_threads()` = {result['torch_threads']}
@@ -659,11 +691,20 @@ Written by `{command}` ({seconds:.0f} s).
 - forward: the loss alone (jitted; under `torch.no_grad()`). clip+AdamW: global norm, clipping and the AdamW update
   alone on fixed gradients (for jaxspeech with the non-finite guard, as in the step). backward = step − forward −
   clip+AdamW: the gradient computation including the forward's extra work for it (saved residuals).
+- page faults and kernel CPU time are this process's (`getrusage`) during each side's train-step blocks.
 """
+  if result["malloc"]:
+    text += f"""
+The same comparison at stride 16/16 in a process started with
+`GLIBC_TUNABLES={MALLOC_TUNABLES}` (one malloc arena, no mmap, no trimming): XLA allocates the step's temp
+buffer with malloc on a worker thread on every call; glibc serves a chunk that large with a fresh `mmap` and
+`munmap`s it on free, so every step page-faults the whole buffer in again. With the tunables the heap keeps it.
+
+{main_table(result['malloc'])}"""
   if result["variants"]:
     text += f"""
 Candidate changes at stride 16/16, each implemented in the benchmark only (the library is untouched), timed in
-blocks of {args.variant_steps} alternating with the library step ({args.blocks} rounds):
+blocks of {args.variant_steps} alternating with the library step ({args.blocks} rounds; default malloc):
 
 {variant_table(result['variants'], 'variant')}
 """ + "\n".join(f"- {name}: {note}" for name, note in VARIANT_NOTES.items()) + "\n"
@@ -681,7 +722,7 @@ Notes:
   (up to 3 times) after a quiet half-second. PyTorch's OpenMP threads suffer far more than XLA's from load on 2 cores
   (torch steps of 0.7–4 s instead of 0.16 s were seen while another process took one core; jaxspeech steps about
   doubled), so a ratio taken under load favours jaxspeech. Slowdowns from outside this VM are not visible here;
-  repeated quiet runs of the same jaxspeech step differed by up to about 15 %.
+  repeated quiet runs differed by up to about 10 % per figure, so variant differences within ±5 % are noise.
 """
 
 
@@ -730,11 +771,13 @@ def main():
   parser.add_argument("--variant-steps", type=int, default=3, help="steps per block for variants and flags")
   parser.add_argument("--no-variants", dest="variants", action="store_false", help="skip the candidate changes")
   parser.add_argument("--flags", action="store_true", help="also time XLA CPU flags (one process each)")
+  parser.add_argument("--no-malloc", dest="malloc", action="store_false",
+                      help="skip the stride-16 comparison rerun in a process with GLIBC_TUNABLES")
   parser.add_argument("--max-other", type=float, default=0.1)
   parser.add_argument("--retries", type=int, default=3)
   parser.add_argument("--write", action="store_true", help=f"replace the section in {os.path.relpath(RESULTS)}")
   parser.add_argument("--dump-hlo", metavar="DIR", help="write the optimised HLO of the step and forward, then exit")
-  parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  parser.add_argument("--child", choices=("main", "flags"), help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.child:
     child(args)
