@@ -30,15 +30,16 @@ import contextlib
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
 import time
 
+import common
+
 SECTION = "AST training step (Foundation II)"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+RESULTS = common.RESULTS
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "numpy")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, FRAMES, MEL, CLASSES = 8, 256, 128, 16
 SHAPE = dict(hidden=256, layers=4, heads=4, mlp=1024)
@@ -277,7 +278,6 @@ def _attention_bhlk(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS=None):
 def _patch_conv_as_matmul():
   """nnx.Conv with stride == kernel and VALID padding computed as reshape + matmul (same params)."""
   from flax import nnx
-  import jax.numpy as jnp
 
   original = nnx.Conv.__call__
 
@@ -487,22 +487,6 @@ def median_ms(ts: list[float]) -> float:
   return 1e3 * statistics.median(ts)
 
 
-def machine() -> str:
-  try:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = re.search(r"^Model name:\s*(.+)$", lscpu, re.M).group(1).strip()
-  except (OSError, subprocess.CalledProcessError, AttributeError):
-    model = platform.processor() or platform.machine()
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{model}, {cores} cores, no accelerator (JAX CPU backend)"
-
-
-def versions() -> str:
-  from importlib import metadata
-  names = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "numpy")
-  return ", ".join(f"{n} {metadata.version(n)}" for n in names) + f", Python {platform.python_version()}"
-
-
 MALLOC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 FLAG_SETS = {  # name → XLA_FLAGS for a child process (XLA reads them once per process)
     "default flags": "",
@@ -671,9 +655,9 @@ def section(result: dict, args, load: float, seconds: float, command: str) -> st
 Written by `{command}` ({seconds:.0f} s).
 
 - Date: {today} (UTC)
-- Machine: {machine()}; load average {load:.2f} before the run; other processes used at most
+- Machine: {common.machine()}; load average {load:.2f} before the run; other processes used at most
   {100 * result['other']:.0f} % of the CPU during a kept timing block
-- Software: {versions()}
+- Software: {common.versions(VERSIONS)}
 - Model: AST hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, {args.heads} heads, MLP {SHAPE['mlp']}, {CLASSES} classes, float32, on
   a precomputed fbank of {BATCH}×{FRAMES}×{MEL} (batch × frames × mel bins) fed to both sides, integer labels, mean
   cross-entropy; AdamW lr {LR:g}, β (0.9, 0.999), eps 1e-8, weight decay 0.01 on params with ndim > 1 (kernels,
@@ -726,27 +710,6 @@ Notes:
 """
 
 
-HEADER = """# Benchmark results
-
-Speed figures measured by the scripts in `benchmarks/`. Each section is written by the script named in it
-(`--write` replaces that section and leaves the others alone) and states the machine or accelerator card, the
-library versions and the date (UTC) of its figures. Figures from different machines are not comparable;
-rerun a script on your machine before comparing against it.
-"""
-
-
-def write_section(text: str, path: str = RESULTS) -> None:
-  """Replaces this script's section of RESULTS.md (re-read just before writing) or appends it; other sections stay."""
-  current = open(path).read() if os.path.exists(path) else HEADER
-  pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-  if pattern.search(current):
-    updated = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", current).rstrip("\n") + "\n"
-  else:
-    updated = current.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
-  tmp = path + ".ast_train.tmp"
-  with open(tmp, "w") as f:
-    f.write(updated)
-  os.replace(tmp, path)
 
 
 def dump_hlo(args) -> None:
@@ -792,7 +755,7 @@ def main():
   text = section(result, args, load, time.perf_counter() - t0, command.strip())
   print(text)
   if args.write:
-    write_section(text)
+    common.write_section(SECTION, text)
     print(f"wrote the section {SECTION!r} of {RESULTS}", file=sys.stderr)
 
 

@@ -19,23 +19,16 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
-import re
-import subprocess
 import sys
 import time
+
+import common
 
 import numpy as np
 
 SECTION = "Input pipeline and features (Foundation I)"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
-HEADER = """# Benchmark results
-
-Speed figures measured by the scripts in `benchmarks/`. Each section is written by the script named in it
-(`--write` replaces that section and leaves the others alone) and states the machine or accelerator card, the
-library versions and the date (UTC) of its figures. Figures from different machines are not comparable;
-rerun a script on your machine before comparing against it.
-"""
+RESULTS = common.RESULTS
+VERSIONS = ("jax", "grain", "array_record", "tensorflow-datasets", "soxr", "numpy")
 FIXED_BATCH = 8
 BUDGET_FRAMES = 38_400  # F5-TTS's per-GPU frame budget
 BUFFER = 256  # FrameBudget buffer_size here (the library default is 1000); start-up decodes one buffer
@@ -205,22 +198,6 @@ def bench_feature(name: str, with_lengths: bool, seconds: float) -> Row:
               "start-up s": f"{compile_s:.2f}", "n": f"{calls} calls of {frames} frames"})
 
 
-def machine() -> str:
-  try:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = re.search(r"^Model name:\s*(.+)$", lscpu, re.M).group(1).strip()
-  except (OSError, subprocess.CalledProcessError, AttributeError):
-    model = platform.processor() or platform.machine()
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{model}, {cores} cores, no accelerator (JAX CPU backend)"
-
-
-def versions() -> str:
-  from importlib import metadata
-  names = ("jax", "grain", "array_record", "tensorflow-datasets", "soxr", "numpy")
-  return ", ".join(f"{n} {metadata.version(n)}" for n in names) + f", Python {platform.python_version()}"
-
-
 def table(rows: list[Row]) -> str:
   out = []
   for group, columns in (("source", ("records/s", "audio s/s", "n")),
@@ -246,9 +223,9 @@ def section(rows: list[Row], args, dataset_desc: str, cpu_other: float | None) -
 Written by `benchmarks/data_pipeline.py --dataset {args.dataset} --seconds {args.seconds:g} --write`.
 
 - Date: {today} (UTC)
-- Machine: {machine()}; load average {load} before the run, other processes used {other} of the CPU time
+- Machine: {common.machine()}; load average {load} before the run, other processes used {other} of the CPU time
   during it
-- Software: {versions()}
+- Software: {common.versions(VERSIONS)}
 - Dataset: {dataset_desc}
 
 {table(rows)}
@@ -275,18 +252,6 @@ Notes:
 def _read_threads() -> int:
   from jaxspeech.data import pipeline
   return pipeline.READ_OPTIONS.num_threads
-
-
-def write_section(text: str, path: str = RESULTS):
-  body = open(path).read() if os.path.exists(path) else HEADER
-  pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-  if pattern.search(body):
-    body = pattern.sub(lambda _: text.rstrip("\n") + "\n\n", body, count=1)
-  else:
-    body = body.rstrip("\n") + "\n\n" + text
-  with open(path + ".tmp", "w") as f:
-    f.write(body.rstrip("\n") + "\n")
-  os.replace(path + ".tmp", path)
 
 
 def main():
@@ -324,7 +289,7 @@ def main():
   print(text)
   print(f"(benchmark took {time.perf_counter() - started:.0f} s)", file=sys.stderr)
   if args.write:
-    write_section(text)
+    common.write_section(SECTION, text)
     print(f"wrote the section {SECTION!r} of {RESULTS}", file=sys.stderr)
 
 

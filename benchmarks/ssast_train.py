@@ -26,15 +26,15 @@ Prints a markdown table; `--write` replaces the SSAST section of benchmarks/RESU
 import argparse
 import datetime
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 
+import common
+
 SECTION = "SSAST pretraining step"
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
+RESULTS = common.RESULTS
+VERSIONS = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "numpy")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH, FRAMES, MEL, MASKED = 8, 512, 128, 200
 SHAPE = dict(hidden=256, layers=4, heads=4, mlp=1024)
@@ -223,22 +223,6 @@ class TorchSide:
 
 # ------------------------------------------------------------------------------------------------------ timing
 
-def machine() -> str:
-  try:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    model = re.search(r"^Model name:\s*(.+)$", lscpu, re.M).group(1).strip()
-  except (OSError, subprocess.CalledProcessError, AttributeError):
-    model = platform.processor() or platform.machine()
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return f"{model}, {cores} cores, no accelerator (JAX CPU backend)"
-
-
-def versions() -> str:
-  from importlib import metadata
-  names = ("jax", "jaxlib", "flax", "optax", "torch", "transformers", "numpy")
-  return ", ".join(f"{n} {metadata.version(n)}" for n in names) + f", Python {platform.python_version()}"
-
-
 def cpu_share(t0_cpu: float, t0_wall: float) -> float:
   """Fraction of the machine's CPU time that other processes used since (t0_cpu, t0_wall)."""
   ours = time.process_time() - t0_cpu
@@ -304,9 +288,9 @@ def section(rows: list[dict], args, share: float, load: str) -> str:
 Written by `benchmarks/ssast_train.py --write`.
 
 - Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d} (UTC)
-- Machine: {machine()}; load average {load} before the run; other processes used
+- Machine: {common.machine()}; load average {load} before the run; other processes used
   {100 * share:.0f} % of the CPU time during it
-- Software: {versions()}
+- Software: {common.versions(VERSIONS)}
 - Shapes: batch {BATCH}, {FRAMES} frames × {MEL} mel; hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, \
 {SHAPE['heads']} heads, MLP {SHAPE['mlp']} ({r0['params'] / 1e6:.2f} M params); 256 patches + 2 tokens, {MASKED} masked; fp32
 
@@ -323,15 +307,6 @@ Notes:
 - PyTorch / jaxspeech > 1 means jaxspeech is faster. Other processes' load slows both sides; rerun on an idle
   machine before comparing against these figures.
 """
-
-
-def write(text: str) -> None:
-  with open(RESULTS) as f:  # read right before writing: other scripts own other sections
-    old = f.read()
-  pattern = re.compile(rf"^## {re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-  new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-  with open(RESULTS, "w") as f:
-    f.write(new.rstrip("\n") + "\n")
 
 
 def main():
@@ -353,7 +328,7 @@ def main():
   share = cpu_share(t0_cpu, t0_wall)
   print(table(rows))
   if args.write:
-    write(section(rows, args, share, load))
+    common.write_section(SECTION, section(rows, args, share, load))
     print(f"wrote the '{SECTION}' section of {RESULTS}")
 
 

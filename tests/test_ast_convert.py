@@ -24,21 +24,13 @@ from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.convert import cli as convert_cli, mapping, workdir
 from jaxspeech.train import trainer as trainer_lib
 from tests.ast_config import ROOT, load_config
+from tests.test_ast_parity import perturbed
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 ORIGINAL_ATOL = 1e-4  # our logits from an original-layout checkpoint vs HF's, float32 CPU; measured ~1e-6
 # A tiny AST: 32 mel bins × 64 frames in 16×16 patches at stride 16 (2×4 grid), so it compiles in seconds.
 HF_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=64,
                  num_mel_bins=32, frequency_stride=16, time_stride=16, num_labels=3)
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-  """`model` with noise on every param (HF zero-inits tokens, positions and biases)."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model.eval()
 
 
 def hf_model(cls=transformers.ASTForAudioClassification, seed: int = 0, **overrides):

@@ -3,7 +3,6 @@
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import nnx
@@ -75,6 +74,3 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int, params: nnx.State,
     tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   return tx, schedules
 
-
-def global_norm(tree) -> jax.Array:
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))

@@ -7,7 +7,6 @@ import ml_collections
 import optax
 from flax import nnx
 
-from jaxspeech.train import optim
 from jaxspeech.train.family import Family
 from jaxspeech.train.state import TrainState
 
@@ -47,7 +46,7 @@ def make_train_step(family: Family, cfg: ml_collections.ConfigDict, graphdef: nn
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
     (loss, aux), grads = gradients(state, batch, key)
-    grad_norm = optim.global_norm(grads)
+    grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def update(_):
