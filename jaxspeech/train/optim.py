@@ -47,10 +47,11 @@ def _adamw(cfg: ml_collections.ConfigDict, lr) -> optax.GradientTransformation:
 def make(cfg: ml_collections.ConfigDict, total_steps: int, params: nnx.State,
          group_of: Callable[[tuple[str, ...], jax.Array], str] | None = None
          ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
-  """The full transformation (clip → per-group AdamW) and each group's schedule.
+  """The full transformation (per group: clip by that group's global norm → AdamW) and each group's schedule.
 
   `cfg.groups` maps a group name to overrides of `cfg` (e.g. {"head": {"lr": 1e-3}}); the group
-  "frozen" gets no updates and no optimizer state. Without `group_of`, every param is "default".
+  "frozen" gets no updates and no optimizer state. Each group clips its own gradients (a GAN's
+  generator and discriminator must not share one norm). Without `group_of`, every param is "default".
   """
   groups = {"default": {}, **{k: dict(v) for k, v in cfg.get("groups", {}).items()}}
   schedules, transforms = {}, {}
@@ -61,6 +62,8 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int, params: nnx.State,
     group_cfg = ml_collections.ConfigDict({**cfg.to_dict(), **overrides})
     schedules[name] = schedule(group_cfg, total_steps)
     transforms[name] = _adamw(group_cfg, schedules[name])
+    if group_cfg.clip_norm:
+      transforms[name] = optax.chain(optax.clip_by_global_norm(group_cfg.clip_norm), transforms[name])
   if group_of is None:
     tx = transforms["default"]
   else:
@@ -70,7 +73,5 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int, params: nnx.State,
     if unknown:
       raise KeyError(f"param groups {sorted(unknown)} have no entry in optim.groups")
     tx = optax.multi_transform(transforms, labels)
-  if cfg.clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
   return tx, schedules
 
