@@ -1,0 +1,244 @@
+"""Llama (HF `LlamaForCausalLM` semantics) in Flax NNX: the Llasa speech LM.
+
+Pre-norm decoder blocks: x + Attn(RMSNorm(x)), then x + SwiGLU(RMSNorm(x)); RoPE (optionally with
+Llama 3's frequency scaling) on q and k in HF's rotate-half layout (dims i and i + K/2 form a pair);
+grouped-query attention; embeddings tied to the output head or not.
+
+Rows may be packed: `segment_ids_BxL` (0 = padding) and per-segment `positions_BxL` make the attention
+block-diagonal and causal, so no token sees another segment. The embedding table is padded to a multiple of
+`vocab_multiple` rows so the vocab axis shards evenly; logits come back for the `vocab_size` real ids only.
+
+Decoding passes a `Cache` (preallocated keys/values of every layer): the call writes its L new keys at
+`cache.index` and attends to every filled slot of the same segment at or before its own slot.
+"""
+
+import dataclasses
+import functools
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxspeech.nn import layers
+from jaxspeech.sharding import constrain
+
+BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  vocab_size: int = 193_800
+  hidden: int = 2048
+  layers: int = 16
+  heads: int = 32
+  kv_heads: int = 8
+  head_dim: int = 64
+  mlp: int = 8192
+  rms_eps: float = 1e-5
+  rope_theta: float = 500_000.0
+  # Llama 3 RoPE scaling; rope_factor 0 = plain RoPE
+  rope_factor: float = 0.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
+  tie_embeddings: bool = True
+  vocab_multiple: int = 128
+  scan_layers: bool = False
+  remat: str = "none"             # "none", "full" or "save_dots" (jax.checkpoint_policies)
+  dtype: str = "float32"          # compute dtype; params stay float32
+
+  @property
+  def padded_vocab(self) -> int:
+    return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
+
+  def validate(self) -> None:
+    problems = []
+    if self.heads % self.kv_heads:
+      problems.append(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
+    if self.head_dim % 2:
+      problems.append(f"head_dim={self.head_dim} must be even for RoPE")
+    if self.remat not in REMAT_POLICIES:
+      problems.append(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    if problems:
+      raise ValueError(f"LlamaConfig: {'; '.join(problems)}")
+
+
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+  """Inverse frequencies (K/2,) float32, with Llama 3's scaling when `rope_factor` > 0 (as HF's "llama3")."""
+  k = cfg.head_dim
+  inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, k, 2, dtype=np.float32) / np.float32(k))))
+  if not cfg.rope_factor:
+    return inv_freq.astype(np.float32)
+  factor, low, high, old = (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                            cfg.rope_original_max_positions)
+  wavelen = 2 * np.pi / inv_freq
+  # long wavelengths are divided by `factor`, short ones kept, the band between interpolated
+  scaled = np.where(wavelen > old / low, inv_freq / factor, inv_freq)
+  smooth = (old / wavelen - low) / (high - low)
+  smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+  medium = (wavelen >= old / high) & (wavelen <= old / low)
+  return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, inv_freq_K2: np.ndarray) -> jax.Array:
+  """Rotates the pairs (x[i], x[i + K/2]) by position · inv_freq[i] (HF's rotate_half), in float32."""
+  angles_BxLxK2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq_K2
+  cos_BxLx1xK = jnp.cos(jnp.concatenate([angles_BxLxK2] * 2, -1))[:, :, None]
+  sin_BxLx1xK = jnp.sin(jnp.concatenate([angles_BxLxK2] * 2, -1))[:, :, None]
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x_BxLxHxK * cos_BxLx1xK + rotated * sin_BxLx1xK).astype(x_BxLxHxK.dtype)
+
+
+@flax.struct.dataclass
+class Cache:
+  """Keys and values of every layer for S slots; `segment_ids_BxS` is 0 for slots not (yet) filled."""
+  k_NxBxSxGxK: jax.Array
+  v_NxBxSxGxK: jax.Array
+  segment_ids_BxS: jax.Array
+  index: jax.Array                # int32 scalar: the slot the next call writes first
+
+  @classmethod
+  def empty(cls, cfg: LlamaConfig, batch: int, slots: int) -> "Cache":
+    shape = (cfg.layers, batch, slots, cfg.kv_heads, cfg.head_dim)
+    return cls(jnp.zeros(shape, cfg.dtype), jnp.zeros(shape, cfg.dtype), jnp.zeros((batch, slots), jnp.int32),
+               jnp.zeros((), jnp.int32))
+
+
+def rms_norm(features: int, cfg: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
+  return nnx.RMSNorm(features, epsilon=cfg.rms_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
+                     scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)))
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+    d, k, dtype = cfg.hidden, cfg.head_dim, jnp.dtype(cfg.dtype)
+    common = dict(rngs=rngs, dtype=dtype, use_bias=False)
+    self.q = layers.dense(d, (cfg.heads, k), ("embed", "heads", "kv"), **common)
+    self.k = layers.dense(d, (cfg.kv_heads, k), ("embed", "kv_heads", "kv"), **common)
+    self.v = layers.dense(d, (cfg.kv_heads, k), ("embed", "kv_heads", "kv"), **common)
+    self.o = layers.dense((cfg.heads, k), d, ("heads", "kv", "embed"), **common)
+    self.cfg = cfg
+
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_BxSxGxK=None, slot=None):
+    """`kv_BxSxGxK` (cached keys, values) receive this call's keys/values at `slot`; returns (out, new cache)."""
+    inv_freq = rope_inv_freq(self.cfg)
+    q_BxLxHxK = apply_rope(self.q(x_BxLxD), positions_BxL, inv_freq)
+    q_BxLxHxK = constrain(q_BxLxHxK, ("activation_batch", "activation_length", "activation_heads", "kv"))
+    k_BxLxGxK = apply_rope(self.k(x_BxLxD), positions_BxL, inv_freq)
+    v_BxLxGxK = self.v(x_BxLxD)
+    new_cache = None
+    if kv_BxSxGxK is not None:
+      k_cache, v_cache = kv_BxSxGxK
+      k_BxLxGxK = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BxLxGxK.astype(k_cache.dtype), slot, axis=1)
+      v_BxLxGxK = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BxLxGxK.astype(v_cache.dtype), slot, axis=1)
+      new_cache = (k_BxLxGxK, v_BxLxGxK)
+    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK.astype(q_BxLxHxK.dtype),
+                                               v_BxLxGxK.astype(q_BxLxHxK.dtype), mask=mask_BxLxS[:, None])
+    return self.o(out_BxLxHxK), new_cache
+
+
+class Block(nnx.Module):
+  def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+    dtype = jnp.dtype(cfg.dtype)
+    self.attn_norm = rms_norm(cfg.hidden, cfg, rngs)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = rms_norm(cfg.hidden, cfg, rngs)
+    self.gate = layers.dense(cfg.hidden, cfg.mlp, ("embed", "mlp"), rngs=rngs, dtype=dtype, use_bias=False)
+    self.up = layers.dense(cfg.hidden, cfg.mlp, ("embed", "mlp"), rngs=rngs, dtype=dtype, use_bias=False)
+    self.down = layers.dense(cfg.mlp, cfg.hidden, ("mlp", "embed"), rngs=rngs, dtype=dtype, use_bias=False)
+
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv=None, slot=None):
+    h_BxLxD, kv = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, kv, slot)
+    x_BxLxD = x_BxLxD + h_BxLxD
+    h_BxLxD = self.mlp_norm(x_BxLxD)
+    h_BxLxM = constrain(jax.nn.silu(self.gate(h_BxLxD)) * self.up(h_BxLxD),
+                        ("activation_batch", "activation_length", "activation_mlp"))
+    return constrain(x_BxLxD + self.down(h_BxLxM), BLOCK_AXES), kv
+
+
+def attention_mask(q_segment_ids_BxL, k_segment_ids_BxS, q_slots_L):
+  """True where query l may see key slot s: same segment, and s at or before l's slot (block-diagonal causal)."""
+  same_BxLxS = q_segment_ids_BxL[:, :, None] == k_segment_ids_BxS[:, None, :]
+  causal_LxS = jnp.arange(k_segment_ids_BxS.shape[1])[None, :] <= q_slots_L[:, None]
+  return same_BxLxS & causal_LxS
+
+
+class Llama(nnx.Module):
+  def __init__(self, cfg: LlamaConfig, rngs: nnx.Rngs):
+    cfg.validate()
+    self.cfg = cfg
+    self.embed = nnx.Embed(
+        cfg.padded_vocab, cfg.hidden, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
+        embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")))
+    if cfg.scan_layers:
+      @nnx.split_rngs(splits=cfg.layers)
+      @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+      def stack(rngs):
+        return Block(cfg, rngs)
+      self.blocks = stack(rngs)
+    else:
+      self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
+    self.norm = rms_norm(cfg.hidden, cfg, rngs)
+    if not cfg.tie_embeddings:
+      self.lm_head = layers.dense(cfg.hidden, cfg.padded_vocab, ("embed", "vocab"), rngs=rngs,
+                                  dtype=jnp.dtype(cfg.dtype), use_bias=False)
+
+  def _run_blocks(self, x_BxLxD, positions_BxL, mask_BxLxS, cache: Cache | None):
+    policy = REMAT_POLICIES[self.cfg.remat]
+    slot = None if cache is None else cache.index
+
+    def layer(graphdef, x_BxLxD, state_and_kv):
+      state, kv = state_and_kv
+      return nnx.merge(graphdef, state)(x_BxLxD, positions_BxL, mask_BxLxS, kv, slot)
+
+    if self.cfg.remat != "none":
+      layer = jax.checkpoint(layer, policy=policy, static_argnums=0)
+    kv = None if cache is None else (cache.k_NxBxSxGxK, cache.v_NxBxSxGxK)
+    if self.cfg.scan_layers:
+      graphdef, state = nnx.split(self.blocks)
+      x_BxLxD, kv = jax.lax.scan(functools.partial(layer, graphdef), x_BxLxD, (state, kv))
+    else:
+      outs = []
+      for i, block in enumerate(self.blocks):
+        graphdef, state = nnx.split(block)
+        x_BxLxD, kv_i = layer(graphdef, x_BxLxD, (state, None if kv is None else jax.tree.map(lambda a: a[i], kv)))
+        outs.append(kv_i)
+      kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+    return x_BxLxD, kv
+
+  def __call__(self, ids_BxL: jax.Array, positions_BxL: jax.Array | None = None,
+               segment_ids_BxL: jax.Array | None = None, cache: Cache | None = None
+               ) -> tuple[jax.Array, Cache | None]:
+    """(logits (B, L, vocab_size) float32, the cache with this call's keys/values, or None without one)."""
+    b, length = ids_BxL.shape
+    if segment_ids_BxL is None:
+      segment_ids_BxL = jnp.ones((b, length), jnp.int32)
+    if positions_BxL is None:
+      positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
+    if cache is None:
+      mask_BxLxS = attention_mask(segment_ids_BxL, segment_ids_BxL, jnp.arange(length))
+    else:
+      cache_segments_BxS = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids_BxS, segment_ids_BxL,
+                                                               cache.index, axis=1)
+      mask_BxLxS = attention_mask(segment_ids_BxL, cache_segments_BxS, cache.index + jnp.arange(length))
+    x_BxLxD = constrain(self.embed(ids_BxL), BLOCK_AXES)
+    x_BxLxD, kv = self._run_blocks(x_BxLxD, positions_BxL, mask_BxLxS, cache)
+    x_BxLxD = self.norm(x_BxLxD)
+    if self.cfg.tie_embeddings:
+      logits_BxLxV = self.embed.attend(x_BxLxD)
+    else:
+      logits_BxLxV = self.lm_head(x_BxLxD)
+    logits_BxLxV = constrain(logits_BxLxV.astype(jnp.float32),
+                             ("activation_batch", "activation_length", "activation_vocab"))
+    logits_BxLxV = logits_BxLxV[..., :self.cfg.vocab_size]
+    if cache is None:
+      return logits_BxLxV, None
+    return logits_BxLxV, Cache(kv[0], kv[1], cache_segments_BxS, cache.index + length)
