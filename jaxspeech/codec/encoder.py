@@ -1,0 +1,126 @@
+"""X-codec2's acoustic encoder (BigCodec's `CodecEncoder_Transformer` without its unused transformer).
+
+    WNConv1d(1 → C, k7) → [EncoderBlock(stride s): residual units at dilations, SnakeBeta, WNConv1d(k 2s,
+    stride s) doubling the channels] for each stride → SnakeBeta → WNConv1d(→ dim, k3)
+
+Every SnakeBeta is anti-aliased (alias-free-torch's `Activation1d`): upsample ×2 with a Kaiser-windowed
+sinc, SnakeBeta at twice the rate, low-pass and decimate ×2. Hop = the product of the strides.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxspeech.codec.conv import Conv1d, conv1d
+from jaxspeech.sharding import constrain
+
+BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
+RATIO, TAPS = 2, 12   # alias-free-torch's Activation1d defaults, as xcodec2 uses them
+
+
+def kaiser_sinc_filter(cutoff: float, half_width: float, taps: int) -> np.ndarray:
+  """alias-free-torch's `kaiser_sinc_filter1d` for an even number of taps: a unit-sum low-pass, float32."""
+  half = taps // 2
+  attenuation = 2.285 * (half - 1) * math.pi * 4 * half_width + 7.95   # Kaiser's formula, in dB
+  if attenuation > 50:
+    beta = 0.1102 * (attenuation - 8.7)
+  elif attenuation >= 21:
+    beta = 0.5842 * (attenuation - 21) ** 0.4 + 0.07886 * (attenuation - 21)
+  else:
+    beta = 0.0
+  time = np.arange(-half, half, dtype=np.float32) + 0.5
+  response = 2 * cutoff * np.kaiser(taps, beta).astype(np.float32) * np.sinc(2 * cutoff * time).astype(np.float32)
+  return (response / response.sum()).astype(np.float32)
+
+
+# The one filter both resamplers use at ratio 2: cutoff 0.5 / ratio, transition half-width 0.6 / ratio.
+LOWPASS = kaiser_sinc_filter(0.5 / RATIO, 0.6 / RATIO, TAPS)
+
+
+def _depthwise(filter_K: np.ndarray, channels: int) -> jax.Array:
+  return jnp.broadcast_to(jnp.asarray(filter_K)[:, None, None], (len(filter_K), 1, channels))
+
+
+def upsample(x_BxLxC: jax.Array) -> jax.Array:
+  """alias-free-torch's `UpSample1d(2, 12)`: edge-pad, zero-stuff, low-pass (×2 gain), trim → (B, 2L, C)."""
+  pad = TAPS // RATIO - 1
+  trim_left = pad * RATIO + (TAPS - RATIO) // 2
+  trim_right = pad * RATIO + (TAPS - RATIO + 1) // 2
+  x_BxLxC = jnp.pad(x_BxLxC, ((0, 0), (pad, pad), (0, 0)), mode="edge")
+  kernel = _depthwise(LOWPASS[::-1].copy(), x_BxLxC.shape[-1])   # a transposed conv is a conv with the flipped filter
+  y = jax.lax.conv_general_dilated(
+      x_BxLxC, kernel.astype(x_BxLxC.dtype), window_strides=(1,),
+      padding=((TAPS - 1 - trim_left, TAPS - 1 - trim_right),), lhs_dilation=(RATIO,),
+      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x_BxLxC.shape[-1])
+  return RATIO * y
+
+
+def downsample(x_BxLxC: jax.Array) -> jax.Array:
+  """alias-free-torch's `DownSample1d(2, 12)`: edge-pad (5, 6), low-pass, keep every second sample."""
+  x_BxLxC = jnp.pad(x_BxLxC, ((0, 0), (TAPS // 2 - 1, TAPS // 2), (0, 0)), mode="edge")
+  return conv1d(x_BxLxC, _depthwise(LOWPASS, x_BxLxC.shape[-1]).astype(x_BxLxC.dtype), stride=RATIO,
+                groups=x_BxLxC.shape[-1])
+
+
+class SnakeBeta(nnx.Module):
+  """x + sin²(e^α · x) / (e^β + 1e-9) per channel (log-scale α, β; BigVGAN), anti-aliased."""
+
+  def __init__(self, channels: int):
+    self.alpha = nnx.Param(jnp.zeros((channels,)), out_sharding=("embed",))
+    self.beta = nnx.Param(jnp.zeros((channels,)), out_sharding=("embed",))
+
+  def __call__(self, x_BxLxC: jax.Array) -> jax.Array:
+    x_Bx2LxC = upsample(x_BxLxC)
+    alpha, beta = jnp.exp(self.alpha[...]), jnp.exp(self.beta[...])
+    return downsample(x_Bx2LxC + jnp.sin(x_Bx2LxC * alpha) ** 2 / (beta + 1e-9))
+
+
+class ResidualUnit(nnx.Module):
+  def __init__(self, channels: int, dilation: int, rngs: nnx.Rngs):
+    self.act1 = SnakeBeta(channels)
+    self.conv1 = Conv1d(channels, channels, 7, dilation=dilation, weight_norm=True, rngs=rngs)
+    self.act2 = SnakeBeta(channels)
+    self.conv2 = Conv1d(channels, channels, 1, weight_norm=True, rngs=rngs)
+
+  def __call__(self, x_BxLxC: jax.Array) -> jax.Array:
+    return x_BxLxC + self.conv2(self.act2(self.conv1(self.act1(x_BxLxC))))
+
+
+class EncoderBlock(nnx.Module):
+  """Residual units at `channels // 2`, then a strided conv to `channels` (L → L / stride)."""
+
+  def __init__(self, channels: int, stride: int, dilations, rngs: nnx.Rngs):
+    self.units = nnx.List([ResidualUnit(channels // 2, d, rngs) for d in dilations])
+    self.act = SnakeBeta(channels // 2)
+    self.conv = Conv1d(channels // 2, channels, 2 * stride, stride=stride, padding=stride // 2 + stride % 2,
+                       weight_norm=True, rngs=rngs)
+
+  def __call__(self, x_BxLxC: jax.Array) -> jax.Array:
+    for unit in self.units:
+      x_BxLxC = unit(x_BxLxC)
+    return constrain(self.conv(self.act(x_BxLxC)), BLOCK_AXES)
+
+
+class Encoder(nnx.Module):
+  """wav (B, S) → latents (B, S / hop, dim); S must be a multiple of hop = prod(strides)."""
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    channels = cfg.channels
+    self.conv_in = Conv1d(1, channels, 7, weight_norm=True, rngs=rngs)
+    blocks = []
+    for stride in cfg.strides:
+      channels *= 2
+      blocks.append(EncoderBlock(channels, stride, cfg.dilations, rngs))
+    self.blocks = nnx.List(blocks)
+    self.act = SnakeBeta(channels)
+    self.conv_out = Conv1d(channels, cfg.dim, 3, weight_norm=True, rngs=rngs)
+
+  def __call__(self, wav_BxS: jax.Array) -> jax.Array:
+    x_BxLxC = self.conv_in(wav_BxS[..., None])
+    for block in self.blocks:
+      x_BxLxC = block(x_BxLxC)
+    return constrain(self.conv_out(self.act(x_BxLxC)), BLOCK_AXES)

@@ -1,0 +1,78 @@
+"""X-codec2 (Ye et al. 2025): one FSQ codebook over fused acoustic and (optional) semantic features.
+
+    acoustic_BxNxA = Encoder(wav)                                 hop = prod(encoder.strides) samples per code
+    semantic_BxNxE = SemanticEncoder(w2v-BERT 2.0 hidden_states[16])          (semantic branch only)
+    h_BxNxD = fc_prior(cat[semantic, acoustic])  →  FSQ  →  codes_BxN, z_q_BxNxD
+    wav_hat = VocosDecoder(fc_post_a(z_q));  semantic_pred = SemanticDecoder(fc_post_s(z_q))
+
+w2v-BERT itself is not part of this model: the semantic branch takes its features as an argument
+(`semantic_features_BxNxF`, F = `semantic.features`, one frame per code).
+"""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from jaxspeech.codec.decoder import VocosDecoder
+from jaxspeech.codec.encoder import Encoder
+from jaxspeech.codec.fsq import FSQ
+from jaxspeech.codec.semantic import SemanticConv
+from jaxspeech.nn import layers
+
+
+class Codec(nnx.Module):
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+    self.hop = int(np.prod(cfg.encoder.strides))
+    if self.hop != cfg.decoder.hop:
+      raise ValueError(f"encoder hop {self.hop} (prod of strides {list(cfg.encoder.strides)}) != decoder.hop "
+                       f"{cfg.decoder.hop}: the decoder must give back hop samples per code")
+    self.semantic = bool(cfg.semantic.enabled)
+    sem, vq_dim = cfg.semantic, cfg.fsq.dim
+    self.encoder = Encoder(cfg.encoder, rngs=rngs)
+    prior_in = cfg.encoder.dim + (sem.dim if self.semantic else 0)
+    self.fc_prior = layers.dense(prior_in, vq_dim, ("embed", "mlp"), rngs=rngs)
+    self.quantizer = FSQ(vq_dim, cfg.fsq.levels, rngs=rngs)
+    self.fc_post_a = layers.dense(vq_dim, cfg.decoder.input_channels, ("mlp", "embed"), rngs=rngs)
+    self.decoder = VocosDecoder(cfg.decoder, rngs=rngs)
+    if self.semantic:
+      self.semantic_encoder = SemanticConv(sem.features, sem.dim, sem.dim, rngs=rngs)
+      self.fc_post_s = layers.dense(vq_dim, sem.dim, ("mlp", "embed"), rngs=rngs)
+      self.semantic_decoder = SemanticConv(sem.dim, sem.dim, sem.features, rngs=rngs)
+
+  def pad(self, wav_BxS: jax.Array) -> jax.Array:
+    """Zero-pads the end to a multiple of hop (xcodec2's wrapper always pads, by a full hop if S already is one)."""
+    return jnp.pad(wav_BxS, ((0, 0), (0, -wav_BxS.shape[1] % self.hop)))
+
+  def quantize(self, wav_BxS: jax.Array, semantic_features_BxNxF: jax.Array | None = None) -> dict:
+    """{"codes": (B, N) int32, "z_q": (B, N, D) straight-through, and with the semantic branch
+    "semantic_target" (the given features) and "semantic_pred"}; N = ceil(S / hop)."""
+    x_BxNxA = self.encoder(self.pad(wav_BxS))
+    if self.semantic:
+      if semantic_features_BxNxF is None:
+        raise ValueError("this codec has the semantic branch: pass w2v-BERT features (B, N, semantic.features)")
+      x_BxNxA = jnp.concatenate([self.semantic_encoder(semantic_features_BxNxF), x_BxNxA], axis=-1)
+    z_q_BxNxD, codes_BxN = self.quantizer.quantize(self.fc_prior(x_BxNxA))
+    out = {"codes": codes_BxN, "z_q": z_q_BxNxD}
+    if self.semantic:
+      out["semantic_target"] = semantic_features_BxNxF
+      out["semantic_pred"] = self.semantic_decoder(self.fc_post_s(z_q_BxNxD))
+    return out
+
+  def encode(self, wav_BxS: jax.Array, semantic_features_BxNxF: jax.Array | None = None) -> jax.Array:
+    """FSQ indices (B, ceil(S / hop)) int32."""
+    return self.quantize(wav_BxS, semantic_features_BxNxF)["codes"]
+
+  def decode_latent(self, z_q_BxNxD: jax.Array) -> jax.Array:
+    """wav (B, N · hop) of quantised latents."""
+    return self.decoder(self.fc_post_a(z_q_BxNxD))
+
+  def decode(self, codes_BxN: jax.Array) -> jax.Array:
+    """wav (B, N · hop) of FSQ indices."""
+    return self.decode_latent(self.quantizer.decode(codes_BxN))
+
+  def __call__(self, wav_BxS: jax.Array, semantic_features_BxNxF: jax.Array | None = None) -> dict:
+    """quantize's outputs plus "wav": the reconstruction (B, N · hop)."""
+    out = self.quantize(wav_BxS, semantic_features_BxNxF)
+    return {**out, "wav": self.decode_latent(out["z_q"])}

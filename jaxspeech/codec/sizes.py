@@ -1,0 +1,28 @@
+"""Codec model configs (`config.model` of the codec family): `base` is the released X-codec2 shape."""
+
+import ml_collections
+
+
+def base() -> ml_collections.ConfigDict:
+  """HKUSTAudio/xcodec2: 16 kHz, hop 320 (50 codes/s), FSQ [4]*8 (65,536 codes), semantic branch on."""
+  return ml_collections.ConfigDict(dict(
+      sample_rate=16000,
+      encoder=dict(channels=48, strides=[2, 2, 4, 4, 5], dilations=[1, 3, 9], dim=1024),
+      # w2v-BERT 2.0 hidden_states[16] (`features` wide, 50 Hz) → SemanticEncoder → `dim`, fused by fc_prior.
+      semantic=dict(enabled=True, features=1024, dim=1024),
+      fsq=dict(levels=[4] * 8, dim=2048),
+      decoder=dict(input_channels=1024, dim=1024, depth=12, heads=16, n_fft=1280, hop=320, norm_groups=32),
+  ))
+
+
+def tiny() -> ml_collections.ConfigDict:
+  """A CPU-sized codec with the same rate and codebook (16 kHz, 50 codes/s, 65,536 codes), acoustic only."""
+  cfg = base()
+  cfg.encoder.update(channels=8, dim=64)
+  cfg.semantic.update(enabled=False, dim=64)
+  cfg.fsq.dim = 64
+  cfg.decoder.update(input_channels=64, dim=64, depth=2, heads=4, norm_groups=16)
+  return cfg
+
+
+SIZES = {"tiny": tiny, "base": base}
