@@ -1,0 +1,152 @@
+"""Llama parity with random-init HF `LlamaForCausalLM` (float32 on CPU), and the model's own invariants:
+packed rows, the KV cache, scanned layers, remat, and sharding on an 8-device mesh."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from jaxspeech import sharding
+from jaxspeech.convert import mapping
+from jaxspeech.llasa import convert
+from jaxspeech.llasa.model import Cache, Llama, LlamaConfig
+from jaxspeech.train import config as train_config
+
+ATOL = 1e-4  # float32 logits, ours vs PyTorch on CPU; measured max abs error <= 1e-6
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 10_000.0}
+
+HF_CONFIGS = {
+    "mha-plain-rope-untied": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=4, intermediate_size=96, tie_word_embeddings=False,
+                                  rope_parameters={"rope_type": "default", "rope_theta": 10_000.0}),
+    "gqa2-llama3-rope-tied-vocab1003": dict(vocab_size=1003, hidden_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                                            tie_word_embeddings=True, rope_parameters=LLAMA3_ROPE),
+    "gqa4-headdim32-llama3-untied": dict(vocab_size=777, hidden_size=96, num_hidden_layers=3, num_attention_heads=8,
+                                         num_key_value_heads=2, head_dim=32, intermediate_size=128,
+                                         tie_word_embeddings=False, rms_norm_eps=1e-5, rope_parameters=LLAMA3_ROPE),
+}
+
+
+def hf_llama(name: str, seed: int = 0) -> transformers.LlamaForCausalLM:
+  torch.manual_seed(seed)
+  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**HF_CONFIGS[name]))
+  with torch.no_grad():  # HF inits the norms to ones: perturb them so a swapped norm would show
+    for p in model.parameters():
+      p.add_(0.05 * torch.randn_like(p))
+  return model.eval()
+
+
+def llama_with(cfg: LlamaConfig, params: dict) -> Llama:
+  """A Llama holding `params` (dotted paths), built without running the random init."""
+  model = nnx.eval_shape(lambda: Llama(cfg, nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, mapping.unflatten(params))
+  nnx.update(model, state)
+  return model
+
+
+@nnx.jit
+def run(model, ids_BxL, positions_BxL=None, segment_ids_BxL=None, cache=None):
+  """The model's forward pass, jitted (eager dispatch of every small op is slower than compiling)."""
+  return model(ids_BxL, positions_BxL, segment_ids_BxL, cache)
+
+
+def ours_from(hf: transformers.LlamaForCausalLM, **overrides) -> Llama:
+  cfg = convert.hf_config_to_llama(hf.config.to_dict(), **overrides)
+  return llama_with(cfg, convert.from_hf_state_dict(hf.state_dict(), cfg))
+
+
+def hf_logits(hf, ids_BxL) -> np.ndarray:
+  with torch.no_grad():
+    return hf(torch.tensor(np.asarray(ids_BxL))).logits.numpy()
+
+
+@pytest.mark.parametrize("name", sorted(HF_CONFIGS))
+def test_logits_match_hf(name):
+  hf = hf_llama(name)
+  ids_BxL = np.random.default_rng(0).integers(0, hf.config.vocab_size, (2, 48))
+  logits, _ = run(ours_from(hf), jnp.asarray(ids_BxL))
+  assert logits.shape == (2, 48, hf.config.vocab_size)
+  np.testing.assert_allclose(np.asarray(logits), hf_logits(hf, ids_BxL), atol=ATOL, rtol=0)
+
+
+def test_llama3_scaling_changes_the_logits():
+  """The long-context positions (> original_max_position_embeddings) depend on the rope scaling: guard the test."""
+  hf = hf_llama("gqa2-llama3-rope-tied-vocab1003")
+  ids_BxL = np.random.default_rng(1).integers(0, 1003, (1, 40))
+  cfg = convert.hf_config_to_llama(hf.config.to_dict())
+  plain = llama_with(dataclasses.replace(cfg, rope_factor=0.0), convert.from_hf_state_dict(hf.state_dict(), cfg))
+  assert np.abs(np.asarray(run(plain, jnp.asarray(ids_BxL))[0]) - hf_logits(hf, ids_BxL)).max() > 100 * ATOL
+
+
+def test_packed_rows_match_separate_sequences():
+  """Two segments packed in one row, positions restarting, give each segment's logits when run alone."""
+  hf = hf_llama("gqa2-llama3-rope-tied-vocab1003")
+  model = ours_from(hf)
+  rng = np.random.default_rng(2)
+  a, b = rng.integers(0, 1003, 20), rng.integers(0, 1003, 14)
+  ids = np.concatenate([a, b, np.zeros(6, int)])[None]
+  segments = np.concatenate([np.ones(20), 2 * np.ones(14), np.zeros(6)]).astype(np.int32)[None]
+  positions = np.concatenate([np.arange(20), np.arange(14), np.arange(6)]).astype(np.int32)[None]
+  packed, _ = run(model, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(segments))
+  np.testing.assert_allclose(np.asarray(packed[0, :20]), hf_logits(hf, a[None])[0], atol=ATOL, rtol=0)
+  np.testing.assert_allclose(np.asarray(packed[0, 20:34]), hf_logits(hf, b[None])[0], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_cached_decoding_matches_one_forward_pass(scan_layers):
+  hf = hf_llama("gqa4-headdim32-llama3-untied")
+  model = ours_from(hf, scan_layers=scan_layers)
+  ids_BxL = jnp.asarray(np.random.default_rng(3).integers(0, 777, (2, 24)))
+  full, _ = run(model, ids_BxL)
+  cache = Cache.empty(model.cfg, 2, 32)
+  parts = []
+  for start, stop in ((0, 11), (11, 12), (12, 13), (13, 24)):
+    positions = jnp.broadcast_to(jnp.arange(start, stop), (2, stop - start))
+    logits, cache = run(model, ids_BxL[:, start:stop], positions, cache=cache)
+    parts.append(logits)
+  np.testing.assert_allclose(np.asarray(jnp.concatenate(parts, 1)), np.asarray(full), atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("remat", ["full", "save_dots"])
+def test_scanned_and_rematerialised_layers_give_the_same_loss_and_gradients(remat):
+  hf = hf_llama("gqa2-llama3-rope-tied-vocab1003")
+  ids_BxL = jnp.asarray(np.random.default_rng(4).integers(0, 1003, (2, 16)))
+
+  def loss_and_grads(model):
+    return nnx.jit(nnx.value_and_grad(lambda m: m(ids_BxL)[0].std()))(model)
+
+  loss, grads = loss_and_grads(ours_from(hf))
+  scanned_loss, scanned_grads = loss_and_grads(ours_from(hf, scan_layers=True, remat=remat))
+  np.testing.assert_allclose(float(scanned_loss), float(loss), rtol=1e-6)
+  flat = mapping.flatten(nnx.to_pure_dict(grads))
+  scanned = convert.unstack_layers(mapping.flatten(nnx.to_pure_dict(scanned_grads)))
+  assert flat.keys() == scanned.keys()
+  for key in flat:  # float32 gradients of a mean over 2 · 16 · 1003 logits
+    np.testing.assert_allclose(scanned[key], flat[key], atol=1e-6, rtol=0, err_msg=key)
+
+
+def test_sharded_forward_on_8_devices_with_a_vocab_not_divisible_by_8():
+  """fsdp 4 × tensor 2: vocab 777 (padded to 832 rows), heads and MLP split by the logical axis rules."""
+  hf = hf_llama("gqa4-headdim32-llama3-untied")
+  cfg = convert.hf_config_to_llama(hf.config.to_dict(), scan_layers=True, vocab_multiple=64)
+  mesh = sharding.make_mesh({"data": 1, "fsdp": 4, "tensor": 2, "sequence": 1})
+  ids_BxL = np.random.default_rng(5).integers(0, 777, (4, 32))
+  with sharding.use_rules(mesh, train_config.AXIS_RULES):
+    model = llama_with(cfg, convert.from_hf_state_dict(hf.state_dict(), cfg))
+    graphdef, state = nnx.split(model)
+    state = jax.device_put(state, sharding.param_shardings(state, mesh))
+    assert state["embed"]["embedding"][...].sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+
+    @jax.jit
+    def forward(state, ids_BxL):
+      return nnx.merge(graphdef, state)(ids_BxL)[0]
+    logits = forward(state, jnp.asarray(ids_BxL))
+  np.testing.assert_allclose(np.asarray(logits), hf_logits(hf, ids_BxL), atol=ATOL, rtol=0)
