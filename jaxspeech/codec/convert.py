@@ -1,0 +1,205 @@
+"""X-codec2 checkpoints (the `xcodec2` package's module names) in and out of codec workdirs.
+
+    jaxspeech convert codec --from xcodec2 --src CKPT --dst WORKDIR
+    jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR        (DIR/model.safetensors)
+
+CKPT is a safetensors file, or a directory holding `model.safetensors` (HKUSTAudio/xcodec2's release).
+Keys: `CodecEnc.*` (CodecEncoder_Transformer), `generator.{quantizer,backbone,head}.*` (CodecDecoderVocos),
+`fc_prior`, `fc_post_a`, and with the semantic branch `SemanticEncoder_module`, `fc_post_s`,
+`SemanticDecoder_module` (the last two only in training checkpoints; the released XCodec2Model has neither,
+so they keep their initialisation). `semantic_model.*` (w2v-BERT 2.0), `discriminator.*` and
+`spec_discriminator.*` are not imported, and the output says so.
+
+Weight-normalised convs keep g and v as params (`weight_g` (O,), `weight_v` (K, I, O)): imported from either
+`parametrizations.weight.original0/1` (torch's parametrizations, what the package builds) or the older
+`weight_g` / `weight_v`, exported as the former. Buffers (the anti-alias filters, the ISTFT window) are not
+params: on import they are checked against the values the model computes, on export they are written.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from jaxspeech.audio.istft import hann_window
+from jaxspeech.codec import sizes
+from jaxspeech.codec.encoder import LOWPASS
+from jaxspeech.convert import mapping
+from jaxspeech.convert.mapping import HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
+
+
+def conv1d_to_torch(kernel_KxIxO: np.ndarray) -> np.ndarray:
+  """A (K, I, O) kernel as a torch `Conv1d` weight (O, I, K)."""
+  return kernel_KxIxO.transpose(2, 1, 0)
+
+
+def conv1d_from_torch(weight_OxIxK: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  return weight_OxIxK.transpose(2, 1, 0)
+
+
+def gain_to_torch(g_O: np.ndarray) -> np.ndarray:
+  """A weight-norm gain (O,) as torch's (O, 1, 1) (weight_norm over dim 0 of a Conv1d weight)."""
+  return g_O.reshape(-1, 1, 1)
+
+
+def gain_from_torch(g_Ox1x1: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  return g_Ox1x1.reshape(shape)
+
+
+CONV1D = Transform(conv1d_to_torch, conv1d_from_torch)
+GAIN = Transform(gain_to_torch, gain_from_torch)
+SAME = mapping.SAME
+
+# Weight-norm key suffixes: (g, v) as torch.nn.utils.parametrizations.weight_norm, and as the older weight_norm.
+WEIGHT_NORM = {"parametrizations": ("parametrizations.weight.original0", "parametrizations.weight.original1"),
+               "legacy": ("weight_g", "weight_v")}
+NOT_IMPORTED = {"semantic_model.": "w2v-BERT 2.0 (not part of jaxspeech's codec: its features are an input)",
+                "discriminator.": "the multi-period discriminator (generator-only import)",
+                "spec_discriminator.": "the STFT discriminator (generator-only import)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """A state-dict layout: rules for params, and constant buffers (key → array) that are not params."""
+  rules: list[Rule]
+  constants: dict[str, np.ndarray]
+
+  def table(self) -> mapping.Table:
+    return mapping.expand(self.rules, 0)
+
+
+def _wn_conv(ours: str, theirs: str, weight_norm: str) -> list[Rule]:
+  g, v = WEIGHT_NORM[weight_norm]
+  return [Rule(f"{ours}.weight_g", f"{theirs}.{g}", GAIN), Rule(f"{ours}.weight_v", f"{theirs}.{v}", CONV1D),
+          Rule(f"{ours}.bias", f"{theirs}.bias")]
+
+
+def _conv(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
+  return [Rule(f"{ours}.kernel", f"{theirs}.weight", CONV1D)] + ([Rule(f"{ours}.bias", f"{theirs}.bias")] if bias
+                                                                 else [])
+
+
+def _linear(ours: str, theirs: str, transform: Transform = LINEAR, bias: bool = True) -> list[Rule]:
+  return [Rule(f"{ours}.kernel", f"{theirs}.weight", transform)] + ([Rule(f"{ours}.bias", f"{theirs}.bias")] if bias
+                                                                    else [])
+
+
+def _norm(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
+  return [Rule(f"{ours}.scale", f"{theirs}.weight")] + ([Rule(f"{ours}.bias", f"{theirs}.bias")] if bias else [])
+
+
+def _snake(ours: str, theirs: str, constants: dict) -> list[Rule]:
+  """An anti-aliased SnakeBeta (`Activation1d`): α and β (torch's `bias`) are params, the filters buffers."""
+  constants[f"{theirs}.upsample.filter"] = LOWPASS.reshape(1, 1, -1)
+  constants[f"{theirs}.downsample.lowpass.filter"] = LOWPASS.reshape(1, 1, -1)
+  return [Rule(f"{ours}.alpha", f"{theirs}.act.alpha"), Rule(f"{ours}.beta", f"{theirs}.act.bias")]
+
+
+def _encoder(cfg, weight_norm: str, constants: dict) -> list[Rule]:
+  rules = _wn_conv("encoder.conv_in", "CodecEnc.conv_blocks.0", weight_norm)
+  for b in range(len(cfg.encoder.strides)):
+    ours, theirs = f"encoder.blocks.{b}", f"CodecEnc.conv_blocks.{b + 1}.block"
+    for u in range(len(cfg.encoder.dilations)):
+      unit = f"{theirs}.{u}.block"   # Sequential(act1, conv1, act2, conv2)
+      rules += _snake(f"{ours}.units.{u}.act1", f"{unit}.0", constants)
+      rules += _wn_conv(f"{ours}.units.{u}.conv1", f"{unit}.1", weight_norm)
+      rules += _snake(f"{ours}.units.{u}.act2", f"{unit}.2", constants)
+      rules += _wn_conv(f"{ours}.units.{u}.conv2", f"{unit}.3", weight_norm)
+    rules += _snake(f"{ours}.act", f"{theirs}.{len(cfg.encoder.dilations)}", constants)
+    rules += _wn_conv(f"{ours}.conv", f"{theirs}.{len(cfg.encoder.dilations) + 1}", weight_norm)
+  rules += _snake("encoder.act", "CodecEnc.conv_final_block.0", constants)
+  return rules + _wn_conv("encoder.conv_out", "CodecEnc.conv_final_block.1", weight_norm)
+
+
+def _resnet(ours: str, theirs: str) -> list[Rule]:
+  return (_norm(f"{ours}.norm1", f"{theirs}.norm1") + _conv(f"{ours}.conv1", f"{theirs}.conv1")
+          + _norm(f"{ours}.norm2", f"{theirs}.norm2") + _conv(f"{ours}.conv2", f"{theirs}.conv2"))
+
+
+def _decoder(cfg, constants: dict) -> list[Rule]:
+  """`generator.*` of CodecDecoderVocos, its quantizer included."""
+  rules = _linear("quantizer.project_in", "generator.quantizer.project_in")
+  rules += _linear("quantizer.project_out", "generator.quantizer.project_out")
+  backbone = "generator.backbone"
+  rules += _conv("decoder.embed", f"{backbone}.embed")
+  for i in range(2):
+    rules += _resnet(f"decoder.prior_net.{i}", f"{backbone}.prior_net.{i}")
+    rules += _resnet(f"decoder.post_net.{i}", f"{backbone}.post_net.{i}")
+  for i in range(cfg.decoder.depth):
+    ours, theirs = f"decoder.transformers.{i}", f"{backbone}.transformers.{i}"
+    rules += _norm(f"{ours}.att_norm", f"{theirs}.att_norm", bias=False)
+    rules += _linear(f"{ours}.c_attn", f"{theirs}.att.c_attn", HEADS_IN, bias=False)   # rows (3, H, K)
+    rules += _linear(f"{ours}.c_proj", f"{theirs}.att.c_proj", HEADS_OUT, bias=False)
+    rules += _norm(f"{ours}.ffn_norm", f"{theirs}.ffn_norm", bias=False)
+    rules += _linear(f"{ours}.fc1", f"{theirs}.mlp.fc1", bias=False)
+    rules += _linear(f"{ours}.fc2", f"{theirs}.mlp.fc2", bias=False)
+  rules += _norm("decoder.final_norm", f"{backbone}.final_layer_norm")
+  constants["generator.head.istft.window"] = hann_window(cfg.decoder.n_fft)
+  return rules + _linear("decoder.head.out", "generator.head.out")
+
+
+def _semantic(ours: str, theirs: str) -> list[Rule]:
+  return (_conv(f"{ours}.initial_conv", f"{theirs}.initial_conv", bias=False)
+          + _conv(f"{ours}.conv1", f"{theirs}.residual_blocks.1") + _conv(f"{ours}.conv2", f"{theirs}.residual_blocks.3")
+          + _conv(f"{ours}.final_conv", f"{theirs}.final_conv", bias=False))
+
+
+def layout(cfg, weight_norm: str = "parametrizations", training: bool = True) -> Layout:
+  """The xcodec2 layout of a codec `cfg` (config.model). `training=False`: the released XCodec2Model's
+  keys, without `fc_post_s` and `SemanticDecoder_module`."""
+  constants = {}
+  rules = _encoder(cfg, weight_norm, constants) + _decoder(cfg, constants)
+  rules += _linear("fc_prior", "fc_prior") + _linear("fc_post_a", "fc_post_a")
+  if cfg.semantic.enabled:
+    rules += _semantic("semantic_encoder", "SemanticEncoder_module")
+    if training:
+      rules += _linear("fc_post_s", "fc_post_s") + _semantic("semantic_decoder", "SemanticDecoder_module")
+  return Layout(rules, constants)
+
+
+def layouts(cfg) -> dict[str, Layout]:
+  """Every layout we read for `cfg`, by name."""
+  out = {}
+  for weight_norm in WEIGHT_NORM:
+    out[f"xcodec2 ({weight_norm} weight norm)"] = layout(cfg, weight_norm)
+    if cfg.semantic.enabled:
+      out[f"XCodec2Model ({weight_norm} weight norm)"] = layout(cfg, weight_norm, training=False)
+  return out
+
+
+def param_shapes(cfg) -> dict[str, tuple[int, ...]]:
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jaxspeech.codec.model import Codec  # pylint: disable=import-outside-toplevel
+  return mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: Codec(cfg, rngs=nnx.Rngs(0))), nnx.Param))
+
+
+def check_constants(state_dict, constants: dict[str, np.ndarray], what: str, atol: float = 1e-6) -> None:
+  """Buffers must be what our model computes: a checkpoint with other filters or windows would decode differently."""
+  problems = []
+  for key, expected in constants.items():
+    got = mapping.as_numpy(state_dict[key])
+    if got.shape != expected.shape or np.abs(got - expected).max() > atol:
+      problems.append(f"buffer {key}: {got.shape} differs from the computed {expected.shape} by more than {atol}")
+  if problems:
+    raise ConversionError(what, problems)
+
+
+def from_state_dict(state_dict, cfg, what: str = "xcodec2 state dict") -> tuple[str, dict[str, np.ndarray]]:
+  """(layout name, our dotted path → float32 array). `state_dict` holds exactly one layout's keys (params and
+  buffers) and those of NOT_IMPORTED; anything else, and any misshaped tensor, is a ConversionError naming it."""
+  state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(NOT_IMPORTED))}
+  candidates = layouts(cfg)
+  name = mapping.closest({n: {**l.table(), **l.constants} for n, l in candidates.items()}, state_dict)
+  chosen = candidates[name]
+  mapping.check_keys(state_dict, [*chosen.table(), *chosen.constants], f"{what} ({name})")
+  check_constants(state_dict, chosen.constants, f"{what} ({name})")
+  params = {k: v for k, v in state_dict.items() if k not in chosen.constants}
+  return name, mapping.from_hf(params, chosen.table(), param_shapes(cfg), f"{what} ({name})")
+
+
+def to_state_dict(params: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
+  """The xcodec2 state dict (parametrizations weight norm, buffers included) of our dotted-path params."""
+  chosen = layout(cfg)
+  state_dict = mapping.to_hf(params, chosen.table(), param_shapes(cfg), f"codec params for {cfg.to_dict()}")
+  return {**state_dict, **chosen.constants}
