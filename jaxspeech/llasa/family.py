@@ -1,8 +1,9 @@
 """Llasa as a family: packed text + speech-code sequences, next-token loss on the speech part.
 
 Data is a TFDS code dataset (`codes`: codec codes of one utterance, `text`: its transcript, bytes), as the
-codec's tokenize job writes it. Transcripts are tokenized by the sentencepiece model `llasa.tokenizer`; its
-ids are the text vocabulary (`llasa.text_vocab_size`), then come Llasa's specials and speech tokens.
+codec's tokenize job writes it. Transcripts are tokenized by `llasa.tokenizer`: a sentencepiece model, or an
+HF `tokenizer.json` (the Llama tokenizer of an imported checkpoint). Its ids are the text vocabulary
+(`llasa.text_vocab_size`); Llasa's specials and speech tokens follow.
 """
 
 import dataclasses
@@ -28,7 +29,11 @@ def vocab(cfg) -> LlasaVocab:
 
 
 def build_model(cfg, rngs):
-  return Llama(model_config(cfg), rngs)
+  model_cfg = model_config(cfg)
+  if "llasa" in cfg and model_cfg.vocab_size < vocab(cfg).size:
+    raise ValueError(f"model.vocab_size={model_cfg.vocab_size} is smaller than the Llasa vocabulary "
+                     f"({vocab(cfg).size} = llasa.text_vocab_size + 8 + llasa.num_speech_tokens)")
+  return Llama(model_cfg, rngs)
 
 
 def _train_text(cfg) -> bool:
@@ -50,6 +55,22 @@ def evaluate(model, batch, cfg):
   return {"loss": ((ce_BxL * weights_BxL).sum(), n), "accuracy": ((correct_BxL * weights_BxL).sum(), n)}
 
 
+class HFTokenizer:
+  """An HF `tokenizer.json` (e.g. Llama 3's), encoding without its special tokens, as sentencepiece's `encode`."""
+
+  def __init__(self, path: str):
+    import tokenizers  # pylint: disable=import-outside-toplevel
+    self.tokenizer = tokenizers.Tokenizer.from_file(path)
+    self.vocab_size = self.tokenizer.get_vocab_size()
+
+  def encode(self, text: str) -> list[int]:
+    return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def load_tokenizer(path: str) -> spm.Tokenizer | HFTokenizer:
+  return HFTokenizer(path) if path.endswith(".json") else spm.Tokenizer.load(path)
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokenize:
   """A pipeline `map_fn`: a code-dataset record -> {"tokens": its Llasa training sequence}."""
@@ -57,8 +78,8 @@ class Tokenize:
   vocab: LlasaVocab
 
   @functools.cached_property
-  def tokenizer(self) -> spm.Tokenizer:
-    tokenizer = spm.Tokenizer.load(self.tokenizer_path)
+  def tokenizer(self) -> spm.Tokenizer | HFTokenizer:
+    tokenizer = load_tokenizer(self.tokenizer_path)
     if tokenizer.vocab_size > self.vocab.text_vocab_size:
       raise ValueError(f"{self.tokenizer_path} has {tokenizer.vocab_size} pieces; llasa.text_vocab_size is "
                        f"{self.vocab.text_vocab_size}")

@@ -1,0 +1,146 @@
+"""The Llasa family: sequence format, loss masking across packed segments, the code-dataset pipeline, and
+`jaxspeech train --config=configs/llasa.py:tiny` end to end on a test-built code dataset."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+from jaxspeech.data import pipeline, tfds_io
+from jaxspeech.data.synth import sentences
+from jaxspeech.llasa import family, objective
+from jaxspeech.text import spm
+from jaxspeech.text.llasa_vocab import LlasaVocab
+from tests.ast_config import ROOT, load_config
+
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+TEXT_VOCAB, CODES = 256, 64
+VOCAB = LlasaVocab(TEXT_VOCAB, CODES)
+CODE_FEATURES = tfds.features.FeaturesDict({
+    "codes": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+    "text": tfds.features.Text(),
+    "speaker": tfds.features.Text(),
+})
+
+
+def derived_codes(text: str) -> np.ndarray:
+  """Codes a model can learn from the text: one frame per character, a function of the character."""
+  return np.asarray([(7 * ord(c)) % CODES for c in text], np.int32)
+
+
+@pytest.fixture(scope="module")
+def code_data(tmp_path_factory):
+  """(dataset path, sentencepiece model path): 160 train and 16 validation utterances of derived codes."""
+  root = tmp_path_factory.mktemp("llasa_codes")
+  texts = sentences.unique_sentences(176, seed=0)
+  model_path = str(root / "spm.model")
+  spm.train_bpe(texts, vocab_size=TEXT_VOCAB).save(model_path)
+
+  def examples(part):
+    return [{"codes": derived_codes(t), "text": t, "speaker": f"s{i % 4}"} for i, t in enumerate(part)]
+  path = tfds_io.write_dataset(root / "codes" / "1.0.0", CODE_FEATURES,
+                               {"train": examples(texts[:160]), "validation": examples(texts[160:])})
+  return path, model_path
+
+
+def tiny_config(code_data):
+  cfg = load_config("llasa", "tiny")
+  cfg.data.path, cfg.llasa.tokenizer = code_data
+  cfg.llasa.update(text_vocab_size=TEXT_VOCAB, num_speech_tokens=CODES, seq_len=256)
+  cfg.model.vocab_size = VOCAB.size
+  return cfg
+
+
+def test_sequence_layout_and_prompt():
+  seq = objective.sequence(VOCAB, [5, 6], [0, 63])
+  names = ["TEXT_UNDERSTANDING_START", "TEXT_UNDERSTANDING_END", "SPEECH_GENERATION_START", "SPEECH_GENERATION_END"]
+  tus, tue, sgs, sge = (VOCAB.special(n) for n in names)
+  assert seq.tolist() == [tus, 5, 6, tue, sgs, VOCAB.speech_start, VOCAB.speech_start + 63, sge]
+  assert objective.prompt(VOCAB, [6], ref_text_ids=[5], ref_codes=[1]).tolist() == [
+      tus, 5, 6, tue, sgs, VOCAB.speech_start + 1]
+  trained = np.asarray(objective.speech_targets(jnp.asarray(seq[1:]), VOCAB))
+  assert trained.tolist() == [False, False, False, True, True, True, True]  # from the speech start onward
+
+
+def test_no_loss_term_crosses_a_segment_boundary(code_data):
+  """Changing segment 2's tokens changes none of segment 1's loss terms (and does change its own)."""
+  cfg = tiny_config(code_data)
+  model = family.build_model(cfg, nnx.Rngs(0))
+  a = objective.sequence(VOCAB, [10, 11, 12], [1, 2, 3, 4, 5])
+  b = objective.sequence(VOCAB, [20, 21], [6, 7, 8, 9])
+
+  def packed(b):
+    inputs = np.concatenate([a[:-1], b[:-1]])[None]
+    targets = np.concatenate([a[1:], b[1:]])[None]
+    segments = np.repeat([1, 2], [len(a) - 1, len(b) - 1])[None]
+    positions = np.concatenate([np.arange(len(a) - 1), np.arange(len(b) - 1)])[None]
+    return {"inputs": inputs, "targets": targets, "segment_ids": segments, "positions": positions,
+            "weights": np.ones_like(inputs, np.float32)}
+
+  changed = b.copy()
+  changed[1:3] = [30, 31]
+  changed[-3] = VOCAB.speech_start + 40
+  terms = nnx.jit(objective.token_terms, static_argnums=(2, 3))
+  ce1, _, w1 = terms(model, packed(b), VOCAB, False)
+  ce2, _, _ = terms(model, packed(changed), VOCAB, False)
+  n = len(a) - 1
+  np.testing.assert_array_equal(np.asarray(ce1[0, :n]), np.asarray(ce2[0, :n]))
+  assert np.abs(np.asarray(ce1[0, n:] - ce2[0, n:])).max() > 1e-3
+  assert np.asarray(w1).sum() == 2 + 5 + 2 + 4  # speech start, codes and end of each segment
+
+
+def test_pipeline_packs_code_dataset_rows(code_data):
+  cfg = tiny_config(code_data)
+  ds = family.make_data(cfg, "train", train=True, shard_index=0, shard_count=1)
+  batch = next(iter(ds))
+  assert batch["inputs"].shape == (cfg.train.batch_size, 256)
+  assert batch["segment_ids"].max() > 1  # several utterances per row
+  row, seg = batch["inputs"][0], batch["segment_ids"][0]
+  starts = np.flatnonzero(np.diff(np.concatenate([[0], seg])) != 0)
+  assert all(row[s] == VOCAB.special("TEXT_UNDERSTANDING_START") for s in starts if seg[s] > 0)
+  assert all(batch["positions"][0][s] == 0 for s in starts)
+  stats = pipeline.pipeline_stats(iter(ds))
+  assert stats.get("decode_errors", 0) == 0
+
+
+def test_train_cli_loss_falls(code_data, tmp_path):
+  path, tokenizer = code_data
+  cmd = [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/llasa.py:tiny", f"--workdir={tmp_path}",
+         f"--config.data.path={path}", f"--config.llasa.tokenizer={tokenizer}",
+         f"--config.llasa.text_vocab_size={TEXT_VOCAB}", f"--config.llasa.num_speech_tokens={CODES}",
+         f"--config.model.vocab_size={VOCAB.size}", "--config.llasa.seq_len=256", "--config.train.steps=40",
+         "--config.train.log_every=2", "--config.train.eval_every=40", "--config.train.checkpoint_every=40"]
+  result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+    metrics = [json.loads(line) for line in f]
+  losses = [m["loss"] for m in metrics if "loss" in m]
+  # ln 328 = 5.8 at chance; the codes follow the characters, so 40 steps bring the loss well down
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 1.0, losses
+  assert any("eval/loss" in m for m in metrics)
+  assert {"tokens_per_s", "flops_per_s"} <= set([m for m in metrics if "loss" in m][-1])
+
+
+def test_vocab_too_small_for_the_llasa_ids_is_refused(code_data):
+  cfg = tiny_config(code_data)
+  cfg.model.vocab_size = VOCAB.size - 1
+  with pytest.raises(ValueError, match="smaller than the Llasa vocabulary"):
+    family.build_model(cfg, nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("variant", ["150m", "1b", "3b", "8b"])
+def test_large_variants_build_abstractly_with_the_published_shapes(variant):
+  cfg = load_config("llasa", variant)
+  model = nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0)))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  padding = (model.cfg.padded_vocab - model.cfg.vocab_size) * model.cfg.hidden * (1 if model.cfg.tie_embeddings else 2)
+  expected = {"150m": 146_424_320, "1b": 1_370_048_512, "3b": 4_009_454_592, "8b": 8_567_197_696}[variant]
+  assert n - padding == expected
+  assert model.cfg.vocab_size == 193_800
