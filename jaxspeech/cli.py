@@ -6,6 +6,7 @@
   jaxspeech text train --dataset DATASET_DIR --output FILE.model [--vocab-size V]
   jaxspeech train --config=configs/ast.py:tiny --workdir=DIR [--config.train.steps=100 ...]
   jaxspeech eval  --config=configs/ast.py:tiny --workdir=DIR
+  jaxspeech plan  --config=configs/ast.py:base --mesh data=2,fsdp=4 [--device h100] [--hbm-gib 80]
   jaxspeech sweep run --config=configs/sweeps/ast_cpu.py --workdir=DIR [--backend local|slurm|xpk]
   jaxspeech sweep fit --workdir=DIR                   (see jaxspeech/sweep/cli.py)
   jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR    (see jaxspeech/convert/cli.py)
@@ -61,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
   groups = parser.add_subparsers(dest="group", required=True)
   groups.add_parser("train", help="train a model: --config=configs/<family>.py:<variant> --workdir=DIR")
   groups.add_parser("eval", help="evaluate a workdir's newest checkpoint")
+  groups.add_parser("plan", help="memory, FLOPs and step time of a config on a mesh (see jaxspeech/train/plan.py)")
   groups.add_parser("sweep", help="scaling-law sweeps: run, fit, status (see jaxspeech/sweep/cli.py)")
 
   data = groups.add_parser("data", help="build and inspect datasets").add_subparsers(dest="command", required=True)
@@ -97,7 +99,12 @@ def main(argv: list[str] | None = None) -> int:
   if argv and argv[0] == "sweep":
     from jaxspeech.sweep import cli as sweep_cli
     return sweep_cli.main(argv[1:])
+  if argv and argv[0] == "plan":
+    from jaxspeech.train import plan
+    return plan.main(argv[1:])
   if argv and argv[0] in ("train", "eval"):  # absl + ml_collections flags, as in big_vision and MaxText
+    from jaxspeech.train import host
+    host.reexec_with_malloc_tuning(["-m", "jaxspeech.cli", *argv])
     from jaxspeech.train import main as train_main
     train_main.run(argv[0], argv[1:])
     return 0

@@ -1,0 +1,221 @@
+"""`jaxspeech plan`: what a config costs on a mesh before it runs there.
+
+  jaxspeech plan --config=configs/ast.py:base --mesh data=2,fsdp=4 --device h100 [--hbm-gib 80]
+
+Reports the parameter count; per-device memory for params, optimizer state, gradients and activations;
+the FLOPs of one step (the family's `train_flops`); the projected step time and MFU at the device's peak;
+and whether the step fits the device's HBM.
+
+Memory is XLA's own count: the planner builds the trainer's real train step (the same jit, state and
+batch shardings as `jaxspeech train`), lowers it on fake CPU devices laid out as the requested mesh,
+compiles it and reads `compiled.memory_analysis()`. The fake devices are made in a child process whose
+XLA_FLAGS ask for as many as the mesh needs, so a laptop plans a 256-chip mesh. Batch shapes come from
+one batch of the config's dataset. The same figures are estimated analytically (every param split
+over fsdp × tensor, AdamW's two moments, fp32 gradients in the params' layout); a gap above
+DISAGREE_PCT % is reported, since it means params that the rules leave replicated.
+
+CPU compilation is a stand-in: GPU and TPU compilers fuse and schedule differently, so activation
+memory on the accelerator can differ by tens of percent; params, optimizer state and gradients do not.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from jaxspeech import sharding
+from jaxspeech.data import pipeline
+from jaxspeech.train import metrics, trainer
+
+# device: (device_kind prefix in metrics.PEAK_BF16_FLOPS, HBM GiB per chip as the runtime reports it)
+DEVICES = {
+    "h100": ("NVIDIA H100", 79.6), "h200": ("NVIDIA H200", 140.4), "a100": ("NVIDIA A100", 80.0),
+    "v4": ("TPU v4", 32.0), "v5e": ("TPU v5e", 16.0), "v5p": ("TPU v5p", 95.0), "v6e": ("TPU v6e", 32.0),
+}
+USABLE_HBM = 0.9         # XLA_PYTHON_CLIENT_MEM_FRACTION on GPUs (launch/common.py); runtime headroom on TPUs
+DISAGREE_PCT = 10.0
+AXES = ("data", "fsdp", "tensor", "sequence")
+CHILD_ENV = "JAXSPEECH_PLAN_DEVICES"
+GIB = 2.0**30
+
+
+@dataclasses.dataclass
+class Plan:
+  family: str
+  mesh: dict[str, int]
+  params: int                 # parameter count
+  per_device: dict[str, int]  # bytes: params, optimizer, ema, gradients, batch, activations, total
+  xla: dict[str, int]         # compiled.memory_analysis(): argument, output, alias, temp (bytes per device)
+  analytic: dict[str, int]    # bytes per device: params, optimizer, ema, gradients, state
+  flops_per_step: float
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+  """'data=2,fsdp=4' → {'data': 2, 'fsdp': 4, 'tensor': 1, 'sequence': 1}; dcn_<axis>=N multiplies <axis>
+  (slices change which links carry the traffic, not what each device holds)."""
+  sizes = dict.fromkeys(AXES, 1)
+  for item in filter(None, text.split(",")):
+    name, _, value = item.partition("=")
+    axis = name.strip().removeprefix("dcn_")
+    if axis not in AXES or not re.fullmatch(r"[1-9]\d*", value.strip()):
+      raise ValueError(f"--mesh takes axis=size pairs over {', '.join(AXES)} (and dcn_<axis>), got {item!r}")
+    sizes[axis] *= int(value)
+  return sizes
+
+
+def _shard_bytes(tree) -> int:
+  """Bytes one device holds of a tree of sharded abstract arrays."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in _leaves(tree))
+
+
+def _leaves(tree):
+  return [x for x in jax.tree.leaves(tree) if hasattr(x, "shape")]
+
+
+def measure(cfg, mesh: dict[str, int], devices=None) -> Plan:
+  """Compiles the train step of `cfg` on `mesh` (over `devices`, default all) and reads its memory."""
+  cfg = cfg.copy_and_resolve_references()
+  cfg.mesh.update(mesh)
+  devices = list(jax.devices() if devices is None else devices)[:math.prod(mesh.values())]
+  run = trainer.Trainer(cfg, workdir="", devices=devices)
+  data = run.family.make_data(cfg, cfg.data.train_split, train=True, shard_index=0, shard_count=1)
+  iterator = pipeline.make_iterator(data)
+  batch = next(iterator)
+  iterator.close()
+  abstract_batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=run.batch_shardings[k])
+                    for k, v in batch.items() if k in run.batch_shardings}
+  with sharding.use_rules(run.mesh, run.rules):
+    stats = run.train_step.lower(run.target, abstract_batch).compile().memory_analysis()
+  xla = dict(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
+             alias=stats.alias_size_in_bytes, temp=stats.temp_size_in_bytes)
+  state = run.target
+  per_device = dict(params=_shard_bytes(state.params), optimizer=_shard_bytes(state.opt_state),
+                    ema=_shard_bytes(state.ema) if state.ema is not None else 0, batch=_shard_bytes(abstract_batch))
+  per_device["gradients"] = per_device["params"]  # fp32, in the params' layout
+  per_device["activations"] = max(xla["temp"] - per_device["gradients"], 0)
+  per_device["total"] = xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
+  count = param_count(state.params)
+  return Plan(family=cfg.family, mesh=dict(mesh), params=count, per_device=per_device, xla=xla,
+              analytic=analytic(count, mesh, bool(cfg.train.ema_decay)), flops_per_step=run.flops_per_step)
+
+
+def param_count(params) -> int:
+  """Parameters in an (abstract) params tree."""
+  return sum(x.size for x in _leaves(params))
+
+
+def analytic(params: int, mesh: dict[str, int], ema: bool) -> dict[str, int]:
+  """fp32 master params split over fsdp × tensor; AdamW's two moments; fp32 gradients; the EMA copy."""
+  each = 4 * params / (mesh["fsdp"] * mesh["tensor"])
+  out = dict(params=each, optimizer=2 * each, ema=each if ema else 0, gradients=each)
+  out["state"] = out["params"] + out["optimizer"] + out["ema"]
+  return {k: int(v) for k, v in out.items()}
+
+
+def _size(n: float) -> str:
+  return f"{n / GIB:8.2f} GiB" if n >= GIB / 10 else f"{n / 2**20:8.2f} MiB"
+
+
+def _ms(seconds: float) -> str:
+  return f"{seconds * 1e3:.3g} ms"
+
+
+def gap_pct(measured: float, estimate: float) -> float:
+  return 100.0 * abs(measured - estimate) / max(estimate, 1.0)
+
+
+def report(plan: Plan, device: str | None, hbm_gib: float | None, mfu: float, step_time: float | None) -> str:
+  n = math.prod(plan.mesh.values())
+  d = plan.per_device
+  lines = [f"{plan.family} on mesh " + " ".join(f"{k}={v}" for k, v in plan.mesh.items()) + f" ({n} devices)",
+           f"parameters           {plan.params:,} ({_size(4 * plan.params).strip()} in fp32)",
+           "memory per device    (XLA memory_analysis of the compiled train step, CPU compiler)"]
+  for name, key in (("params", "params"), ("optimizer state", "optimizer"), ("EMA params", "ema"),
+                    ("gradients", "gradients"), ("activations + temps", "activations"), ("batch", "batch")):
+    if d[key] or key != "ema":
+      estimate = f"   analytic {_size(plan.analytic[key])}" if key in plan.analytic else ""
+      lines.append(f"  {name:<20} {_size(d[key])}{estimate}")
+  lines.append(f"  {'total (peak)':<20} {_size(d['total'])}")
+  state_xla = plan.xla["alias"]  # the donated state, as the compiled step holds it
+  if gap_pct(state_xla, plan.analytic["state"]) > DISAGREE_PCT:
+    lines.append(f"  note: XLA holds {_size(state_xla).strip()} of state per device, the analytic estimate "
+                 f"{_size(plan.analytic['state']).strip()} ({gap_pct(state_xla, plan.analytic['state']):.0f}% apart): "
+                 "some params are not split over fsdp × tensor (a dim that does not divide, or a replicated axis)")
+  lines.append(f"FLOPs per step       {plan.flops_per_step:.4g} (analytic matmul FLOPs, forward + backward)")
+  if device is not None:
+    kind, default_hbm = DEVICES[device]
+    peak = metrics.PEAK_BF16_FLOPS[kind]
+    ideal = plan.flops_per_step / (n * peak)
+    lines.append(f"step time on {n} × {device}: {_ms(ideal)} at 100% MFU ({peak / 1e12:.0f} TFLOP/s bf16 peak each), "
+                 f"{_ms(ideal / mfu)} at {mfu:.0%} MFU")
+    if step_time:
+      lines.append(f"MFU at a measured {_ms(step_time)} per step: {ideal / step_time:.1%}")
+    hbm = hbm_gib or default_hbm
+  else:
+    hbm = hbm_gib
+  if hbm:
+    usable = USABLE_HBM * hbm * GIB
+    verdict = "yes" if d["total"] <= usable else "NO"
+    lines.append(f"fits in {hbm:g} GiB HBM? {verdict}: {_size(d['total']).strip()} of {_size(usable).strip()} usable "
+                 f"({USABLE_HBM:.0%})")
+  return "\n".join(lines)
+
+
+def _flags():
+  fv = flags.FlagValues()
+  config = config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/ast.py:base",
+                                           flag_values=fv)
+  values = dict(
+      mesh=flags.DEFINE_string("mesh", None, "axis sizes, e.g. data=2,fsdp=4,tensor=1", flag_values=fv),
+      device=flags.DEFINE_enum("device", None, list(DEVICES), "the accelerator, for peak FLOP/s and HBM",
+                               flag_values=fv),
+      hbm=flags.DEFINE_float("hbm-gib", None, "HBM per device in GiB (default: the device's)", flag_values=fv),
+      mfu=flags.DEFINE_float("mfu", 0.4, "MFU assumed for the projected step time", flag_values=fv),
+      step_time=flags.DEFINE_float("step-time", None, "a measured step time in seconds, for its MFU", flag_values=fv),
+      json=flags.DEFINE_boolean("json", False, "print the plan as JSON", flag_values=fv))
+  return fv, config, values
+
+
+def main(argv: list[str]) -> int:
+  fv, config, opts = _flags()
+  try:
+    fv(["jaxspeech plan", *argv])
+    cfg = config.value
+    if cfg is None or opts["mesh"].value is None:
+      raise ValueError("give --config=FILE.py:VARIANT and --mesh axis=size,...")
+    mesh = parse_mesh(opts["mesh"].value)
+    rows = mesh["data"] * mesh["fsdp"]
+    if cfg.train.batch_size % rows:
+      raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over data × fsdp = {rows} devices")
+  except Exception as e:  # pylint: disable=broad-except  (absl and config-file errors, as one line)
+    print(f"jaxspeech plan: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
+    return 2
+  n = math.prod(mesh.values())
+  if os.environ.get(CHILD_ENV) != str(n):
+    return _in_child(argv, n)
+  plan = measure(cfg, mesh)
+  if opts["json"].value:
+    print(json.dumps(dataclasses.asdict(plan)))
+  else:
+    print(report(plan, opts["device"].value, opts["hbm"].value, opts["mfu"].value, opts["step_time"].value))
+  return 0
+
+
+def _in_child(argv: list[str], devices: int) -> int:
+  """Reruns this command where JAX starts with `devices` fake CPU devices."""
+  xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+  env = {**os.environ, CHILD_ENV: str(devices), "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count={devices}".strip()}
+  return subprocess.run([sys.executable, "-m", "jaxspeech.train.plan", *argv], env=env, check=False).returncode
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
