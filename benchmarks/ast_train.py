@@ -18,8 +18,9 @@ Both sides are warmed up (JAX compiles), then timed in alternating blocks (jaxsp
 times) so machine noise hits both; figures are medians. Forward is the loss alone, clip+AdamW the optimizer part
 alone; backward is the rest of the step.
 
-Also measured: the stride-16 comparison again in a child process started with GLIBC_TUNABLES (see MALLOC_TUNABLES:
-XLA's per-call temp buffer is otherwise mmapped and page-faulted in on every step); candidate changes to the step,
+Both sides run under the glibc malloc tunables that `jaxspeech train` uses (jaxspeech/train/host.py): the script
+re-executes itself with them. Also measured: the stride-16 comparison again in a child process with glibc's default
+malloc (XLA's per-call temp buffer is then mmapped and page-faulted in on every step); candidate changes to the step,
 each reimplemented here with the library untouched (VARIANTS); with `--flags`, XLA CPU flags (one child process
 each, since XLA reads XLA_FLAGS once per process). `--dump-hlo DIR` writes the optimised HLO of the step and forward.
 Prints markdown; `--write` replaces this script's section of benchmarks/RESULTS.md and leaves the others alone.
@@ -36,6 +37,7 @@ import sys
 import time
 
 import common
+from jaxspeech.train import host
 
 SECTION = "AST training step (Foundation II)"
 RESULTS = common.RESULTS
@@ -295,55 +297,6 @@ def _patch_conv_as_matmul():
   return _patched(nnx.Conv, "__call__", call)
 
 
-def _gelu_shim(gelu):
-  """Patches `jax.nn.gelu` as seen by jaxspeech.ast.model (the library and jax stay untouched)."""
-  import jax
-  from jaxspeech.ast import model
-
-  class Nn:
-    def __getattr__(self, name):
-      return getattr(jax.nn, name)
-
-  class Jax:
-    def __getattr__(self, name):
-      return getattr(jax, name)
-
-  shim = Jax()
-  shim.nn = Nn()
-  shim.nn.gelu = gelu
-  return _patched(model, "jax", shim)
-
-
-def exact_gelu_saving_input():
-  """jax.nn.gelu(approximate=False) (same forward: 0.5·x·erfc(−x/√2)) with a custom VJP that saves only x and
-  computes the derivative Φ(x) + x·φ(x) in the backward pass, instead of autodiff's erfc and exp residuals."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
-  sqrt_half, inv_sqrt_2pi = np.float32(np.sqrt(0.5)), np.float32(1 / np.sqrt(2 * np.pi))
-
-  @jax.custom_vjp
-  def gelu(x):
-    return 0.5 * x * jax.lax.erfc(-x * sqrt_half)
-
-  def fwd(x):
-    return gelu(x), x
-
-  def bwd(x, g):
-    return (g * (0.5 * jax.lax.erfc(-x * sqrt_half) + x * inv_sqrt_2pi * jnp.exp(-0.5 * x * x)),)
-
-  gelu.defvjp(fwd, bwd)
-  return lambda x, approximate=False: gelu(x)
-
-
-def _gelu_erf():
-  """Exact GELU as 0.5·x·(1 + erf(x/√2)) (PyTorch's formula) instead of jax.nn.gelu's 0.5·x·erfc(−x/√2)."""
-  import jax
-  import numpy as np
-  return _gelu_shim(lambda x, approximate=False: 0.5 * x * (1 + jax.lax.erf(x * np.float32(np.sqrt(0.5)))))
-
-
 def _fused_qkv():
   """Attention with one (embed → 3·heads·kv) projection instead of three (different params, same FLOPs)."""
   import jax.numpy as jnp
@@ -400,8 +353,6 @@ VARIANTS = {  # name → context manager factory active while the model is trace
     "attention bhlk": lambda: _patched(layers_module(), "dot_product_attention", _attention_bhlk)(),
     "fused qkv": lambda: _fused_qkv()(),
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
-    "erf GELU": lambda: _gelu_erf()(),
-    "GELU custom VJP": lambda: _gelu_shim(exact_gelu_saving_input())(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
 
@@ -487,7 +438,6 @@ def median_ms(ts: list[float]) -> float:
   return 1e3 * statistics.median(ts)
 
 
-MALLOC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 FLAG_SETS = {  # name → XLA_FLAGS for a child process (XLA reads them once per process)
     "default flags": "",
     "XLA's own dots instead of YNNPACK's": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
@@ -541,7 +491,8 @@ def run_child(kind: str, env: dict, args, *extra: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--heads", str(args.heads), "--blocks",
          str(args.blocks), "--steps", str(args.steps), "--other-steps", str(args.other_steps), "--variant-steps",
          str(args.variant_steps), "--max-other", str(args.max_other), "--retries", str(args.retries), *extra]
-  out = subprocess.run(cmd, env=dict(os.environ, **env), capture_output=True, text=True, check=True)
+  env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -604,9 +555,9 @@ def run(args) -> dict:
     del figures
 
   if args.malloc:
-    figures = run_child("main", {"GLIBC_TUNABLES": MALLOC_TUNABLES}, args, "--strides", "16")
+    figures = run_child("main", {"GLIBC_TUNABLES": None, "JAXSPEECH_MALLOC_TUNING": "0"}, args, "--strides", "16")
     result["other"] = max(result["other"], figures["other"])
-    result["malloc"] = main_rows(16, figures, " with `GLIBC_TUNABLES`")
+    result["malloc"] = main_rows(16, figures, " (default glibc malloc)")
     print(main_table(result["malloc"]), file=sys.stderr, flush=True)
 
   if args.variants and library16 is not None:
@@ -640,8 +591,6 @@ VARIANT_NOTES = {
     "attention bhlk": "`dot_product_attention` transposing q, k, v to (b, h, l, k) before the einsums",
     "fused qkv": "one embed → (3, heads, kv) projection instead of three",
     "patch conv as matmul": "the 16×16/16 patch embedding as reshape + matmul instead of `nnx.Conv`",
-    "erf GELU": "exact GELU as 0.5·x·(1 + erf(x/√2)) (PyTorch's formula) instead of `jax.nn.gelu`'s erfc form",
-    "GELU custom VJP": "`jax.nn.gelu`'s erfc form with a custom VJP that saves only x",
 }
 
 
@@ -679,16 +628,17 @@ Written by `{command}` ({seconds:.0f} s).
 """
   if result["malloc"]:
     text += f"""
-The same comparison at stride 16/16 in a process started with
-`GLIBC_TUNABLES={MALLOC_TUNABLES}` (one malloc arena, no mmap, no trimming): XLA allocates the step's temp
-buffer with malloc on a worker thread on every call; glibc serves a chunk that large with a fresh `mmap` and
-`munmap`s it on free, so every step page-faults the whole buffer in again. With the tunables the heap keeps it.
+The same comparison at stride 16/16 in a process with glibc's default malloc (`JAXSPEECH_MALLOC_TUNING=0`): XLA
+allocates the step's temp buffer with malloc on a worker thread on every call; glibc serves a chunk that large
+with a fresh `mmap` and `munmap`s it on free, so every step page-faults the whole buffer in again. This is why
+`jaxspeech train|eval` (and this benchmark) re-execute under `GLIBC_TUNABLES={host.MALLOC_TUNABLES}`
+(`jaxspeech/train/host.py`): one arena, no mmap, no trimming, so the heap keeps the buffer.
 
 {main_table(result['malloc'])}"""
   if result["variants"]:
     text += f"""
 Candidate changes at stride 16/16, each implemented in the benchmark only (the library is untouched), timed in
-blocks of {args.variant_steps} alternating with the library step ({args.blocks} rounds; default malloc):
+blocks of {args.variant_steps} alternating with the library step ({args.blocks} rounds):
 
 {variant_table(result['variants'], 'variant')}
 """ + "\n".join(f"- {name}: {note}" for name, note in VARIANT_NOTES.items()) + "\n"
@@ -735,13 +685,15 @@ def main():
   parser.add_argument("--no-variants", dest="variants", action="store_false", help="skip the candidate changes")
   parser.add_argument("--flags", action="store_true", help="also time XLA CPU flags (one process each)")
   parser.add_argument("--no-malloc", dest="malloc", action="store_false",
-                      help="skip the stride-16 comparison rerun in a process with GLIBC_TUNABLES")
+                      help="skip the stride-16 comparison rerun in a process with glibc's default malloc")
   parser.add_argument("--max-other", type=float, default=0.1)
   parser.add_argument("--retries", type=int, default=3)
   parser.add_argument("--write", action="store_true", help=f"replace the section in {os.path.relpath(RESULTS)}")
   parser.add_argument("--dump-hlo", metavar="DIR", help="write the optimised HLO of the step and forward, then exit")
   parser.add_argument("--child", choices=("main", "flags"), help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if not os.environ.get("JAXSPEECH_MALLOC_TUNING") == "0":
+    host.reexec_with_malloc_tuning([os.path.abspath(__file__), *sys.argv[1:]])  # as `jaxspeech train` runs
   if args.child:
     child(args)
     return

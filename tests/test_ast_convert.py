@@ -408,24 +408,45 @@ def test_trainer_accepts_a_matching_config_and_refuses_another(classifier):
     trainer_lib._check_workdir(wd, tiny_config({**model, "hidden": 64}))  # pylint: disable=protected-access
 
 
-@pytest.mark.parametrize("ema_decay", [0.0, pytest.param(0.999, marks=pytest.mark.xfail(strict=True, reason=(
-    "a config with an EMA expects `ema` in the state; the converted state (the defaults: no EMA) does not match, so "
-    "the trainer skips it as unreadable and starts fresh. Needs the trainer to restore an imported step-0 "
-    "checkpoint's params alone (see docs/ast.md, Import)")))])
-def test_trainer_restores_the_converted_params(classifier, ema_decay):
-  """What `Trainer.restore_or_init` returns, unless `restore_latest` finds nothing and it starts fresh."""
+def _restore_or_init(cfg, workdir):
   import grain
-  from jaxspeech import sharding
   from jaxspeech.train import checkpoint
+  trainer = trainer_lib.Trainer(cfg, str(workdir))
+  checkpoints = checkpoint.Checkpoints(str(workdir), keep=3, async_save=False)
+  try:
+    return trainer.restore_or_init(iter(grain.MapDataset.range(4).to_iter_dataset()), checkpoints)
+  finally:
+    checkpoints.close()
+
+
+def test_trainer_restores_the_converted_params(classifier):
+  model = json.loads((classifier[2] / "config.json").read_text())["model"]
+  state = _restore_or_init(tiny_config(model), classifier[2])
+  assert int(state.step) == 0
+  assert_same(mapping.flatten(nnx.to_pure_dict(state.params)), params_of(classifier[2]))
+
+
+def test_converted_workdir_with_another_train_state_is_an_error_not_a_fresh_start(classifier):
   model = json.loads((classifier[2] / "config.json").read_text())["model"]
   cfg = tiny_config(model)
-  cfg.train.ema_decay = ema_decay
-  trainer = trainer_lib.Trainer(cfg, str(classifier[2]))
-  checkpoints = checkpoint.Checkpoints(str(classifier[2]), keep=3, async_save=False)
-  with sharding.use_rules(trainer.mesh, trainer.rules):
-    restored = checkpoints.restore_latest(trainer.target, iter(grain.MapDataset.range(4).to_iter_dataset()))
-  checkpoints.close()
-  assert restored is not None, "the trainer would start from a fresh init"
-  step, state = restored
-  assert step == 0 and int(state.step) == 0
-  assert_same(mapping.flatten(nnx.to_pure_dict(state.params)), params_of(classifier[2]))
+  cfg.train.ema_decay = 0.999
+  with pytest.raises(ValueError, match="init_from"):
+    _restore_or_init(cfg, classifier[2])
+
+
+def test_init_from_a_converted_workdir_with_ema_groups_and_a_new_head(classifier, tmp_path):
+  """`train.init_from` loads the imported params into a fresh run with its own EMA and optimizer groups;
+  `train.init_skip` leaves a head of another size at its initialisation."""
+  model = json.loads((classifier[2] / "config.json").read_text())["model"]
+  cfg = tiny_config({**model, "num_classes": model["num_classes"] + 3})
+  cfg.train.update(ema_decay=0.999, init_from=str(classifier[2]), init_skip=r"^head\.")
+  state = _restore_or_init(cfg, tmp_path / "run")
+  imported = params_of(classifier[2])
+  ours = mapping.flatten(nnx.to_pure_dict(state.params))
+  assert_same({k: v for k, v in ours.items() if not k.startswith("head.")},
+              {k: v for k, v in imported.items() if not k.startswith("head.")})
+  assert ours["head.kernel"].shape[-1] == model["num_classes"] + 3
+  assert_same(mapping.flatten(nnx.to_pure_dict(state.ema)), ours)
+  cfg.train.init_skip = ""
+  with pytest.raises(ValueError, match="shape mismatch head.kernel"):
+    _restore_or_init(cfg, tmp_path / "run2")

@@ -112,7 +112,8 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(corpus_path
 
 def test_end_to_end_loss_falls_and_eval_runs(corpus_path, tmp_path):
   result = _run(_cli(tmp_path, corpus_path, "--config.train.steps=40", "--config.train.eval_every=40",
-                     "--config.train.checkpoint_every=40", "--config.optim.lr=3e-3"))
+                     "--config.train.checkpoint_every=40", "--config.optim.lr=3e-3",
+                     "--config.train.profile_steps=3,4", f"--config.train.compilation_cache={tmp_path / 'xla'}"))
   assert result.returncode == 0, result.stderr[-3000:]
   losses = [m["loss"] for m in _metrics(tmp_path) if "loss" in m]
   # ln 16 = 2.77 is chance; 40 steps of this 1-layer model take the mean loss down by ~0.2-0.5.
@@ -123,6 +124,20 @@ def test_end_to_end_loss_falls_and_eval_runs(corpus_path, tmp_path):
       [m for m in _metrics(tmp_path) if "loss" in m][-1])
   assert os.listdir(tmp_path / "tb")
   assert "eval/accuracy" in result.stdout
+  # goodput: the first step's compile, the eval and the saves are accounted for, and the rest is productive
+  final = _metrics(tmp_path)[-1]
+  assert final["time/compile_s"] > 0 and final["time/eval_s"] > 0 and final["time/checkpoint_s"] > 0, final
+  assert 0 < final["goodput"] < 1 and final["time/wall_s"] > sum(v for k, v in final.items() if k.startswith("time/")
+                                                                  and k != "time/wall_s")
+  traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files if f.endswith(".xplane.pb")]
+  assert traces, "no profiler trace written"
+  assert os.listdir(tmp_path / "xla"), "the persistent compilation cache stayed empty"
+
+
+def test_profile_steps_are_checked(corpus_path, tmp_path):
+  result = _run(_cli(tmp_path, corpus_path, "--config.train.steps=2", "--config.train.profile_steps=5"))
+  assert result.returncode == 2
+  assert "train.profile_steps must be 'first,last'" in result.stderr
 
 
 @pytest.mark.parametrize("args, message", [

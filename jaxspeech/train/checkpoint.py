@@ -44,8 +44,10 @@ class Checkpoints:
     """The newest readable checkpoint as (step, state), restoring `iterator` in place; None if there is none.
 
     A checkpoint that fails to load (torn by a crash mid-write, or damaged) is skipped with a warning
-    and the one before it is tried.
+    and the one before it is tried. If none loads, that is an error: starting afresh would silently drop
+    the run (or the converted params) the workdir holds.
     """
+    errors = []
     for step in reversed(self.steps()):
       items = {"state": ocp.args.StandardRestore(target)}
       if self._has_data(step):
@@ -56,12 +58,19 @@ class Checkpoints:
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # pylint: disable=broad-except
+        errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
         logging.warning("checkpoint at step %d is unreadable (%s: %s); trying the previous one",
                         step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
         if jax.process_index() == 0:
           print(f"warning: checkpoint {step} is unreadable ({type(e).__name__}); falling back to an earlier one")
         continue
       return step, restored["state"]
+    if errors:
+      raise ValueError(
+          f"no checkpoint in {self.manager.directory} fits this config's train state ({'; '.join(errors)}). "
+          "A workdir written by `jaxspeech convert` holds the default train state; to train it with another "
+          "optimizer setup (EMA, parameter groups, adapters), start a new --workdir with "
+          "--config.train.init_from=<converted workdir>.")
     return None
 
   def _has_data(self, step: int) -> bool:

@@ -36,5 +36,12 @@ def defaults() -> ml_collections.ConfigDict:
       eps=1e-8, weight_decay=0.01, clip_norm=1.0, accum_steps=1, groups=ml_collections.ConfigDict()))
   cfg.train = ml_collections.ConfigDict(dict(
       steps=1000, batch_size=32, log_every=10, eval_every=0, checkpoint_every=500, keep=3,
-      best_metric="", best_mode="max", ema_decay=0.0, async_checkpoint=True))
+      best_metric="", best_mode="max", ema_decay=0.0, async_checkpoint=True,
+      # a workdir (trained or converted) whose newest params start this run at step 0; params whose dotted
+      # path matches the regex init_skip keep their fresh init (e.g. "^head\\." for a new classifier)
+      init_from="", init_skip="",
+      # "first,last": a jax.profiler trace of those steps into WORKDIR/profile
+      profile_steps="",
+      # XLA's persistent compilation cache: reruns and restarts skip compiling ("" turns it off)
+      compilation_cache="~/.cache/jaxspeech/xla"))
   return cfg

@@ -31,3 +31,6 @@ class Family:
   units: Callable[[Mapping[str, Any]], dict[str, float]]
   # param path -> optimizer group name; None puts every param in the group "default"
   param_groups: Callable[[tuple[str, ...], jax.Array], str] | None = None
+  # (params read from train.init_from as {dotted path: array}, that workdir's config.json, config) -> params
+  # in this model's paths; e.g. SSAST pretraining params into an AST classifier. None keeps them as they are.
+  adapt_init: Callable[[dict, dict, ml_collections.ConfigDict], dict] | None = None

@@ -6,6 +6,7 @@ steps and at the end; SIGTERM/SIGINT save one and return. A workdir that already
 resumes from the newest readable one, with the data iterator where it was.
 """
 
+import contextlib
 import itertools
 import json
 import os
@@ -21,7 +22,9 @@ from jax.sharding import NamedSharding
 
 from jaxspeech import registry, sharding
 from jaxspeech.data import pipeline
-from jaxspeech.train import checkpoint, metrics as metrics_lib, optim, state as state_lib, step as step_lib
+from jaxspeech.train import checkpoint, goodput, host, init_from, metrics as metrics_lib, optim, profile
+from jaxspeech.train import state as state_lib
+from jaxspeech.train import step as step_lib
 
 
 class TrainingError(RuntimeError):
@@ -74,6 +77,7 @@ class _StopRequest:
 class Trainer:
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None):
     self.cfg, self.workdir = cfg, workdir
+    host.enable_compilation_cache(cfg.train.compilation_cache)
     self.family = registry.get(cfg.family)
     self.mesh = sharding.make_mesh(cfg.mesh, devices)
     self.rules = [tuple(r) for r in cfg.axis_rules]
@@ -129,51 +133,67 @@ class Trainer:
       if restored is not None:
         return restored[1]
       state, _ = state_lib.create(self.family, self.cfg, self.tx, self.mesh)
+      if self.cfg.train.init_from:
+        state = init_from.apply(state, self.family, self.cfg)
       return state
 
   def train(self) -> dict[str, float]:
     """Runs to `train.steps` (or a stop signal); returns the last eval metrics."""
     cfg, t = self.cfg, self.cfg.train
     _check_workdir(self.workdir, cfg)
+    clock, profiler = goodput.Clock(), profile.Profiler(t.profile_steps, self.workdir)
     iterator = pipeline.make_iterator(self._data(cfg.data.train_split, train=True))
     checkpoints = checkpoint.Checkpoints(self.workdir, keep=t.keep, async_save=t.async_checkpoint,
                                          best_metric=t.best_metric, best_mode=t.best_mode)
-    state = self.restore_or_init(iterator, checkpoints)
+    with clock.lost_to("checkpoint"):
+      state = self.restore_or_init(iterator, checkpoints)
     step = int(jax.device_get(state.step))
     writer = metrics_lib.Writer(self.workdir, t.steps, step)
-    eval_metrics, pending, last_time = {}, None, time.perf_counter()
+    eval_metrics, pending, last_time, compiled = {}, None, time.perf_counter(), False
     try:
       with _StopRequest() as stop, sharding.use_rules(self.mesh, self.rules):
         while step < t.steps and stop.signal is None:
-          batch = next(iterator)
-          state, step_metrics = self.train_step(state, self._global(batch))
+          with clock.lost_to("data"):
+            batch = self._global(next(iterator))
+          profiler.before(step + 1)
+          with clock.lost_to("compile") if not compiled else contextlib.nullcontext():
+            state, step_metrics = self.train_step(state, batch)
+          compiled = True
           step += 1
+          with clock.lost_to("profile"):
+            profiler.after(step, state)
           if pending is not None:
-            last_time = self._report(writer, *pending, last_time)
+            last_time = self._report(writer, *pending, last_time, clock)
           pending = (step, step_metrics, self.family.units(batch))
           if step % t.checkpoint_every == 0 or step == t.steps or stop.signal:
-            checkpoints.save(step, state, iterator)
+            with clock.lost_to("checkpoint"):
+              checkpoints.save(step, state, iterator)
           if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
-            self._report(writer, *pending, last_time)
+            self._report(writer, *pending, last_time, clock)
             pending = None
-            eval_metrics = self.evaluate(state)
+            with clock.lost_to("eval"):
+              eval_metrics = self.evaluate(state)
             writer.write(step, eval_metrics, prefix="eval/")
-            checkpoints.save_best(step, state, eval_metrics)
+            with clock.lost_to("checkpoint"):
+              checkpoints.save_best(step, state, eval_metrics)
             last_time = time.perf_counter()
         if pending is not None:
-          self._report(writer, *pending, last_time)
+          self._report(writer, *pending, last_time, clock)
         if not eval_metrics and t.eval_every and stop.signal is None:  # e.g. rerun on a finished workdir
           eval_metrics = self.evaluate(state)
         if stop.signal and jax.process_index() == 0:
           writer.bar.write(f"{stop.signal}: saved a checkpoint at step {step}; rerun the same command to resume",
                            file=sys.stderr)
     finally:
-      checkpoints.wait()
+      profiler.close()
+      with clock.lost_to("checkpoint"):
+        checkpoints.wait()
       checkpoints.close()
+      writer.write(step, clock.report())
       writer.close()
     return eval_metrics
 
-  def _report(self, writer, step, step_metrics, units, last_time) -> float:
+  def _report(self, writer, step, step_metrics, units, last_time, clock) -> float:
     values = jax.device_get(step_metrics)
     now = time.perf_counter()
     if not bool(values.pop("finite")):
@@ -188,6 +208,7 @@ class Trainer:
       values = {k: float(np.mean(v)) for k, v in values.items()}
       values.update(step_time=step_time, **{f"{u}_per_s": n * scale for u, n in units.items()})
       values.update(metrics_lib.utilisation(self.flops_per_step, step_time, self.mesh.devices.flatten().tolist()))
+      values.update(clock.report())
       writer.write(step, values)
     return now
 
