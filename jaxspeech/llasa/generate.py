@@ -1,0 +1,131 @@
+"""Jitted generation: one prefill of the (left-padded) prompts, then a `lax.while_loop` of one-token steps over
+a preallocated KV cache, until every row has emitted `eos_id` or `max_new_tokens` tokens.
+
+Logits are processed as HF `generate` does: repetition penalty over every token seen so far (prompt included),
+then temperature, top-k and top-p (`Sampling`; Llasa's defaults are 0.8 / off / 1.0 / 1.2). Greedy decoding
+takes the argmax of the penalised logits.
+
+    tokens_BxN, lengths_B = generate(model, [prompt_a, prompt_b], key, max_new_tokens=500,
+                                     eos_id=vocab.special("SPEECH_GENERATION_END"))
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxspeech.llasa import objective
+from jaxspeech.llasa.model import Cache
+from jaxspeech.text.llasa_vocab import LlasaVocab
+
+NEG_INF = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  temperature: float = 0.8
+  top_k: int = 0                  # 0 = off
+  top_p: float = 1.0              # 1.0 = off
+  repetition_penalty: float = 1.2
+  greedy: bool = False
+
+
+def penalise(logits_BxV: jax.Array, seen_BxV: jax.Array, penalty: float) -> jax.Array:
+  """CTRL's repetition penalty (HF's): seen tokens' logits divided by `penalty` when positive, else multiplied."""
+  if penalty == 1.0:
+    return logits_BxV
+  return jnp.where(seen_BxV, jnp.where(logits_BxV < 0, logits_BxV * penalty, logits_BxV / penalty), logits_BxV)
+
+
+def top_k_mask(logits_BxV: jax.Array, k: int) -> jax.Array:
+  kth_Bx1 = jax.lax.top_k(logits_BxV, k)[0][:, -1:]
+  return jnp.where(logits_BxV < kth_Bx1, NEG_INF, logits_BxV)
+
+
+def top_p_mask(logits_BxV: jax.Array, p: float) -> jax.Array:
+  """Keeps the most likely tokens whose preceding (more likely) mass is below `p`; the top token always stays."""
+  order_BxV = jnp.argsort(-logits_BxV, axis=-1)
+  probs_BxV = jax.nn.softmax(jnp.take_along_axis(logits_BxV, order_BxV, -1), axis=-1)
+  drop_sorted_BxV = jnp.cumsum(probs_BxV, -1) - probs_BxV >= p
+  drop_BxV = jnp.zeros_like(drop_sorted_BxV).at[jnp.arange(logits_BxV.shape[0])[:, None], order_BxV].set(
+      drop_sorted_BxV)
+  return jnp.where(drop_BxV, NEG_INF, logits_BxV)
+
+
+def next_token(key: jax.Array, logits_BxV: jax.Array, seen_BxV: jax.Array, sampling: Sampling) -> jax.Array:
+  logits_BxV = penalise(logits_BxV, seen_BxV, sampling.repetition_penalty)
+  if sampling.greedy:
+    return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+  logits_BxV = logits_BxV / sampling.temperature
+  if sampling.top_k:
+    logits_BxV = top_k_mask(logits_BxV, sampling.top_k)
+  if sampling.top_p < 1.0:
+    logits_BxV = top_p_mask(logits_BxV, sampling.top_p)
+  return jax.random.categorical(key, logits_BxV).astype(jnp.int32)
+
+
+def left_pad(prompts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(ids_BxP, segment_ids_BxP, positions_BxP): prompts right-aligned, padding in segment 0."""
+  width = max(len(p) for p in prompts)
+  ids = np.zeros((len(prompts), width), np.int32)
+  segments = np.zeros((len(prompts), width), np.int32)
+  for row, prompt in enumerate(prompts):
+    ids[row, width - len(prompt):] = prompt
+    segments[row, width - len(prompt):] = 1
+  positions = np.maximum(np.cumsum(segments, axis=1) - 1, 0).astype(np.int32)
+  return ids, segments, positions
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "sampling"))
+def _generate(graphdef, state, ids_BxP, segment_ids_BxP, positions_BxP, key, *, max_new_tokens: int, eos_id: int,
+              sampling: Sampling):
+  model = nnx.merge(graphdef, state)
+  b, p = ids_BxP.shape
+  cache = Cache.empty(model.cfg, b, p + max_new_tokens)
+  logits_BxPxV, cache = model(ids_BxP, positions_BxP, segment_ids_BxP, cache)
+  rows_B = jnp.arange(b)
+  seen_BxV = jnp.zeros((b, model.cfg.vocab_size), bool).at[rows_B[:, None], ids_BxP].max(segment_ids_BxP > 0)
+
+  def cond(carry):
+    step, *_, done_B, _ = carry
+    return (step < max_new_tokens) & ~done_B.all()
+
+  def body(carry):
+    step, logits_BxV, cache, seen_BxV, out_BxN, positions_B, done_B, key = carry
+    key, sub = jax.random.split(key)
+    token_B = jnp.where(done_B, eos_id, next_token(sub, logits_BxV, seen_BxV, sampling))
+    out_BxN = out_BxN.at[:, step].set(token_B)
+    done_B = done_B | (token_B == eos_id)
+    logits_Bx1xV, cache = model(token_B[:, None], positions_B[:, None], jnp.ones((b, 1), jnp.int32), cache)
+    return (step + 1, logits_Bx1xV[:, 0], cache, seen_BxV.at[rows_B, token_B].set(True), out_BxN, positions_B + 1,
+            done_B, key)
+
+  carry = (jnp.zeros((), jnp.int32), logits_BxPxV[:, -1], cache, seen_BxV,
+           jnp.full((b, max_new_tokens), eos_id, jnp.int32), positions_BxP[:, -1] + 1, jnp.zeros(b, bool), key)
+  return jax.lax.while_loop(cond, body, carry)[4]
+
+
+def generate(model, prompts: list, key: jax.Array, *, max_new_tokens: int, eos_id: int,
+             sampling: Sampling = Sampling()) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens_BxN, lengths_B): the new tokens of each prompt (`eos_id` after its end), and how many there are
+  up to and including the first `eos_id` (N where none was emitted)."""
+  graphdef, state = nnx.split(model)
+  ids, segments, positions = left_pad(prompts)
+  tokens_BxN = np.asarray(_generate(graphdef, state, ids, segments, positions, key, max_new_tokens=max_new_tokens,
+                                    eos_id=eos_id, sampling=sampling))
+  ended_BxN = tokens_BxN == eos_id
+  lengths_B = np.where(ended_BxN.any(1), ended_BxN.argmax(1) + 1, max_new_tokens)
+  return tokens_BxN, lengths_B
+
+
+def synthesize_codes(model, vocab: LlasaVocab, texts_ids: list, key: jax.Array, *, max_new_tokens: int,
+                     ref_text_ids=(), ref_codes=(), sampling: Sampling = Sampling()) -> list[np.ndarray]:
+  """Codec codes of each text, optionally continuing a reference clip's codes (voice prompting: the reference
+  transcript precedes each text, and its codes start the speech)."""
+  prompts = [objective.prompt(vocab, ids, ref_text_ids, ref_codes) for ids in texts_ids]
+  tokens_BxN, lengths_B = generate(model, prompts, key, max_new_tokens=max_new_tokens,
+                                   eos_id=vocab.special("SPEECH_GENERATION_END"), sampling=sampling)
+  return [vocab.ids_to_codes(tokens[:n]) for tokens, n in zip(tokens_BxN, lengths_B)]
