@@ -24,7 +24,22 @@ From the frame-based run, keep its 128×2 patches and overlap in time only:
       --config.model.init_from=workdirs/ssast_frame_tiny --config.model.patch=128 \
       --config.model.time_patch=2 --config.model.fstride=128 --config.model.tstride=1
 
-Variants: `tiny`, `ssast_patch_tiny`, `ssast_frame_tiny` and `finetune` (2-core CPU); `base` (the published
+Parameter-efficient fine-tuning (PETL-AST's methods, `jaxspeech/ast/adapters.py`): the AST of `init_from` is
+frozen and only the method's params, the final norm and the head train. Each starts from the patch-based SSAST
+run above (16×16 patches at stride 16, the head reads the cls and distillation tokens):
+
+  jaxspeech train --config=configs/ast.py:adapter_pfeiffer --workdir=workdirs/ast_pfeiffer
+  jaxspeech train --config=configs/ast.py:adapter_houlsby --workdir=workdirs/ast_houlsby
+  jaxspeech train --config=configs/ast.py:conformer_adapter --workdir=workdirs/ast_conformer
+  jaxspeech train --config=configs/ast.py:lora --workdir=workdirs/ast_lora
+  jaxspeech train --config=configs/ast.py:prompt --workdir=workdirs/ast_prompt
+  jaxspeech train --config=configs/ast.py:bitfit --workdir=workdirs/ast_bitfit
+
+`--config.model.init_from` takes any AST workdir instead: a classifier trained here, or a converted HF or
+original checkpoint (`jaxspeech convert ast --from hf ...`) with `model` overrides of its shape (docs/ast.md).
+The method's settings are `--config.model.adapter.*` (e.g. `.mode=sequential`, `.reduction=8`, `.rank=4`).
+
+Variants: `tiny`, `ssast_patch_tiny`, `ssast_frame_tiny`, `finetune` and the PETL ones (2-core CPU); `base` (the published
 AST-Base shape: 768 wide, 12 layers, 16×16 patches at stride 10 over 1024 frames), `ssast_patch_base` and
 `ssast_frame_base` (the SSAST-Base recipe: 400 of 512 patches masked, batch 24, lr 1e-4).
 """
@@ -33,8 +48,17 @@ import ml_collections
 
 from jaxspeech.train import config as base
 
+# PETL variant -> its `model.adapter` (see jaxspeech.ast.adapters.PETLConfig for every field)
+PETL = {
+    "adapter_pfeiffer": dict(kind="pfeiffer"),
+    "adapter_houlsby": dict(kind="houlsby"),
+    "conformer_adapter": dict(kind="pfeiffer", block="conformer"),
+    "lora": dict(kind="lora"),
+    "prompt": dict(kind="prompt"),
+    "bitfit": dict(kind="bitfit"),
+}
 VARIANTS = ("tiny", "base", "ssast_patch_tiny", "ssast_frame_tiny", "ssast_patch_base", "ssast_frame_base",
-            "finetune")
+            "finetune", *PETL)
 TINY = dict(hidden=128, layers=4, heads=4, mlp=256, max_frames=256)
 BASE = dict(hidden=768, layers=12, heads=12, mlp=3072, max_frames=1024)
 
@@ -56,7 +80,7 @@ def get_config(variant: str = "tiny"):
   cfg.train.best_metric = "accuracy"
   if variant.startswith("ssast"):
     _ssast(cfg, frame=variant.startswith("ssast_frame"))
-  if variant in ("tiny", "ssast_patch_tiny", "ssast_frame_tiny", "finetune"):
+  if variant in ("tiny", "ssast_patch_tiny", "ssast_frame_tiny", "finetune", *PETL):
     cfg.model.update(**TINY)
     cfg.train.update(steps=300, batch_size=32, log_every=10, eval_every=100, checkpoint_every=100)
     cfg.optim.update(lr=1e-3, warmup_steps=30)
@@ -65,13 +89,15 @@ def get_config(variant: str = "tiny"):
     cfg.model.dtype = "bfloat16"
     cfg.train.update(steps=20_000, batch_size=256, eval_every=1000, checkpoint_every=1000)
     cfg.optim.update(lr=1e-4, warmup_steps=1000)
-  if variant == "tiny":
+  if variant == "tiny" or variant in PETL:
     cfg.model.update(fstride=16, tstride=16)
   elif variant in ("base", "finetune"):
     cfg.model.update(fstride=10, tstride=10)
   if variant == "finetune":
     cfg.model.update(init_from="workdirs/ssast_patch_tiny", pool="mean")
     cfg.train.update(batch_size=8)    # 12×25 overlapping patches: 2.3× tiny's tokens per clip
+  elif variant in PETL:
+    _petl(cfg, PETL[variant])
   elif variant.endswith("_tiny"):
     cfg.ssast.mask_patches = 100      # of 128 patches, SSAST's 400-of-512 ratio
     cfg.train.update(batch_size=16)
@@ -92,3 +118,14 @@ def _ssast(cfg, frame: bool):
       mask_patches=400, masking="random" if frame else "cluster", cluster_sizes=(3, 4, 5),
       nce_weight=1.0, mse_weight=10.0))
   cfg.train.best_metric = "accuracy"  # masked-patch accuracy, as SSAST picks its best model
+
+
+def _petl(cfg, method: dict):
+  """A frozen AST (from `init_from`) with one PETL method; every PETLConfig field is here to override."""
+  cfg.model.init_from = "workdirs/ssast_patch_tiny"
+  cfg.model.adapter = ml_collections.ConfigDict(dict(
+      kind="", block="bottleneck", mode="parallel", reduction=16, kernel_size=31, rank=8, alpha=8.0,
+      targets=("query", "key"), prompts=8))
+  cfg.model.adapter.update(**method)
+  cfg.optim.groups = ml_collections.ConfigDict({"frozen": {}})
+  cfg.train.update(batch_size=16)

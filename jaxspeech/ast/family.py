@@ -1,9 +1,13 @@
 """AST as a family: Kaldi fbanks computed on the device, then one of two objectives (`model.task`):
 
-- "classify": speaker classification (optionally initialised from an SSAST run with `model.init_from`);
+- "classify": speaker classification, optionally initialised from another run with `model.init_from` (an SSAST
+  pretraining run, a classifier, or a converted HF / original checkpoint), and optionally parameter-efficient
+  (`model.adapter`, see `jaxspeech.ast.adapters`: the base model is frozen through the optimizer group "frozen");
 - "ssast": SSAST masked patch pretraining on unlabelled audio (labels are read but never used), with its
   masking and loss weights in `cfg.ssast`.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -11,10 +15,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxspeech.ast import masking, ssast
-from jaxspeech.ast.model import AST, ASTConfig
+from jaxspeech.ast import adapters, masking, ssast
+from jaxspeech.ast.model import AST, ASTConfig, PETLAST
 from jaxspeech.audio import features
 from jaxspeech.data import batching, pipeline, tfds_io
+from jaxspeech.train import optim
 from jaxspeech.train.family import Family
 
 SAMPLE_RATE = 16_000
@@ -24,7 +29,7 @@ WINDOW = 400   # 25 ms
 
 TASKS = ("classify", "ssast")
 # `cfg.model` fields that are the family's, not ASTConfig's.
-FAMILY_FIELDS = ("task", "init_from")
+FAMILY_FIELDS = ("task", "init_from", "adapter")
 
 
 def model_config(cfg) -> ASTConfig:
@@ -38,17 +43,52 @@ def task(cfg) -> str:
   return name
 
 
+def petl_config(cfg) -> adapters.PETLConfig | None:
+  return adapters.from_config(cfg.model.get("adapter"))
+
+
 def build_model(cfg, rngs):
-  """SSAST for pretraining, else an AST; `model.init_from` (an SSAST workdir) sets its encoder's params."""
+  """SSAST for pretraining, else an AST (a `PETLAST` with `model.adapter`); `model.init_from` (a workdir) sets
+  the params it has of the AST."""
+  petl = petl_config(cfg)
   if task(cfg) == "ssast":
+    if petl is not None:
+      raise ValueError("model.adapter is for fine-tuning (model.task='classify'), not SSAST pretraining")
     return ssast.SSAST(model_config(cfg), rngs)
-  model = AST(model_config(cfg), rngs)
+  model = AST(model_config(cfg), rngs) if petl is None else PETLAST(model_config(cfg), petl, rngs)
+  ast = model if petl is None else model.ast
   if cfg.model.get("init_from"):
     # Runs inside the trainer's jitted init: the loaded arrays become constants of that program.
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, ssast.init_from_ssast(cfg.model.init_from, model_config(cfg)))
-    nnx.update(model, state)
+    state = nnx.state(ast, nnx.Param)
+    nnx.replace_by_pure_dict(state, ssast.init_from_workdir(cfg.model.init_from, model_config(cfg)))
+    nnx.update(ast, state)
+  if petl is not None:
+    _report_trainable(petl.kind, *trainable_count(model))
   return model
+
+
+def param_groups(path: tuple[str, ...], x) -> str:
+  """"frozen" for the params a PETL method does not train (read from the path: `PETLAST` puts the method's
+  name first), else "default"."""
+  del x
+  if path[0] in adapters.KINDS:
+    return "default" if adapters.trainable(path[0], path[1:]) else "frozen"
+  return "default"
+
+
+def trainable_count(model) -> tuple[int, int]:
+  """(trainable, total) param counts of `model` under `param_groups`."""
+  leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+  sizes = [(optim.param_path(path), int(np.prod(x.shape))) for path, x in leaves]
+  return sum(n for p, n in sizes if param_groups(p, None) != "frozen"), sum(n for _, n in sizes)
+
+
+@functools.lru_cache(maxsize=None)
+def _report_trainable(kind: str, trainable: int, total: int) -> None:
+  """Printed once per process and model, though the trainer builds the model several times (shape, init)."""
+  if jax.process_index() == 0:
+    print(f"PETL {kind}: {trainable:,} of {total:,} params train ({100 * trainable / total:.3f}%); "
+          "the rest are frozen (no update, no optimizer state)")
 
 
 def crop_samples(cfg) -> int:
@@ -93,7 +133,11 @@ def loss(model, batch, key, cfg):
   """Mean over the valid rows; SSAST draws its masks from `key` (the step's), so a resumed run draws the same."""
   loss_B, metrics, valid_B = _per_example(model, batch, key, cfg)
   n = jnp.maximum(valid_B.sum(), 1.0)
-  return (loss_B * valid_B).sum() / n, {k: (v * valid_B).sum() / n for k, v in metrics.items()}
+  metrics = {k: (v * valid_B).sum() / n for k, v in metrics.items()}
+  if isinstance(model, PETLAST):  # a constant, so metrics.jsonl records it with every logged step
+    trainable, total = trainable_count(model)
+    metrics["trainable_fraction"] = jnp.float32(trainable / total)
+  return (loss_B * valid_B).sum() / n, metrics
 
 
 def evaluate(model, batch, cfg):
@@ -143,4 +187,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="ast", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units)
+    train_flops=train_flops, units=units, param_groups=param_groups)

@@ -5,7 +5,8 @@ height), cut into 16×16 patches with strides (fstride, tstride), frequency-majo
 A cls and a distillation token are prepended; the head classifies the mean of their outputs
 (`pool="cls"`, HF's) or of the patch tokens' outputs (`pool="mean"`, SSAST's fine-tuning default).
 `time_patch` makes patches non-square (SSAST's frame patches are 128 × 2); `num_classes=0` builds the
-encoder alone, without the head (SSAST pretraining).
+encoder alone, without the head (SSAST pretraining). A `PETLConfig` adds the modules of one parameter-efficient
+fine-tuning method (`jaxspeech.ast.adapters`); `PETLAST` holds such an AST for training.
 """
 
 import dataclasses
@@ -14,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxspeech.ast import adapters
+from jaxspeech.ast.adapters import PETLConfig
 from jaxspeech.nn import layers
 from jaxspeech.sharding import constrain
 
@@ -50,38 +53,54 @@ class ASTConfig:
 
 
 class Attention(nnx.Module):
-  def __init__(self, cfg: ASTConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ASTConfig, rngs: nnx.Rngs, petl: PETLConfig | None = None):
     d, h, dtype = cfg.hidden, cfg.heads, jnp.dtype(cfg.dtype)
-    qkv = dict(rngs=rngs, dtype=dtype)
-    self.query = layers.dense(d, (h, d // h), ("embed", "heads", "kv"), **qkv)
-    self.key = layers.dense(d, (h, d // h), ("embed", "heads", "kv"), **qkv)
-    self.value = layers.dense(d, (h, d // h), ("embed", "heads", "kv"), **qkv)
-    self.out = layers.dense((h, d // h), d, ("heads", "kv", "embed"), **qkv)
+    in_proj, out_proj = ((d,), (h, d // h), ("embed", "heads", "kv")), ((h, d // h), (d,), ("heads", "kv", "embed"))
+    shapes = {"query": in_proj, "key": in_proj, "value": in_proj, "out": out_proj}
+    for name, (n_in, n_out, axes) in shapes.items():
+      setattr(self, name, layers.dense(n_in, n_out, axes, rngs=rngs, dtype=dtype))
+    self.lora = adapters.lora_modules(petl, shapes, dtype, rngs)
+
+  def project(self, name: str, x):
+    """Projection `name` of x, plus its LoRA update when it has one."""
+    y = getattr(self, name)(x)
+    return y + self.lora[name](x) if self.lora is not None and name in self.lora else y
 
   def __call__(self, x_BxLxD):
-    q, k, v = self.query(x_BxLxD), self.key(x_BxLxD), self.value(x_BxLxD)
-    return self.out(layers.dot_product_attention(q, k, v))
+    q, k, v = (self.project(name, x_BxLxD) for name in ("query", "key", "value"))
+    return self.project("out", layers.dot_product_attention(q, k, v))
 
 
 class Block(nnx.Module):
-  """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x)) with exact (erf) GELU."""
+  """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x)) with exact (erf) GELU; an adapter of a sublayer
+  adds its output to the sublayer's (x + y + A(h, y), h = LN(x), y = sublayer(h))."""
 
-  def __init__(self, cfg: ASTConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ASTConfig, rngs: nnx.Rngs, petl: PETLConfig | None = None):
     dtype = jnp.dtype(cfg.dtype)
     self.norm1 = layers.layer_norm(cfg.hidden, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
-    self.attn = Attention(cfg, rngs)
+    self.attn = Attention(cfg, rngs, petl)
     self.norm2 = layers.layer_norm(cfg.hidden, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
     self.fc1 = layers.dense(cfg.hidden, cfg.mlp, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.fc2 = layers.dense(cfg.mlp, cfg.hidden, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.attn_adapter = adapters.sublayer_adapter(petl, "attn", cfg.hidden, dtype, rngs)
+    self.mlp_adapter = adapters.sublayer_adapter(petl, "mlp", cfg.hidden, dtype, rngs)
+
+  def mlp(self, h_BxLxD):
+    return self.fc2(layers.gelu(self.fc1(h_BxLxD)))
 
   def __call__(self, x_BxLxD):
-    x_BxLxD = x_BxLxD + self.attn(self.norm1(x_BxLxD))
-    h_BxLxM = jax.nn.gelu(self.fc1(self.norm2(x_BxLxD)), approximate=False)
-    return constrain(x_BxLxD + self.fc2(h_BxLxM), BLOCK_AXES)
+    for norm, sublayer, adapter in ((self.norm1, self.attn, self.attn_adapter),
+                                    (self.norm2, self.mlp, self.mlp_adapter)):
+      h_BxLxD = norm(x_BxLxD)
+      y_BxLxD = sublayer(h_BxLxD)
+      if adapter is not None:
+        y_BxLxD = y_BxLxD + adapter(h_BxLxD, y_BxLxD)
+      x_BxLxD = x_BxLxD + y_BxLxD
+    return constrain(x_BxLxD, BLOCK_AXES)
 
 
 class AST(nnx.Module):
-  def __init__(self, cfg: ASTConfig, rngs: nnx.Rngs):
+  def __init__(self, cfg: ASTConfig, rngs: nnx.Rngs, petl: PETLConfig | None = None):
     self.cfg = cfg
     d, dtype = cfg.hidden, jnp.dtype(cfg.dtype)
     init = nnx.initializers.truncated_normal(0.02)
@@ -94,7 +113,8 @@ class AST(nnx.Module):
     self.cls_token = nnx.Param(nnx.with_partitioning(init, (None, None, "embed"))(rngs.params(), (1, 1, d)))
     self.dist_token = nnx.Param(nnx.with_partitioning(init, (None, None, "embed"))(rngs.params(), (1, 1, d)))
     self.pos_embed = nnx.Param(nnx.with_partitioning(init, (None, None, "embed"))(rngs.params(), (1, f * t + 2, d)))
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
+    self.blocks = nnx.List([Block(cfg, rngs, petl) for _ in range(cfg.layers)])
+    self.prompt = adapters.prompt_tokens(petl, d, cfg.patch_shape[0] * cfg.patch_shape[1], rngs)
     self.norm = layers.layer_norm(d, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
     if cfg.pool not in ("cls", "mean"):
       raise ValueError(f"ASTConfig.pool={cfg.pool!r}; choose 'cls' or 'mean'")
@@ -120,14 +140,22 @@ class AST(nnx.Module):
     return patches_BxfxtxD.reshape(fbank_BxTxF.shape[0], -1, self.cfg.hidden)
 
   def encode(self, x_BxNxD: jax.Array, frames: int) -> jax.Array:
-    """Prepends the cls and distillation tokens, adds positions, runs the blocks and the final norm."""
-    b = x_BxNxD.shape[0]
+    """Prepends the cls and distillation tokens, adds positions, runs the blocks and the final norm.
+
+    Prompt tokens (prompt tuning) go in after the two tokens, without positions, and are dropped at the end.
+    """
+    b, d = x_BxNxD.shape[0], self.cfg.hidden
     tokens_Bx2xD = jnp.concatenate([self.cls_token[...], self.dist_token[...]], axis=1)
-    x_BxLxD = jnp.concatenate([jnp.broadcast_to(tokens_Bx2xD, (b, 2, self.cfg.hidden)).astype(x_BxNxD.dtype),
-                               x_BxNxD], axis=1)
-    x_BxLxD = constrain(x_BxLxD + self.positions(frames).astype(x_BxLxD.dtype), BLOCK_AXES)
+    x_BxLxD = jnp.concatenate([jnp.broadcast_to(tokens_Bx2xD, (b, 2, d)).astype(x_BxNxD.dtype), x_BxNxD], axis=1)
+    x_BxLxD = x_BxLxD + self.positions(frames).astype(x_BxLxD.dtype)
+    if self.prompt is not None:
+      prompt_BxPxD = jnp.broadcast_to(self.prompt[...], (b,) + self.prompt.shape[1:]).astype(x_BxLxD.dtype)
+      x_BxLxD = jnp.concatenate([x_BxLxD[:, :2], prompt_BxPxD, x_BxLxD[:, 2:]], axis=1)
+    x_BxLxD = constrain(x_BxLxD, BLOCK_AXES)
     for block in self.blocks:
       x_BxLxD = block(x_BxLxD)
+    if self.prompt is not None:
+      x_BxLxD = jnp.concatenate([x_BxLxD[:, :2], x_BxLxD[:, 2 + self.prompt.shape[1]:]], axis=1)
     return self.norm(x_BxLxD)
 
   def features(self, fbank_BxTxF: jax.Array) -> jax.Array:
@@ -142,3 +170,19 @@ class AST(nnx.Module):
     else:
       pooled_BxD = (h_BxLxD[:, 0] + h_BxLxD[:, 1]) / 2
     return self.head(self.head_norm(pooled_BxD)).astype(jnp.float32)
+
+
+class PETLAST(nnx.Module):
+  """An AST adapted by one PETL method, held under the method's name (params `lora.blocks.0...`): the
+  trainer's param groups see only param paths, and the path is how they know which params the method trains."""
+
+  def __init__(self, cfg: ASTConfig, petl: PETLConfig, rngs: nnx.Rngs):
+    self.kind = petl.kind
+    setattr(self, petl.kind, AST(cfg, rngs, petl))
+
+  @property
+  def ast(self) -> AST:
+    return getattr(self, self.kind)
+
+  def __call__(self, fbank_BxTxF: jax.Array) -> jax.Array:
+    return self.ast(fbank_BxTxF)
