@@ -7,6 +7,7 @@ from jaxspeech.train.family import Family
 FAMILIES = {
     "ast": "jaxspeech.ast.family",
     "llasa": "jaxspeech.llasa.family",
+    "dit": "jaxspeech.dit.family",
 }
 
 

@@ -68,8 +68,8 @@ class TimestepEmbedding(nnx.Module):
 
   def __init__(self, dim: int, rngs: nnx.Rngs, freq_dim: int = 256):
     self.freq_dim = freq_dim
-    self.fc1 = layers.dense(freq_dim, dim, (None, "embed"), rngs=rngs)
-    self.fc2 = layers.dense(dim, dim, ("embed", "embed"), rngs=rngs)
+    self.fc1 = layers.dense(freq_dim, dim, (None, "mlp"), rngs=rngs)
+    self.fc2 = layers.dense(dim, dim, ("mlp", "embed"), rngs=rngs)
 
   def __call__(self, t_B):
     return self.fc2(jax.nn.silu(self.fc1(sinusoid(t_B, self.freq_dim))))

@@ -1,0 +1,42 @@
+"""F5-TTS flow-matching DiT (and the E2-TTS UNetT) on the embedded corpus, resampled to 24 kHz.
+
+`tiny` runs on a 2-core CPU (a few steps a second once compiled; the loss falls within a few dozen steps):
+
+  jaxspeech train --config=configs/dit.py:tiny --workdir=workdirs/dit_tiny
+
+`base` is F5TTS_v1_Base (dim 1024, 22 blocks, 16 heads, text 512, 4 ConvNeXt blocks) with F5's recipe: AdamW
+lr 7.5e-5, 20k warmup then linear decay, clip 1.0, 38,400 frames per device × 8, EMA, bf16 compute. Fine-tune
+a released checkpoint by importing it first (see docs/dit.md):
+
+  jaxspeech convert dit --from f5 --src model_1250000.safetensors --dst workdirs/f5_base --vocab vocab.txt
+  jaxspeech train --config=configs/dit.py:base --workdir=workdirs/f5_base --config.model.vocab_file=vocab.txt
+
+`e2_tiny` / `e2_base` are the E2-TTS UNetT. The character vocabulary is the dataset's (built from its train
+transcripts into <data.path>/vocab_char.txt) unless `model.vocab_file` names an F5 vocab.txt.
+"""
+
+from jaxspeech.dit.sizes import SIZES
+from jaxspeech.train import config as base
+
+
+def get_config(variant: str = "tiny"):
+  if variant not in SIZES:
+    raise ValueError(f"unknown variant {variant!r} of configs/dit.py; choose one of {', '.join(SIZES)}")
+  cfg = base.defaults()
+  cfg.family = "dit"
+  cfg.model.update(backbone="dit", dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2, mel_dim=100,
+                   text_num_embeds=256, text_dim=512, conv_layers=4, text_mask_padding=True, rope_heads=0,
+                   key_mask=False, skip_connect="concat", dtype="float32", vocab_file="")
+  cfg.model.update(**SIZES[variant])
+  cfg.objective = dict(frac_lengths=(0.7, 1.0), audio_drop_prob=0.3, cond_drop_prob=0.2)
+  cfg.data.update(frame_budget=38_400 * 8, bucket_seconds=(4, 8, 16, 30), max_text=1024)
+  cfg.train.update(ema_decay=0.9999, best_metric="loss", best_mode="min")
+  cfg.optim.update(lr=7.5e-5, schedule="linear", warmup_steps=20_000, clip_norm=1.0, weight_decay=0.01)
+  if variant.endswith("tiny"):
+    cfg.data.update(frame_budget=4096, bucket_seconds=(4, 10), max_text=160)
+    cfg.train.update(steps=2000, log_every=10, eval_every=500, checkpoint_every=500, ema_decay=0.999)
+    cfg.optim.update(lr=1e-3, warmup_steps=100)
+  else:
+    cfg.model.dtype = "bfloat16"
+    cfg.train.update(steps=1_200_000, log_every=100, eval_every=10_000, checkpoint_every=10_000)
+  return cfg

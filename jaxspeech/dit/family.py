@@ -1,0 +1,116 @@
+"""The dit family: F5-TTS / E2-TTS flow matching on log-mels computed on the device.
+
+Audio is resampled to 24 kHz in the input pipeline and grouped into frame-budget batches (about
+`data.frame_budget` mel frames each, similar lengths together, one compile per bucket of
+`data.bucket_seconds`); transcripts become character ids of the vocabulary (`jaxspeech.dit.vocab`), padded
+to `data.max_text`. The step computes F5's Vocos log-mel (100 bins, hop 256) and the flow-matching loss.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxspeech.audio import features
+from jaxspeech.data import batching, pipeline, tfds_io
+from jaxspeech.dit import vocab
+from jaxspeech.dit.model import DiTConfig, build
+from jaxspeech.dit.objective import Objective, flow_matching_loss
+from jaxspeech.train.family import Family
+
+SAMPLE_RATE = 24_000
+HOP = 256
+FAMILY_FIELDS = ("vocab_file",)   # `cfg.model` fields that are the family's, not DiTConfig's
+
+
+def model_config(cfg) -> DiTConfig:
+  return DiTConfig(**{k: v for k, v in cfg.model.to_dict().items() if k not in FAMILY_FIELDS})
+
+
+def objective(cfg) -> Objective:
+  o = cfg.objective
+  return Objective(tuple(o.frac_lengths), o.audio_drop_prob, o.cond_drop_prob)
+
+
+def build_model(cfg, rngs):
+  return build(model_config(cfg), rngs)
+
+
+def mel(batch, cfg):
+  """(log-mel (B, T, 100) in the compute dtype, frames_B); rows that hold no example have 0 frames."""
+  mel_BxTxM, frames_B = features.log_mel(batch["audio"], SAMPLE_RATE, hop_length=HOP,
+                                         n_mels=cfg.model.mel_dim, lengths_B=batch["audio_lengths"])
+  return mel_BxTxM, jnp.where(batch["valid"], frames_B, 0)
+
+
+def text_ids(batch):
+  """Character ids with F5's −1 padding."""
+  return jnp.where(batch["text_mask"], batch["text"], -1)
+
+
+def loss(model, batch, key, cfg):
+  mel_BxTxM, frames_B = mel(batch, cfg)
+  value, _, _ = flow_matching_loss(model, mel_BxTxM, frames_B, text_ids(batch), key, objective(cfg))
+  return value, {}
+
+
+def evaluate(model, batch, cfg):
+  """The masked-span MSE with draws from a fixed key (`cfg.seed`), the same for every eval."""
+  mel_BxTxM, frames_B = mel(batch, cfg)
+  _, se_B, count_B = flow_matching_loss(model, mel_BxTxM, frames_B, text_ids(batch), jax.random.PRNGKey(cfg.seed),
+                                        objective(cfg))
+  return {"loss": (se_B.sum(), count_B.sum())}
+
+
+class AddText:
+  """A `DecodeSpeech` features hook: the transcript as vocabulary ids."""
+
+  def __init__(self, tokens: list[str]):
+    self.tokens = tokens
+
+  def __call__(self, example, record):
+    return {**example, "text": vocab.encode(record["text"].decode(), self.tokens)}
+
+
+def frame_budget(cfg, shard_count: int) -> batching.FrameBudget:
+  buckets = batching.Buckets(tuple(int(s * SAMPLE_RATE) // HOP * HOP for s in cfg.data.bucket_seconds))
+  return batching.FrameBudget(
+      cfg.data.frame_budget // shard_count, "audio", buckets, hop=HOP,
+      pad_extra={"text": batching.Buckets((cfg.data.max_text,))}, row_multiple=jax.local_device_count())
+
+
+def make_data(cfg, split, *, train, shard_index, shard_count):
+  tokens = vocab.of_config(cfg)
+  if len(tokens) > cfg.model.text_num_embeds:
+    raise ValueError(f"the vocabulary has {len(tokens)} tokens but model.text_num_embeds is "
+                     f"{cfg.model.text_num_embeds}")
+  return pipeline.make_pipeline(
+      tfds_io.data_source(cfg.data.path, split), seed=cfg.seed,
+      map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, features=AddText(tokens)), batching=frame_budget(cfg, shard_count),
+      shard_index=shard_index, shard_count=shard_count, shuffle=train, num_epochs=None if train else 1,
+      worker_count=cfg.data.worker_count)
+
+
+def batch_axes(cfg):
+  rows = ("activation_batch",)
+  return {"audio": rows + (None,), "audio_lengths": rows, "audio_mask": rows + (None,), "text": rows + (None,),
+          "text_lengths": rows, "text_mask": rows + (None,), "speaker_id": rows, "valid": rows}
+
+
+def train_flops(cfg) -> float:
+  """Forward + backward (3× forward) matmul FLOPs of one global batch of `data.frame_budget` frames, at the
+  longest bucket's length (attention's share)."""
+  m = model_config(cfg)
+  n = max(cfg.data.bucket_seconds) * SAMPLE_RATE / HOP
+  inner = m.heads * m.dim_head
+  per_frame = (2 * (4 * m.dim * inner + 2 * m.ff_mult * m.dim * m.dim) + 4 * n * inner) * m.depth
+  per_frame += 2 * ((2 * m.mel_dim + m.text_dim) * m.dim + 2 * 31 * m.dim * m.dim / 16 + m.dim * m.mel_dim)
+  return 3.0 * per_frame * cfg.data.frame_budget
+
+
+def units(batch) -> dict[str, float]:
+  valid = np.asarray(batch["valid"])
+  return {"examples": float(valid.sum()), "frames": float(np.asarray(batch["audio_lengths"])[valid].sum() / HOP)}
+
+
+FAMILY = Family(name="dit", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
+                batch_axes=batch_axes, train_flops=train_flops, units=units)
