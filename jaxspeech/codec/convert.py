@@ -190,7 +190,8 @@ def from_state_dict(state_dict, cfg, what: str = "xcodec2 state dict") -> tuple[
   buffers) and those of NOT_IMPORTED; anything else, and any misshaped tensor, is a ConversionError naming it."""
   state_dict = {k: v for k, v in state_dict.items() if not k.startswith(tuple(NOT_IMPORTED))}
   candidates = layouts(cfg)
-  name = mapping.closest({n: {**l.table(), **l.constants} for n, l in candidates.items()}, state_dict)
+  # The layout that leaves fewest keys unaccounted for either way (one may hold another's keys and more).
+  name = min(candidates, key=lambda n: len(set(state_dict) ^ {*candidates[n].table(), *candidates[n].constants}))
   chosen = candidates[name]
   mapping.check_keys(state_dict, [*chosen.table(), *chosen.constants], f"{what} ({name})")
   check_constants(state_dict, chosen.constants, f"{what} ({name})")
@@ -203,3 +204,135 @@ def to_state_dict(params: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
   chosen = layout(cfg)
   state_dict = mapping.to_hf(params, chosen.table(), param_shapes(cfg), f"codec params for {cfg.to_dict()}")
   return {**state_dict, **chosen.constants}
+
+
+# ----------------------------------------------------------------------------- `jaxspeech convert codec`
+
+SOURCES = {"xcodec2": "an xcodec2 checkpoint: a .safetensors file, or a directory with model.safetensors "
+                      "(HKUSTAudio/xcodec2, or a training checkpoint's state dict saved as safetensors)"}
+TARGETS = {"xcodec2": "a directory with model.safetensors in the xcodec2 package's key names and config.json"}
+
+
+def add_arguments(parser) -> None:
+  g = parser.add_argument_group("xcodec2 import (what the weights' shapes do not say)")
+  g.add_argument("--heads", type=int, default=16, help="decoder attention heads (default 16, the release's)")
+  g.add_argument("--dilations", default="1,3,9", help="encoder residual-unit dilations (default 1,3,9)")
+  g.add_argument("--levels", default="4,4,4,4,4,4,4,4", help="FSQ levels (default [4]*8: 65,536 codes)")
+  g.add_argument("--norm-groups", type=int, default=32, help="decoder GroupNorm groups (xcodec2: 32)")
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _wn_v(state_dict, prefix: str):
+  for _, v in WEIGHT_NORM.values():
+    if f"{prefix}.{v}" in state_dict:
+      return state_dict[f"{prefix}.{v}"]
+  raise ConversionError("xcodec2 checkpoint", [f"missing key {prefix}.{WEIGHT_NORM['parametrizations'][1]} "
+                                               f"(or {prefix}.weight_v): is it an xcodec2 checkpoint?"])
+
+
+def _indices(state_dict, prefix: str) -> list[int]:
+  """The distinct integers right after `prefix` in the keys (e.g. the layers of a Sequential)."""
+  return sorted({int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)})
+
+
+def config_from_state_dict(state_dict, args):
+  """Our `config.model` for an xcodec2 state dict: its shapes give the sizes, `args` the rest."""
+  needed = ("generator.quantizer.project_in.weight", "generator.backbone.embed.weight", "generator.head.out.weight")
+  missing = [k for k in needed if k not in state_dict]
+  if missing:
+    raise ConversionError("xcodec2 checkpoint", [f"missing key {k}" for k in missing] + [
+        f"(its first keys are {sorted(state_dict)[:4]}; is it an xcodec2 checkpoint?)"])
+  cfg = sizes.base()
+  dilations, levels = _ints(args.dilations), _ints(args.levels)
+  blocks = _indices(state_dict, "CodecEnc.conv_blocks.")[1:]
+  units = len(_indices(state_dict, "CodecEnc.conv_blocks.1.block.")) - 2
+  strides = [_wn_v(state_dict, f"CodecEnc.conv_blocks.{b}.block.{units + 1}").shape[-1] // 2 for b in blocks]
+  cfg.encoder.update(channels=int(_wn_v(state_dict, "CodecEnc.conv_blocks.0").shape[0]), strides=strides,
+                     dilations=dilations, dim=int(_wn_v(state_dict, "CodecEnc.conv_final_block.1").shape[0]))
+  semantic = state_dict.get("SemanticEncoder_module.initial_conv.weight")
+  cfg.semantic.enabled = semantic is not None
+  if semantic is not None:
+    cfg.semantic.update(features=int(semantic.shape[1]), dim=int(semantic.shape[0]))
+  project_in = state_dict["generator.quantizer.project_in.weight"]
+  cfg.fsq.update(levels=levels, dim=int(project_in.shape[1]))
+  embed = state_dict["generator.backbone.embed.weight"]
+  cfg.decoder.update(input_channels=int(embed.shape[1]), dim=int(embed.shape[0]), heads=args.heads,
+                     depth=len(_indices(state_dict, "generator.backbone.transformers.")),
+                     n_fft=int(state_dict["generator.head.out.weight"].shape[0]) - 2, hop=int(np.prod(strides)),
+                     norm_groups=args.norm_groups)
+  problems = []
+  if units != len(dilations):
+    problems.append(f"the encoder blocks have {units} residual units; --dilations gives {len(dilations)}")
+  if project_in.shape[0] != len(levels):
+    problems.append(f"the FSQ has {project_in.shape[0]} dims; --levels gives {len(levels)}")
+  if cfg.decoder.dim % args.heads:
+    problems.append(f"--heads {args.heads} does not divide the decoder width {cfg.decoder.dim}")
+  if problems:
+    raise ConversionError("xcodec2 checkpoint", problems)
+  return cfg
+
+
+def _read_safetensors(src: str) -> tuple[dict, str]:
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  path = os.path.join(src, "model.safetensors") if os.path.isdir(src) else src
+  if not os.path.isfile(path):
+    raise ConversionError(f"xcodec2 checkpoint {src}", ["is neither a .safetensors file nor a directory holding "
+                                                        "model.safetensors"])
+  try:
+    return dict(safetensors.numpy.load_file(path)), path
+  except Exception as e:  # pylint: disable=broad-except  (safetensors' errors for a torch pickle, a torn file)
+    raise ConversionError(f"cannot read {path}", [
+        f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+        "(a torch .ckpt: save its state dict with safetensors.torch.save_file(ckpt['state_dict'], ...) first)"]
+    ) from None
+
+
+def import_checkpoint(source: str, src: str, args):
+  """`jaxspeech convert codec --from xcodec2`: a `jaxspeech.convert.workdir.Imported`."""
+  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
+  del source   # xcodec2 is the only one
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  state_dict, path = _read_safetensors(src)
+  config_path = os.path.join(os.path.dirname(path), "config.json")
+  saved = {}
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      saved = json.load(f)
+  if "jaxspeech_model" in saved:   # our own export: its exact config, flags or not
+    cfg = ml_collections.ConfigDict(saved["jaxspeech_model"])
+  else:
+    cfg = config_from_state_dict(state_dict, args)
+  name, params = from_state_dict(state_dict, cfg, f"xcodec2 checkpoint {path}")
+  skipped = {prefix: why for prefix, why in NOT_IMPORTED.items() if any(k.startswith(prefix) for k in state_dict)}
+  notes = [f"not imported: {prefix}* ({why})" for prefix, why in skipped.items()]
+  if name.startswith("XCodec2Model"):
+    notes.append("XCodec2Model has no fc_post_s or SemanticDecoder_module: they start from their initialisation")
+  provenance = {"layout": name, "file": os.path.basename(path), "not_imported": sorted(skipped)}
+  return Imported(model=cfg.to_dict(), params=params, provenance=provenance, notes=notes)
+
+
+def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
+  """`jaxspeech convert codec --to xcodec2`: model.safetensors and config.json in `dst`; lines to print."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  del target, args
+  cfg = ml_collections.ConfigDict(checkpoint.model)
+  ours = param_shapes(cfg)
+  left_out = sorted({k.split(".")[0] for k in checkpoint.params if k not in ours})
+  state_dict = to_state_dict({k: v for k, v in checkpoint.params.items() if k in ours}, cfg)
+  safetensors.numpy.save_file(state_dict, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+  # BigCodecConfig's fields, for XCodec2Model.from_pretrained; the full model config for a re-import.
+  config = {"model_type": "xcodec", "architectures": ["XCodec2Model"], "use_vocos": True,
+            "semantic_hidden_size": cfg.semantic.dim, "codec_encoder_hidden_size": cfg.encoder.dim,
+            "codec_decoder_hidden_size": cfg.decoder.dim, "jaxspeech_model": checkpoint.model}
+  with open(os.path.join(dst, "config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  lines = [f"{len(state_dict)} tensors in xcodec2 names (parametrizations weight norm, buffers included)"]
+  if left_out:
+    lines.append(f"left out (not the codec's generator): {', '.join(left_out)}")
+  if not cfg.semantic.enabled:
+    lines.append("acoustic only: no SemanticEncoder_module, so XCodec2Model (which always has one) cannot load it")
+  return lines

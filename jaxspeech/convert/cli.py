@@ -2,6 +2,8 @@
 
   jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR [family flags]
   jaxspeech convert ast --to hf --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
+  jaxspeech convert codec --from xcodec2 --src CKPT.safetensors|DIR --dst WORKDIR [--heads N ...]
+  jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
 
 A family's converter is `jaxspeech/<family>/convert.py` (next to the `family.py` the registry names). It
 provides `SOURCES` and `TARGETS` ({name: help}), `add_arguments(parser)` for its own flags,
@@ -109,8 +111,11 @@ def _run(family: str, argv: list[str]) -> int:
     else:
       workdir.check_destination(args.dst)
       checkpoint = workdir.read(args.src, family, step=args.step, best=args.best, weights=args.weights)
-      with workdir.staged(args.dst) as tmp:
-        lines = module.export_checkpoint(args.target, checkpoint, tmp, args)
+      if getattr(module, "EXPORTS_FILE", False):  # one file at --dst, which the converter stages itself
+        lines = module.export_checkpoint(args.target, checkpoint, args.dst, args)
+      else:
+        with workdir.staged(args.dst) as tmp:
+          lines = module.export_checkpoint(args.target, checkpoint, tmp, args)
       print(f"wrote {args.dst}: {checkpoint.weights} of {args.src} at step {checkpoint.step}")
       for line in lines:
         print(f"  {line}")

@@ -1,0 +1,141 @@
+"""`jaxspeech convert codec`: xcodec2 state dicts into codec workdirs and back out.
+
+The reference modules are test_codec_parity's (the xcodec2 package's, random-init, small). The round trip runs
+the real CLI (`python -m jaxspeech.cli convert codec ...`); refused imports call the same entry point in-process.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import safetensors.torch
+import torch
+
+from jaxspeech.codec import convert
+from jaxspeech.convert import cli as convert_cli, workdir
+from tests.test_codec_parity import CONFIGS, Reference, codec_config, inputs, reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+BUFFER_ATOL = 2e-7   # our anti-alias filters and Hann window vs torch's (float32 rounding); measured 1.3e-7
+
+
+def save(state_dict, path) -> str:
+  safetensors.torch.save_file({k: v.contiguous() for k, v in state_dict.items()}, str(path))
+  return str(path)
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+  capsys.readouterr()
+  code = convert_cli.run("codec", list(map(str, args)))
+  out = capsys.readouterr()
+  return code, out.out, out.err
+
+
+def flags(name: str) -> list[str]:
+  """What the weights' shapes do not say about a CONFIGS entry."""
+  c = CONFIGS[name]
+  return ["--heads", c["heads"], "--dilations", ",".join(map(str, c["dilations"]))]
+
+
+def assert_same_state_dict(got: dict, original: dict, buffers) -> None:
+  """Params identical; buffers (recomputed by us, not carried) within BUFFER_ATOL."""
+  assert got.keys() == original.keys()
+  for key, tensor in original.items():
+    if key in buffers:
+      np.testing.assert_allclose(got[key], tensor.numpy(), atol=BUFFER_ATOL, rtol=0, err_msg=key)
+    else:
+      np.testing.assert_array_equal(got[key], tensor.numpy(), err_msg=key)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_state_dict_round_trip(name):
+  original, cfg = reference(name).state_dict(), codec_config(CONFIGS[name])
+  _, params = convert.from_state_dict(original, cfg)
+  assert_same_state_dict(convert.to_state_dict(params, cfg), original, convert.layout(cfg).constants)
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "jaxspeech.cli", "convert", "codec", *map(str, args)], cwd=ROOT,
+                        env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow   # the import initialises and saves the discriminators' training state beside the codec
+def test_cli_round_trip_is_identical_and_loads_strictly(tmp_path):
+  """xcodec2 safetensors → workdir → xcodec2 safetensors with the real CLI; the export loads into the
+  xcodec2 modules with load_state_dict(strict=True) and decodes the same audio."""
+  name = "semantic"
+  ref, cfg = reference(name), codec_config(CONFIGS[name])
+  original = ref.state_dict()
+  result = cli("--from", "xcodec2", "--src", save(original, tmp_path / "in.safetensors"), "--dst", tmp_path / "wd",
+               *flags(name))
+  assert result.returncode == 0, result.stderr
+  with open(tmp_path / "wd" / "config.json") as f:
+    saved = json.load(f)
+  assert saved["family"] == "codec" and saved["model"] == cfg.to_dict()
+  assert workdir.read(str(tmp_path / "wd"), "codec", weights="params").step == 0
+  result = cli("--to", "xcodec2", "--src", tmp_path / "wd", "--dst", tmp_path / "out")
+  assert result.returncode == 0, result.stderr
+  exported = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
+  assert_same_state_dict(exported, original, convert.layout(cfg).constants)
+
+  loaded = Reference(CONFIGS[name]).eval()
+  loaded.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  wav, features = map(torch.from_numpy, inputs(name))
+  expected, got = ref.run(wav, features), loaded.run(wav, features)
+  np.testing.assert_array_equal(got["codes"], expected["codes"])
+  np.testing.assert_allclose(got["wav"], expected["wav"], atol=1e-6, rtol=0)
+
+
+def test_legacy_weight_norm_and_released_layout(tmp_path):
+  """weight_g/weight_v keys read as the parametrizations ones; XCodec2Model's keys (no fc_post_s,
+  SemanticDecoder_module; w2v-BERT's semantic_model.*) import with those left at their initialisation."""
+  ref = reference("semantic")
+  cfg = codec_config(CONFIGS["semantic"])
+  _, expected = convert.from_state_dict(ref.state_dict(), cfg)
+  g, v = convert.WEIGHT_NORM["parametrizations"]
+  legacy = {k.replace(g, "weight_g").replace(v, "weight_v"): t for k, t in ref.state_dict().items()}
+  name, params = convert.from_state_dict(legacy, cfg)
+  assert name.startswith("xcodec2 (legacy")
+  assert params.keys() == expected.keys() and all(np.array_equal(params[k], expected[k]) for k in params)
+
+  released = {k: t for k, t in ref.state_dict().items()
+              if not k.startswith(("fc_post_s.", "SemanticDecoder_module."))}
+  released["semantic_model.encoder.layers.0.weight"] = torch.zeros(3)
+  name, params = convert.from_state_dict(released, cfg)
+  assert name.startswith("XCodec2Model")
+  assert sorted(expected.keys() - params.keys()) == sorted(k for k in expected
+                                                           if k.startswith(("fc_post_s.", "semantic_decoder.")))
+
+
+def test_bad_checkpoints_are_refused_with_every_key_named(tmp_path, capsys):
+  state_dict = reference("acoustic").state_dict()
+  bad = dict(state_dict)
+  del bad["generator.backbone.final_layer_norm.bias"]
+  bad["generator.backbone.extra.weight"] = torch.zeros(2)
+  bad["fc_post_a.bias"] = torch.zeros(5)
+  bad["CodecEnc.conv_blocks.1.block.0.block.0.upsample.filter"] = torch.ones(1, 1, 12)
+  src = save(bad, tmp_path / "bad.safetensors")
+  code, _, err = run(capsys, "--from", "xcodec2", "--src", src, "--dst", tmp_path / "wd", *flags("acoustic"))
+  assert code == 2
+  assert "missing key generator.backbone.final_layer_norm.bias" in err
+  assert "unexpected key generator.backbone.extra.weight" in err
+  assert not os.path.exists(tmp_path / "wd")
+
+  del bad["generator.backbone.extra.weight"]
+  bad["generator.backbone.final_layer_norm.bias"] = state_dict["generator.backbone.final_layer_norm.bias"]
+  code, _, err = run(capsys, "--from", "xcodec2", "--src", save(bad, tmp_path / "bad2.safetensors"),
+                     "--dst", tmp_path / "wd", *flags("acoustic"))
+  assert code == 2 and "upsample.filter" in err
+  bad["CodecEnc.conv_blocks.1.block.0.block.0.upsample.filter"] = state_dict[
+      "CodecEnc.conv_blocks.1.block.0.block.0.upsample.filter"]
+  code, _, err = run(capsys, "--from", "xcodec2", "--src", save(bad, tmp_path / "bad3.safetensors"),
+                     "--dst", tmp_path / "wd", *flags("acoustic"))
+  assert code == 2 and "shape mismatch fc_post_a.bias: (5,), expected (32,)" in err
+  code, _, err = run(capsys, "--from", "xcodec2", "--src", src, "--dst", tmp_path / "wd", "--heads", "3")
+  assert code == 2 and "--dilations gives 3" in err and "--heads 3 does not divide" in err
+  assert not os.path.exists(tmp_path / "wd")
