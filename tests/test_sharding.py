@@ -2,11 +2,13 @@
 
 import jax
 import numpy as np
+import ml_collections
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from jaxspeech import sharding
-from jaxspeech.train import state as state_lib, trainer
+from jaxspeech.train import config, state as state_lib, trainer
 from tests.ast_config import tiny_ast
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (2, 1, 4)]
@@ -105,3 +107,23 @@ def test_unknown_logical_axis_is_named():
   with sharding.use_rules(mesh, [("embed", "fsdp")]):
     with pytest.raises(KeyError, match="mlp"):
       sharding.logical_spec(("embed", "mlp"))
+
+
+def test_optimizer_state_of_partial_groups_keeps_its_structure():
+  """multi_transform leaves optax MaskedNodes inside Variables for params outside a group; the shardings
+  tree must have the optimizer state's structure (the trainer maps the two together)."""
+  import optax
+  from jaxspeech.nn import layers
+  mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=2, tensor=1, sequence=1)),
+                            jax.devices()[:2])
+  with sharding.use_rules(mesh, [tuple(r) for r in config.AXIS_RULES]):
+    model = nnx.eval_shape(lambda: nnx.List([layers.dense(4, 8, ("embed", "mlp"), rngs=nnx.Rngs(0)),
+                                             layers.dense(8, 4, ("mlp", "embed"), rngs=nnx.Rngs(1))]))
+    params = nnx.state(model, nnx.Param)
+    labels = jax.tree_util.tree_map_with_path(lambda p, _: "a" if p[0].key == 0 else "b", params)
+    tx = optax.multi_transform({"a": optax.adam(1e-3), "b": optax.set_to_zero()}, labels)
+    opt_state = jax.eval_shape(tx.init, params)
+    shardings = sharding.param_shardings(opt_state, mesh)
+  assert jax.tree.structure(opt_state) == jax.tree.structure(shardings)
+  kernels = [s for s in jax.tree.leaves(shardings) if s.spec == P("fsdp", "tensor")]
+  assert len(kernels) == 2  # mu and nu of the first layer's kernel, sharded as the kernel

@@ -55,9 +55,17 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
 
 
 def param_shardings(tree, mesh: Mesh):
-  """NamedShardings for a tree of nnx Variables (params, or optimizer state built from them)."""
+  """NamedShardings for a tree of nnx Variables (params, or optimizer state built from them).
+
+  A Variable with no arrays in it (optax's MaskedNode: a param outside an optimizer group) stays as it is,
+  so the result has the structure of `tree`.
+  """
   _, rules = _current()
-  specs = nnx.get_partition_spec(tree)
+  def spec(x):
+    empty = isinstance(x, nnx.Variable) and not jax.tree.leaves(x.get_raw_value())
+    return x if empty else nnx.get_partition_spec(x)
+
+  specs = jax.tree.map(spec, tree, is_leaf=lambda x: isinstance(x, nnx.Variable))
   for spec in jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, PartitionSpec)):
     for axis in spec:
       for a in axis if isinstance(axis, tuple) else (axis,):
