@@ -11,12 +11,16 @@
   jaxspeech sweep fit --workdir=DIR                   (see jaxspeech/sweep/cli.py)
   jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR    (see jaxspeech/convert/cli.py)
   jaxspeech convert ast --to hf --src WORKDIR --dst DIR
+  jaxspeech synthesize --lm WORKDIR --codec WORKDIR --tokenizer FILE --text "..." --out out.wav   (Llasa)
 """
 
 import argparse
+import glob
+import os
 import sys
 
 from jaxspeech.convert import cli as convert_cli  # light: imports a family's converter only when run
+from jaxspeech.llasa import cli as llasa_cli  # light: argparse only until run
 
 
 def _data_synth(args):
@@ -42,7 +46,8 @@ def _print_info(path):
   meta = tfds_io.metadata(path)
   print(f"dataset {path}")
   for name, split in sorted(info.splits.items()):
-    print(f"  {name:<12} {split.num_examples:>8} examples  {split.num_bytes / 2**20:9.1f} MiB")
+    on_disk = sum(os.path.getsize(f) for f in glob.glob(os.path.join(path, f"*-{name}.array_record-*")))
+    print(f"  {name:<12} {split.num_examples:>8} examples  {on_disk / 2**20:9.1f} MiB on disk")
   if meta.get("speakers"):
     print(f"  speakers: {len(meta['speakers'])}")
 
@@ -55,6 +60,13 @@ def _text_train(args):
   tokenizer = spm.train_bpe(texts, vocab_size=args.vocab_size)
   tokenizer.save(args.output)
   print(f"wrote {args.output}: {tokenizer.vocab_size} pieces from {len(source)} transcripts")
+
+
+def _synthesize(args):
+  if args.lm:
+    llasa_cli.synthesize(args)
+  else:
+    raise ValueError("synthesize needs a model: --lm WORKDIR (Llasa)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +103,11 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--vocab-size", type=int, default=1024)
   p.set_defaults(run=_text_train)
   convert_cli.add_parser(groups)
+  p = groups.add_parser("synthesize", help="text to speech: --lm (Llasa LM + codec workdirs)")
+  p.add_argument("--text", required=True)
+  p.add_argument("--out", required=True, help="the wav file to write")
+  llasa_cli.add_arguments(p)
+  p.set_defaults(run=_synthesize)
   return parser
 
 

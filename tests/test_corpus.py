@@ -64,3 +64,16 @@ def test_bad_voice_is_named():
   import pytest
   with pytest.raises(ValueError, match="no-such-voice"):
     espeak.synthesize("hello", "no-such-voice")
+
+
+def test_data_info_reports_examples_and_size_on_disk(corpus_path, capsys):
+  from jaxspeech import cli
+  assert cli.main(["data", "info", corpus_path]) == 0
+  lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+  meta = tfds_io.load(corpus_path).info.splits
+  for split in ("train", "validation", "test", "test_unseen"):
+    on_disk = sum(os.path.getsize(os.path.join(corpus_path, f)) for f in os.listdir(corpus_path)
+                  if f"-{split}.array_record-" in f)
+    assert int(lines[split][1]) == meta[split].num_examples
+    assert float(lines[split][3]) == round(on_disk / 2**20, 1)
+  assert lines["speakers:"][1] == "16"

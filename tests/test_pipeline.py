@@ -215,3 +215,13 @@ def test_global_batch_on_8_devices():
     assert arrays[key].shape == x.shape and arrays[key].sharding.spec == jax.sharding.PartitionSpec("data")
     np.testing.assert_array_equal(np.asarray(arrays[key]), x)
   assert {s.data.shape for s in arrays["audio"].addressable_shards} == {(2, 6)}
+
+
+@pytest.mark.parametrize("batcher", [
+    batching.FixedBatch(2, "audio", batching.Buckets(lengths=(8,))),
+    batching.FrameBudget(64, "audio", batching.Buckets(lengths=(8,)))])
+def test_a_stream_where_every_example_is_too_long_stops_with_an_error(batcher):
+  """An endless stream whose examples all exceed the buckets would spin forever; it raises instead."""
+  ds = grain.MapDataset.source([{"audio": np.zeros(16, np.int16)}]).repeat().to_iter_dataset()
+  with pytest.raises(RuntimeError, match="in a row were dropped.*too_long"):
+    next(iter(batcher.apply(ds, seed=0)))

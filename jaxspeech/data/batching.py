@@ -63,6 +63,10 @@ def pad_batch(examples: Sequence[Mapping[str, Any]], pad: Mapping[str, Buckets],
   return batch
 
 
+# An endless training stream in which this many examples in a row are too long would otherwise spin forever.
+MAX_DROPS_IN_A_ROW = 10_000
+
+
 class Tally(grain.IterDataset):
   """Maps elements with `fn(element) -> (element or None, counts)`, dropping Nones.
 
@@ -134,7 +138,7 @@ class FixedBatch:
   def apply(self, ds: grain.IterDataset, seed: int) -> grain.IterDataset:
     del seed  # the batch order is the input order
     pad = {self.key: self.buckets, **self.pad_extra}
-    ds = Tally(ds, functools.partial(_drop_too_long, buckets=pad), ["too_long"])
+    ds = Tally(ds, functools.partial(_drop_too_long, buckets=pad), ["too_long"], MAX_DROPS_IN_A_ROW)
     ds = ds.batch(self.batch_size, drop_remainder=self.drop_remainder,
                   batch_fn=functools.partial(pad_batch, pad=pad, rows=self.batch_size))
     return Tally(ds, functools.partial(_fill, key=self.key), ["batches", "filled", "slots"])
@@ -165,7 +169,7 @@ class FrameBudget:
     return self.budget // -(-length // self.hop) // self.row_multiple * self.row_multiple
 
   def apply(self, ds: grain.IterDataset, seed: int) -> grain.IterDataset:
-    ds = Tally(ds, self._drop_too_long, ["too_long"])
+    ds = Tally(ds, self._drop_too_long, ["too_long"], MAX_DROPS_IN_A_ROW)
     ds = FrameBudgetIterDataset(ds, self, seed)
     return Tally(ds, functools.partial(_fill, key=self.key), ["batches", "filled", "slots"])
 
