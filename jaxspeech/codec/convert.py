@@ -49,7 +49,6 @@ def gain_from_torch(g_Ox1x1: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
 
 CONV1D = Transform(conv1d_to_torch, conv1d_from_torch)
 GAIN = Transform(gain_to_torch, gain_from_torch)
-SAME = mapping.SAME
 
 # Weight-norm key suffixes: (g, v) as torch.nn.utils.parametrizations.weight_norm, and as the older weight_norm.
 WEIGHT_NORM = {"parametrizations": ("parametrizations.weight.original0", "parametrizations.weight.original1"),
@@ -66,7 +65,7 @@ class Layout:
   constants: dict[str, np.ndarray]
 
   def table(self) -> mapping.Table:
-    return mapping.expand(self.rules, 0)
+    return {rule.hf: (rule.ours, rule.transform) for rule in self.rules}
 
 
 def _wn_conv(ours: str, theirs: str, weight_norm: str) -> list[Rule]:
@@ -75,18 +74,22 @@ def _wn_conv(ours: str, theirs: str, weight_norm: str) -> list[Rule]:
           Rule(f"{ours}.bias", f"{theirs}.bias")]
 
 
+def _layer(ours: str, theirs: str, transform: Transform, bias: bool = True, weight: str = "kernel") -> list[Rule]:
+  """A torch layer's `weight` (and `bias`) as our `weight` (and `bias`)."""
+  rules = [Rule(f"{ours}.{weight}", f"{theirs}.weight", transform)]
+  return rules + [Rule(f"{ours}.bias", f"{theirs}.bias")] if bias else rules
+
+
 def _conv(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
-  return [Rule(f"{ours}.kernel", f"{theirs}.weight", CONV1D)] + ([Rule(f"{ours}.bias", f"{theirs}.bias")] if bias
-                                                                 else [])
+  return _layer(ours, theirs, CONV1D, bias)
 
 
 def _linear(ours: str, theirs: str, transform: Transform = LINEAR, bias: bool = True) -> list[Rule]:
-  return [Rule(f"{ours}.kernel", f"{theirs}.weight", transform)] + ([Rule(f"{ours}.bias", f"{theirs}.bias")] if bias
-                                                                    else [])
+  return _layer(ours, theirs, transform, bias)
 
 
 def _norm(ours: str, theirs: str, bias: bool = True) -> list[Rule]:
-  return [Rule(f"{ours}.scale", f"{theirs}.weight")] + ([Rule(f"{ours}.bias", f"{theirs}.bias")] if bias else [])
+  return _layer(ours, theirs, mapping.SAME, bias, weight="scale")
 
 
 def _snake(ours: str, theirs: str, constants: dict) -> list[Rule]:
