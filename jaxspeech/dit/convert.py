@@ -14,6 +14,9 @@ writes it. Conv1d weights (O, I/groups, K) become Flax kernels (K, I/groups, O);
 chunks (shift, scale, gate, ...) become a leading chunk axis of our kernel.
 """
 
+import argparse
+import dataclasses
+import importlib.util
 import os
 
 import numpy as np
@@ -122,7 +125,8 @@ def rope_buffer(cfg: DiTConfig) -> np.ndarray:
 def from_f5_state_dict(state_dict, cfg: DiTConfig, what: str = "F5 DiT state dict") -> dict[str, np.ndarray]:
   """Our dotted path -> float32 array, from a bare `DiT`/`UNetT` state dict (no `transformer.` prefix).
 
-  Missing, unexpected and misshaped keys raise one ConversionError listing them all.
+  Missing, unexpected and misshaped keys (and a RoPE buffer of another head size) raise one ConversionError
+  listing them all.
   """
   state_dict = dict(state_dict)
   problems = []
@@ -132,8 +136,12 @@ def from_f5_state_dict(state_dict, cfg: DiTConfig, what: str = "F5 DiT state dic
       problems.append(f"{ROPE_BUFFER} {inv_freq.shape} is not RoPE's for dim_head={cfg.dim_head}")
   else:
     problems.append(f"missing key {ROPE_BUFFER}")
-  try:
-    params = mapping.from_hf(state_dict, table(cfg), param_shapes(cfg), what)
+  expected = table(cfg)
+  problems += [f"missing key {k}" for k in sorted(expected.keys() - state_dict.keys())]
+  problems += [f"unexpected key {k}" for k in sorted(state_dict.keys() - expected.keys())]
+  common = {k: v for k, v in expected.items() if k in state_dict}
+  try:  # every shape is checked, even with keys missing
+    params = mapping.from_hf({k: state_dict[k] for k in common}, common, param_shapes(cfg), what)
   except ConversionError as e:
     problems += e.problems
   if problems:
@@ -145,3 +153,117 @@ def to_f5_state_dict(params, cfg: DiTConfig) -> dict[str, np.ndarray]:
   """A bare `DiT`/`UNetT` state dict (float32 numpy) of our dotted params, with the RoPE buffer."""
   state_dict = mapping.to_hf(params, table(cfg), param_shapes(cfg), f"dit params for {cfg}")
   return {**state_dict, ROPE_BUFFER: rope_buffer(cfg)}
+
+
+# ------------------------------------------------------------------------------- `jaxspeech convert dit`
+
+SOURCES = {"f5": "an F5-TTS checkpoint: .pt (ema_model_state_dict or model_state_dict) or .safetensors (EMA)"}
+TARGETS = {"f5": "a .safetensors file (the EMA dict) that f5-tts' load_checkpoint reads"}
+EXPORTS_FILE = True
+DEFAULT_CONFIG = "configs/dit.py:base"
+# Keys of F5 checkpoints that hold no param: EMA bookkeeping, and mel buffers of old checkpoints.
+UNUSED = ("initted", "step", "mel_spec.mel_stft.mel_scale.fb", "mel_spec.mel_stft.spectrogram.window")
+FAMILY_FIELDS = {"vocab_file": ""}
+
+
+def _flag_bool(text: str) -> bool:
+  return text.lower() in ("1", "true", "yes")
+
+
+def add_arguments(parser) -> None:
+  g = parser.add_argument_group("model (import): F5 checkpoints do not record their config")
+  g.add_argument("--config", default=DEFAULT_CONFIG,
+                 help=f"a dit config file and variant whose model section describes the checkpoint ({DEFAULT_CONFIG})")
+  for field in dataclasses.fields(DiTConfig):
+    kind = _flag_bool if field.type is bool else field.type
+    g.add_argument(f"--config.model.{field.name}", dest=f"model_{field.name}", type=kind, default=None,
+                   help=argparse.SUPPRESS)
+  g.add_argument("--vocab", default=None, help="the checkpoint's vocab.txt; its size must be the embedding's rows - 1")
+
+
+def load_config(spec: str):
+  """`path.py:variant` -> the config that file's `get_config(variant)` returns."""
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("dit_config", path)
+  if module_spec is None or not os.path.isfile(path):
+    raise ConversionError("--config", [f"no config file {path}"])
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(*([variant] if variant else []))
+
+
+def _model_config(args) -> DiTConfig:
+  model = load_config(args.config).model.to_dict()
+  model.update({f.name: getattr(args, f"model_{f.name}") for f in dataclasses.fields(DiTConfig)
+                if getattr(args, f"model_{f.name}") is not None})
+  return DiTConfig(**{k: v for k, v in model.items() if k not in FAMILY_FIELDS})
+
+
+def _load(src: str) -> dict:
+  if src.endswith(".safetensors"):
+    import safetensors.numpy  # pylint: disable=import-outside-toplevel
+    return {"ema_model_state_dict": dict(safetensors.numpy.load_file(src))}
+  import torch  # pylint: disable=import-outside-toplevel  (F5's .pt files are torch pickles)
+  return torch.load(src, map_location="cpu", weights_only=True)
+
+
+def read_f5(src: str) -> tuple[dict, dict]:
+  """(bare DiT state dict, provenance) of an F5 checkpoint; the EMA weights when it has them."""
+  if not os.path.isfile(src):
+    raise ConversionError(f"F5 checkpoint {src}", ["no such file"])
+  try:
+    checkpoint = _load(src)
+  except Exception as e:  # pylint: disable=broad-except  (torch, pickle, zip and safetensors errors)
+    raise ConversionError(f"cannot read {src}", [f"{type(e).__name__}: {str(e).splitlines()[:1]}"]) from None
+  for layout, prefix in (("ema_model_state_dict", "ema_model."), ("model_state_dict", "")):
+    if isinstance(checkpoint, dict) and layout in checkpoint:
+      break
+  else:
+    raise ConversionError(f"F5 checkpoint {src}", ["has neither ema_model_state_dict nor model_state_dict"])
+  state_dict = {k.removeprefix(prefix): v for k, v in checkpoint[layout].items()}
+  unused = sorted(k for k in state_dict if k in UNUSED)
+  step = mapping.as_numpy(state_dict["step"]).item() if "step" in state_dict else None
+  state_dict = {k.removeprefix("transformer."): v for k, v in state_dict.items() if k not in UNUSED}
+  return state_dict, {"layout": layout, "unused": unused, "ema_step": step,
+                      "update": int(checkpoint["update"]) if "update" in checkpoint else None}
+
+
+def import_checkpoint(source: str, src: str, args):
+  """`jaxspeech convert dit --from f5`: a `jaxspeech.convert.workdir.Imported`."""
+  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
+  state_dict, provenance = read_f5(src)
+  cfg, notes = _model_config(args), []
+  embed = "text_embed.text_embed.weight"
+  if embed in state_dict and state_dict[embed].shape[0] - 1 != cfg.text_num_embeds:
+    notes.append(f"text_num_embeds={state_dict[embed].shape[0] - 1} from the checkpoint's {embed} "
+                 f"(the config says {cfg.text_num_embeds})")
+    cfg = dataclasses.replace(cfg, text_num_embeds=int(state_dict[embed].shape[0]) - 1)
+  params = from_f5_state_dict(state_dict, cfg, f"F5 checkpoint {src}")
+  vocab_file = ""
+  if args.vocab:
+    from jaxspeech.dit import vocab  # pylint: disable=import-outside-toplevel
+    size = len(vocab.read(args.vocab))
+    if size != cfg.text_num_embeds:
+      raise ConversionError(f"--vocab {args.vocab}", [f"has {size} tokens; the checkpoint embeds {cfg.text_num_embeds}"])
+    vocab_file = os.path.abspath(args.vocab)
+  else:
+    notes.append("no --vocab: give the checkpoint's vocab.txt to sample or train (--config.model.vocab_file)")
+  return Imported(model={**dataclasses.asdict(cfg), "vocab_file": vocab_file}, params=params,
+                  provenance={**provenance, "config": args.config}, notes=notes)
+
+
+def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
+  """`jaxspeech convert dit --to f5`: the EMA-style safetensors file at `dst`, written to a temporary sibling
+  and renamed."""
+  import safetensors.numpy  # pylint: disable=import-outside-toplevel
+  cfg = DiTConfig(**{k: v for k, v in checkpoint.model.items() if k not in FAMILY_FIELDS})
+  state_dict = {f"ema_model.transformer.{k}": v for k, v in to_f5_state_dict(checkpoint.params, cfg).items()}
+  state_dict.update(initted=np.asarray(True), step=np.asarray(checkpoint.step, np.int64))
+  tmp = f"{dst}.converting-{os.getpid()}"
+  try:
+    safetensors.numpy.save_file(state_dict, tmp)
+    os.replace(tmp, dst)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return [f"{len(state_dict) - 2} tensors as ema_model.transformer.* (+ initted, step) for {cfg.backbone}"]
