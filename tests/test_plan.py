@@ -91,10 +91,12 @@ def test_report_projects_step_time_fits_and_flags_a_gap():
     (["--config=configs/ast.py:nope", "--mesh", "fsdp=8"], "unknown variant 'nope'"),
     (["--config=configs/ast.py:tiny"], "give --config=FILE.py:VARIANT and --mesh"),
     (["--config=configs/ast.py:tiny", "--mesh", "data=2,fsdp=32"], "train.batch_size=32 does not split over"),
+    (["--config=configs/ast.py:tiny", "--config.data.path=/nonexistent", "--mesh", "fsdp=2"],
+     "no TFDS dataset at /nonexistent"),
 ])
-def test_bad_input_is_one_line(capsys, argv, message):
+def test_bad_input_is_one_line(capfd, argv, message):
   assert plan_lib.main(argv) == 2
-  err = capsys.readouterr().err
+  err = capfd.readouterr().err
   assert message in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -103,8 +105,9 @@ def test_cli_plans_a_mesh_larger_than_this_process(corpus_path):
   result = subprocess.run(
       [sys.executable, "-m", "jaxspeech.cli", "plan", "--config=configs/ast.py:tiny",
        f"--config.data.path={corpus_path}", *OVERRIDES, "--config.train.batch_size=16", "--mesh", "data=2,fsdp=8",
-       "--device", "v5p", "--hbm-gib", "0.001"], cwd=ROOT, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
-      capture_output=True, text=True, timeout=300)
+       "--device", "v5p", "--hbm-gib", "0.001"],
+      cwd=ROOT, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}, capture_output=True,
+      text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   lines = result.stdout.splitlines()
   assert lines[0] == "ast on mesh data=2 fsdp=8 tensor=1 sequence=1 (16 devices)"

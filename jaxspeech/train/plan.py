@@ -169,10 +169,11 @@ def report(plan: Plan, device: str | None, hbm_gib: float | None, mfu: float, st
   return "\n".join(lines)
 
 
-def _flags():
+def _flags(argv: list[str]):
   fv = flags.FlagValues()
+  # sys_argv: the overrides (--config.a.b=...) are found in these args, not in this process's sys.argv.
   config = config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/ast.py:base",
-                                           flag_values=fv)
+                                           flag_values=fv, sys_argv=argv)
   values = dict(
       mesh=flags.DEFINE_string("mesh", None, "axis sizes, e.g. data=2,fsdp=4,tensor=1", flag_values=fv),
       device=flags.DEFINE_enum("device", None, list(DEVICES), "the accelerator, for peak FLOP/s and HBM",
@@ -185,9 +186,10 @@ def _flags():
 
 
 def main(argv: list[str]) -> int:
-  fv, config, opts = _flags()
+  argv = ["jaxspeech plan", *argv]
+  fv, config, opts = _flags(argv)
   try:
-    fv(["jaxspeech plan", *argv])
+    fv(argv)
     cfg = config.value
     if cfg is None or opts["mesh"].value is None:
       raise ValueError("give --config=FILE.py:VARIANT and --mesh axis=size,...")
@@ -200,8 +202,13 @@ def main(argv: list[str]) -> int:
     return 2
   n = math.prod(mesh.values())
   if os.environ.get(CHILD_ENV) != str(n):
-    return _in_child(argv, n)
-  plan = measure(cfg, mesh)
+    return _in_child(argv[1:], n)
+  try:
+    plan = measure(cfg, mesh)
+  except FileNotFoundError as e:
+    print(f"jaxspeech plan: error: {e} (the planner reads one batch of the config's dataset for its shapes; "
+          "point --config.data.path at it)", file=sys.stderr)
+    return 2
   if opts["json"].value:
     print(json.dumps(dataclasses.asdict(plan)))
   else:
