@@ -42,7 +42,6 @@ DEVICES = {
 }
 USABLE_HBM = 0.9         # XLA_PYTHON_CLIENT_MEM_FRACTION on GPUs (launch/common.py); runtime headroom on TPUs
 DISAGREE_PCT = 10.0
-AXES = ("data", "fsdp", "tensor", "sequence")
 CHILD_ENV = "JAXSPEECH_PLAN_DEVICES"
 GIB = 2.0**30
 
@@ -61,12 +60,13 @@ class Plan:
 def parse_mesh(text: str) -> dict[str, int]:
   """'data=2,fsdp=4' → {'data': 2, 'fsdp': 4, 'tensor': 1, 'sequence': 1}; dcn_<axis>=N multiplies <axis>
   (slices change which links carry the traffic, not what each device holds)."""
-  sizes = dict.fromkeys(AXES, 1)
+  sizes = dict.fromkeys(sharding.MESH_AXES, 1)
   for item in filter(None, text.split(",")):
     name, _, value = item.partition("=")
     axis = name.strip().removeprefix("dcn_")
-    if axis not in AXES or not re.fullmatch(r"[1-9]\d*", value.strip()):
-      raise ValueError(f"--mesh takes axis=size pairs over {', '.join(AXES)} (and dcn_<axis>), got {item!r}")
+    if axis not in sharding.MESH_AXES or not re.fullmatch(r"[1-9]\d*", value.strip()):
+      raise ValueError(f"--mesh takes axis=size pairs over {', '.join(sharding.MESH_AXES)} (and dcn_<axis>), "
+                       f"got {item!r}")
     sizes[axis] *= int(value)
   return sizes
 
@@ -80,12 +80,11 @@ def _leaves(tree):
   return [x for x in jax.tree.leaves(tree) if hasattr(x, "shape")]
 
 
-def measure(cfg, mesh: dict[str, int], devices=None) -> Plan:
-  """Compiles the train step of `cfg` on `mesh` (over `devices`, default all) and reads its memory."""
+def measure(cfg, mesh: dict[str, int]) -> Plan:
+  """Compiles the train step of `cfg` on `mesh` (over the first devices of this process) and reads its memory."""
   cfg = cfg.copy_and_resolve_references()
   cfg.mesh.update(mesh)
-  devices = list(jax.devices() if devices is None else devices)[:math.prod(mesh.values())]
-  run = trainer.Trainer(cfg, workdir="", devices=devices)
+  run = trainer.Trainer(cfg, workdir="", devices=jax.devices()[:math.prod(mesh.values())])
   data = run.family.make_data(cfg, cfg.data.train_split, train=True, shard_index=0, shard_count=1)
   iterator = pipeline.make_iterator(data)
   batch = next(iterator)
