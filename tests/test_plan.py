@@ -56,6 +56,11 @@ def test_param_count_matches_the_model_and_transformers():
   assert plan_lib.param_count(abstract_params) == hf.num_parameters() == 86_201_104
 
 
+def test_mesh_argument_folds_slices_into_their_axis():
+  assert plan_lib.parse_mesh("data=8,dcn_data=2,tensor=2") == dict(data=16, fsdp=1, tensor=2, sequence=1)
+  assert plan_lib.parse_mesh("fsdp=4,sequence=2") == dict(data=1, fsdp=4, tensor=1, sequence=2)
+
+
 def test_state_estimate_splits_over_fsdp_and_tensor():
   one = plan_lib.analytic(1000, dict(data=8, fsdp=1, tensor=1, sequence=1), ema=False)
   split = plan_lib.analytic(1000, dict(data=1, fsdp=4, tensor=2, sequence=1), ema=True)
