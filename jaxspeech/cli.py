@@ -12,6 +12,7 @@
   jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR    (see jaxspeech/convert/cli.py)
   jaxspeech convert ast --to hf --src WORKDIR --dst DIR
   jaxspeech synthesize --lm WORKDIR --codec WORKDIR --tokenizer FILE --text "..." --out out.wav   (Llasa)
+  jaxspeech synthesize --dit WORKDIR [--vocoder WORKDIR] --ref-audio ref.wav --ref-text "..." --text "..." --out out.wav
 """
 
 import argparse
@@ -21,6 +22,7 @@ import sys
 
 from jaxspeech.convert import cli as convert_cli  # light: imports a family's converter only when run
 from jaxspeech.llasa import cli as llasa_cli  # light: argparse only until run
+from jaxspeech.dit import cli as dit_cli  # light: argparse only until run
 
 
 def _data_synth(args):
@@ -63,10 +65,14 @@ def _text_train(args):
 
 
 def _synthesize(args):
+  if args.lm and args.dit:
+    raise ValueError("synthesize takes one model: --lm or --dit")
   if args.lm:
     llasa_cli.synthesize(args)
+  elif args.dit:
+    dit_cli.synthesize(args)
   else:
-    raise ValueError("synthesize needs a model: --lm WORKDIR (Llasa)")
+    raise ValueError("synthesize needs a model: --lm WORKDIR (Llasa) or --dit WORKDIR (F5-style DiT)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--text", required=True)
   p.add_argument("--out", required=True, help="the wav file to write")
   llasa_cli.add_arguments(p)
+  dit_cli.add_arguments(p)
   p.set_defaults(run=_synthesize)
   return parser
 

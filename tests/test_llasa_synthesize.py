@@ -1,0 +1,103 @@
+"""Synthesis: verifiers and best-of-N, text → codes → wav with a voice prompt, and `jaxspeech synthesize`."""
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import soundfile
+from flax import nnx
+
+from jaxspeech.codec import sizes as codec_sizes
+from jaxspeech.codec.model import Codec
+from jaxspeech.convert import mapping, workdir
+from jaxspeech.data.synth import sentences
+from jaxspeech.llasa import generate, synthesis, verify
+from jaxspeech.llasa.model import Llama, LlamaConfig
+from jaxspeech.text import spm
+from jaxspeech.text.llasa_vocab import LlasaVocab
+from tests.ast_config import ROOT
+
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+VOCAB = LlasaVocab(text_vocab_size=128)  # the codec's 65,536 codes
+LM = LlamaConfig(vocab_size=VOCAB.size, hidden=32, layers=1, heads=2, kv_heads=1, head_dim=16, mlp=64)
+
+
+def test_length_repetition_prefers_plausible_speech():
+  verifier = verify.LengthRepetition(seconds_per_char=0.1)
+  text = "x" * 20  # 2 s expected: 100 codes
+  rng = np.random.default_rng(0)
+  right = verify.Candidate(text, rng.integers(0, 1000, 100))
+  short = verify.Candidate(text, rng.integers(0, 1000, 20))
+  looping = verify.Candidate(text, np.tile([1, 2, 3, 4, 5], 20))
+  assert verifier(right) == pytest.approx(0.0, abs=1e-9)
+  assert verifier(short) == pytest.approx(-np.log(5))
+  assert verifier(looping) < -0.9
+  assert verifier(verify.Candidate(text, np.zeros(0, int))) == -np.inf
+
+
+def test_best_of_n_sums_weighted_scores_and_picks_the_best():
+  def spectrum(wav):  # a real embedding for the test: the clip's magnitude spectrum
+    return np.abs(np.fft.rfft(wav, 256))
+
+  t = np.arange(4000) / 16000
+  reference = np.sin(2 * np.pi * 440 * t)
+  similar, other = np.sin(2 * np.pi * 445 * t), np.sin(2 * np.pi * 3000 * t)
+  speaker = verify.SpeakerSimilarity(spectrum, reference)
+  candidates = [verify.Candidate("ab", np.arange(10), wav) for wav in (other, similar)]
+  chosen, scores = verify.best_of_n(candidates, [speaker, verify.LengthRepetition()], weights=[10.0, 1.0])
+  assert chosen == 1 and scores[1]["speaker_similarity"] > scores[0]["speaker_similarity"]
+  assert scores[0]["total"] == pytest.approx(10 * scores[0]["speaker_similarity"] + scores[0]["length_repetition"])
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("spm") / "spm.model")
+  spm.train_bpe(sentences.unique_sentences(100, seed=1), vocab_size=VOCAB.text_vocab_size).save(path)
+  return path
+
+
+@pytest.mark.slow
+def test_voice_prompted_best_of_n_synthesis(tokenizer):
+  lm = Llama(LM, nnx.Rngs(0))
+  codec = Codec(codec_sizes.tiny(), rngs=nnx.Rngs(1))
+  ref_wav = np.sin(2 * np.pi * 200 * np.arange(3200) / 16000).astype(np.float32)
+  result = synthesis.synthesize(lm, codec, spm.Tokenizer.load(tokenizer), VOCAB, "a short test.",
+                                jax.random.PRNGKey(0), ref_wav=ref_wav, ref_text="the reference.", max_seconds=0.2,
+                                best_of=3, sampling=generate.Sampling(top_k=50))
+  assert len(result.scores) == 3 and 0 <= result.chosen < 3
+  assert 0 < len(result.codes) <= 10 and len(result.wav) == 320 * len(result.codes)
+
+
+@pytest.mark.slow
+def test_synthesize_cli(tokenizer, tmp_path):
+  """`jaxspeech synthesize` as a user runs it, on an LM and a codec workdir (random weights)."""
+  lm = Llama(LM, nnx.Rngs(0))
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  workdir.write(str(tmp_path / "lm"), "llasa", workdir.Imported(
+      model=dataclasses.asdict(LM), params=mapping.flatten(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))), {})
+  from jaxspeech import registry  # pylint: disable=import-outside-toplevel
+  codec_model = codec_sizes.tiny().to_dict()
+  codec = registry.get("codec").build_model(workdir.train_config("codec", codec_model), nnx.Rngs(1))
+  workdir.write(str(tmp_path / "codec"), "codec", workdir.Imported(
+      model=codec_model, params=mapping.flatten(nnx.to_pure_dict(nnx.state(codec, nnx.Param)))), {})
+  soundfile.write(tmp_path / "ref.wav", 0.3 * np.sin(2 * np.pi * 220 * np.arange(4000) / 8000), 8000)
+  result = subprocess.run(
+      [sys.executable, "-m", "jaxspeech.cli", "synthesize", "--lm", str(tmp_path / "lm"), "--codec",
+       str(tmp_path / "codec"), "--tokenizer", tokenizer, "--num-speech-tokens", "65536", "--text", "hello there.",
+       "--ref-audio", str(tmp_path / "ref.wav"), "--ref-text", "a reference.", "--best-of", "2",
+       "--max-seconds", "0.2", "--out", str(tmp_path / "out.wav")],
+      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  wav, rate = soundfile.read(tmp_path / "out.wav")
+  assert rate == 16000 and 0 < len(wav) <= 320 * 10
+  assert "candidate" in result.stdout
+
+
+def test_synthesize_cli_names_missing_flags(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "jaxspeech.cli", "synthesize", "--lm", str(tmp_path), "--text", "x",
+                           "--out", str(tmp_path / "o.wav")], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 2 and "needs --codec and --tokenizer" in result.stderr
