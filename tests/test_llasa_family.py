@@ -1,6 +1,7 @@
 """The Llasa family: sequence format, loss masking across packed segments, the code-dataset pipeline, and
 `jaxspeech train --config=configs/llasa.py:tiny` end to end on a test-built code dataset."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -144,3 +145,23 @@ def test_large_variants_build_abstractly_with_the_published_shapes(variant):
   expected = {"150m": 146_424_320, "1b": 1_370_048_512, "3b": 4_009_454_592, "8b": 8_567_197_696}[variant]
   assert n - padding == expected
   assert model.cfg.vocab_size == 193_800
+
+
+def test_init_from_a_smaller_tied_llama_extends_the_vocabulary(code_data):
+  """adapt_init: a tied, unscanned 300-id Llama into the untied, scanned Llasa model of 328 ids."""
+  from jaxspeech.convert import mapping  # pylint: disable=import-outside-toplevel
+  from jaxspeech.llasa.model import Llama, LlamaConfig  # pylint: disable=import-outside-toplevel
+  cfg = tiny_config(code_data)
+  cfg.model.update(scan_layers=True, tie_embeddings=False)
+  source = LlamaConfig(**{**cfg.model.to_dict(), "vocab_size": 300, "scan_layers": False, "tie_embeddings": True})
+  loaded = mapping.flatten(nnx.to_pure_dict(nnx.state(Llama(source, nnx.Rngs(0)), nnx.Param)))
+  params = family.adapt_init(loaded, {"family": "llasa", "model": dataclasses.asdict(source)}, cfg)
+  target = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0))), nnx.Param))
+  assert {k: v.shape for k, v in params.items()} == target
+  old = loaded["embed.embedding"][:300]
+  np.testing.assert_array_equal(params["embed.embedding"][:300], old)
+  np.testing.assert_allclose(params["embed.embedding"][300:VOCAB.size], np.broadcast_to(old.mean(0), (28, 64)),
+                             rtol=1e-6)
+  assert not params["embed.embedding"][VOCAB.size:].any()  # padding rows
+  np.testing.assert_array_equal(params["lm_head.kernel"][:, :300], old.T)
+  np.testing.assert_array_equal(params["blocks.up.kernel"][1], loaded["blocks.1.up.kernel"])

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 
 from jaxspeech.data import packing, pipeline, tfds_io
-from jaxspeech.llasa import objective
+from jaxspeech.llasa import convert, objective
 from jaxspeech.llasa.model import Llama, LlamaConfig
 from jaxspeech.text import spm
 from jaxspeech.text.llasa_vocab import LlasaVocab
@@ -71,6 +71,30 @@ def load_tokenizer(path: str) -> spm.Tokenizer | HFTokenizer:
   return HFTokenizer(path) if path.endswith(".json") else spm.Tokenizer.load(path)
 
 
+def _rows(table_PxD: np.ndarray, old_vocab: int, new_vocab: int, padded: int) -> np.ndarray:
+  """The first `old_vocab` rows, then rows up to `new_vocab` at their mean (as HF's `resize_token_embeddings`),
+  then zero padding rows up to `padded`."""
+  real_VxD = table_PxD[:min(old_vocab, new_vocab)]
+  new_NxD = np.broadcast_to(real_VxD.mean(0), (max(new_vocab - old_vocab, 0), real_VxD.shape[1]))
+  return np.concatenate([real_VxD, new_NxD, np.zeros((padded - max(new_vocab, len(real_VxD)), real_VxD.shape[1]))])
+
+
+def adapt_init(loaded, source_config, cfg):
+  """`train.init_from` a Llama/Llasa workdir (e.g. Llama 3.2 imported from HF): layers stacked or unstacked as
+  this model has them, the vocabulary extended to Llasa's (new ids start at the mean embedding), and an untied
+  head made from a tied embedding."""
+  src, dst = LlamaConfig(**source_config["model"]), model_config(cfg)
+  params = convert.unstack_layers(loaded) if src.scan_layers else dict(loaded)
+  embedding = params["embed.embedding"]
+  params["embed.embedding"] = _rows(embedding, src.vocab_size, dst.vocab_size, dst.padded_vocab)
+  if not dst.tie_embeddings:
+    head_PxD = embedding if src.tie_embeddings else params.pop("lm_head.kernel").T
+    params["lm_head.kernel"] = _rows(head_PxD, src.vocab_size, dst.vocab_size, dst.padded_vocab).T
+  elif not src.tie_embeddings:
+    params.pop("lm_head.kernel")
+  return convert.stack_layers(params, dst.layers) if dst.scan_layers else params
+
+
 @dataclasses.dataclass(frozen=True)
 class Tokenize:
   """A pipeline `map_fn`: a code-dataset record -> {"tokens": its Llasa training sequence}."""
@@ -124,4 +148,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="llasa", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units)
+    train_flops=train_flops, units=units, adapt_init=adapt_init)
