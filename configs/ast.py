@@ -35,7 +35,7 @@ run above (16×16 patches at stride 16, the head reads the cls and distillation 
   jaxspeech train --config=configs/ast.py:prompt --workdir=workdirs/ast_prompt
   jaxspeech train --config=configs/ast.py:bitfit --workdir=workdirs/ast_bitfit
 
-`--config.model.init_from` takes any AST workdir instead: a classifier trained here, or a converted HF or
+`--config.train.init_from` takes any AST workdir instead: a classifier trained here, or a converted HF or
 original checkpoint (`jaxspeech convert ast --from hf ...`) with `model` overrides of its shape (docs/ast.md).
 The method's settings are `--config.model.adapter.*` (e.g. `.mode=sequential`, `.reduction=8`, `.rank=4`).
 
@@ -122,7 +122,7 @@ def _ssast(cfg, frame: bool):
 
 def _petl(cfg, method: dict):
   """A frozen AST (from `init_from`) with one PETL method; every PETLConfig field is here to override."""
-  cfg.model.init_from = "workdirs/ssast_patch_tiny"
+  cfg.train.init_from = "workdirs/ssast_patch_tiny"
   cfg.model.adapter = ml_collections.ConfigDict(dict(
       kind="", block="bottleneck", mode="parallel", reduction=16, kernel_size=31, rank=8, alpha=8.0,
       targets=("query", "key"), prompts=8))

@@ -143,11 +143,6 @@ class LoRA(nnx.Module):
   def __call__(self, x):
     return self.scale * self.b(self.a(x))
 
-  def delta(self) -> jax.Array:
-    """The update to the base kernel, (in_shape + out_shape)."""
-    a, b = self.a.kernel[...], self.b.kernel[...]
-    return self.scale * jnp.tensordot(a, b, axes=1)
-
 
 def lora_modules(petl: PETLConfig | None, shapes: dict[str, tuple], dtype, rngs: nnx.Rngs) -> nnx.Dict | None:
   """{target: LoRA} for the attention projections; `shapes` maps a projection to (in, out, axes)."""
@@ -167,10 +162,19 @@ def prompt_tokens(petl: PETLConfig | None, d: int, patch_area: int, rngs: nnx.Rn
 
 def merge_lora(params: dict, petl: PETLConfig) -> dict:
   """Base AST params (a pure dict) with every LoRA update added into its kernel and the LoRA params removed."""
-  merged = jax.tree.map(lambda x: x, params)
+  merged = jax.tree.map(lambda x: x, params)  # new dicts, the same arrays
+  scale = petl.alpha / petl.rank
   for block in merged["blocks"].values():
     attn = block["attn"]
     for name, lora in attn.pop("lora").items():
-      scale = petl.alpha / petl.rank
       attn[name]["kernel"] = attn[name]["kernel"] + scale * np.tensordot(lora["a"]["kernel"], lora["b"]["kernel"], 1)
   return merged
+
+
+def base_params(params: dict, petl: PETLConfig) -> dict:
+  """The plain AST params (a pure dict) of a `PETLAST`'s: BitFit's as they are, LoRA's merged into the kernels.
+  The other methods add modules that a plain AST (and HF's) does not have: ValueError."""
+  if petl.kind not in ("lora", "bitfit"):
+    raise ValueError(f"a {petl.kind} run adds modules a plain AST does not have; only BitFit and LoRA (merged) "
+                     "runs are plain ASTs")
+  return merge_lora(params[petl.kind], petl) if petl.kind == "lora" else params[petl.kind]

@@ -28,6 +28,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from jaxspeech.ast import adapters
 from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import (CONV2D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, QKV_BIAS, QKV_IN,
@@ -488,11 +489,19 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   """`jaxspeech convert ast --to hf`: writes config.json and model.safetensors into `dst`; lines to print.
 
   A classifier run becomes `ASTForAudioClassification`; an SSAST pretraining run its encoder as `ASTModel`
-  (HF has no SSAST heads: `mask_embed`, `cpred` and `gpred` are left out, and the output says so).
+  (HF has no SSAST heads: `mask_embed`, `cpred` and `gpred` are left out, and the output says so). A BitFit
+  run is a plain AST and a LoRA run becomes one with its updates merged; other PETL runs are refused.
   """
   _check_flags(args, f"to {target}")
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
   model = dict(checkpoint.model)
+  params = checkpoint.params
+  petl = adapters.from_config(model.pop("adapter", None))
+  if petl is not None:  # a PETL run exports as the plain AST it amounts to, where there is one
+    try:
+      params = mapping.flatten(adapters.base_params(mapping.unflatten(params), petl))
+    except ValueError as e:
+      raise ConversionError(f"workdir model {checkpoint.model}", [str(e)]) from e
   task = model.get("task", "classify")
   fields = {f.name for f in dataclasses.fields(ASTConfig)}
   unknown = sorted(model.keys() - fields - FAMILY_FIELDS.keys())
@@ -508,7 +517,7 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   lines = []
   if task == "ssast":
     encoder_cfg = dataclasses.replace(cfg, num_classes=0)
-    params = {k.removeprefix("encoder."): v for k, v in checkpoint.params.items() if k.startswith("encoder.")}
+    params = {k.removeprefix("encoder."): v for k, v in params.items() if k.startswith("encoder.")}
     left_out = sorted({k.split(".")[0] for k in checkpoint.params if not k.startswith("encoder.")})
     state_dict = mapping.to_hf(params, tables(encoder_cfg)[f"ASTModel (transformers {generation})"],
                                param_shapes(encoder_cfg), f"SSAST encoder params for {encoder_cfg}")
@@ -516,7 +525,7 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
     hf_config.architectures = ["ASTModel"]
     lines.append(f"ASTModel: the SSAST encoder; left out (HF has no SSAST heads): {', '.join(left_out)}")
   else:
-    state_dict = to_hf_state_dict(mapping.unflatten(checkpoint.params), cfg, generation)
+    state_dict = to_hf_state_dict(mapping.unflatten(params), cfg, generation)
     hf_config = ast_to_hf_config(cfg)
     hf_config.architectures = ["ASTForAudioClassification"]
     labels = _labels(args.labels, checkpoint.provenance, cfg.num_classes)

@@ -1,8 +1,9 @@
 """AST as a family: Kaldi fbanks computed on the device, then one of two objectives (`model.task`):
 
-- "classify": speaker classification, optionally initialised from another run with `model.init_from` (an SSAST
-  pretraining run, a classifier, or a converted HF / original checkpoint), and optionally parameter-efficient
-  (`model.adapter`, see `jaxspeech.ast.adapters`: the base model is frozen through the optimizer group "frozen");
+- "classify": speaker classification, optionally started from another run with `train.init_from` (an SSAST
+  pretraining run, a classifier, or a converted HF / original checkpoint; `adapt_init` maps its params) and
+  optionally parameter-efficient (`model.adapter`, see `jaxspeech.ast.adapters`: the base model is frozen through
+  the optimizer group "frozen");
 - "ssast": SSAST masked patch pretraining on unlabelled audio (labels are read but never used), with its
   masking and loss weights in `cfg.ssast`.
 """
@@ -48,23 +49,48 @@ def petl_config(cfg) -> adapters.PETLConfig | None:
 
 
 def build_model(cfg, rngs):
-  """SSAST for pretraining, else an AST (a `PETLAST` with `model.adapter`); `model.init_from` (a workdir) sets
-  the params it has of the AST."""
+  """SSAST for pretraining, else an AST (a `PETLAST` with `model.adapter`); `model.init_from` (an SSAST workdir)
+  sets a plain AST's encoder params (`train.init_from` with `adapt_init` is the engine's way, for any model)."""
   petl = petl_config(cfg)
   if task(cfg) == "ssast":
     if petl is not None:
       raise ValueError("model.adapter is for fine-tuning (model.task='classify'), not SSAST pretraining")
     return ssast.SSAST(model_config(cfg), rngs)
-  model = AST(model_config(cfg), rngs) if petl is None else PETLAST(model_config(cfg), petl, rngs)
-  ast = model if petl is None else model.ast
+  if petl is not None:
+    if cfg.model.get("init_from"):
+      raise ValueError("a PETL model starts from --config.train.init_from=WORKDIR, not model.init_from")
+    model = PETLAST(model_config(cfg), petl, rngs)
+    _report_trainable(petl.kind, *trainable_count(model))
+    return model
+  model = AST(model_config(cfg), rngs)
   if cfg.model.get("init_from"):
     # Runs inside the trainer's jitted init: the loaded arrays become constants of that program.
-    state = nnx.state(ast, nnx.Param)
-    nnx.replace_by_pure_dict(state, ssast.init_from_workdir(cfg.model.init_from, model_config(cfg)))
-    nnx.update(ast, state)
-  if petl is not None:
-    _report_trainable(petl.kind, *trainable_count(model))
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, ssast.init_from_ssast(cfg.model.init_from, model_config(cfg)))
+    nnx.update(model, state)
   return model
+
+
+def adapt_init(params: dict, source: dict, cfg) -> dict:
+  """`train.init_from` params ({dotted path: array}) of a run with config.json `source`, in this model's paths.
+
+  An SSAST pretraining run gives a classifier its encoder (heads and `mask_embed` left out); an AST classifier
+  (trained here, or converted from HF or an original checkpoint) gives all its params. The positional
+  embeddings are moved to this model's patch grid (SSAST's centre cut or interpolation, per axis), and a PETL
+  model holds them under its method's name. A PETL run as the source is refused (start from its own source).
+  """
+  model = source["model"]
+  if (model.get("adapter") or {}).get("kind"):
+    raise ValueError(f"train.init_from is a PETL run ({model['adapter']['kind']}); start from the run it started from")
+  if task(cfg) == "ssast":
+    return params
+  if model.get("task") == "ssast":
+    params = {k.removeprefix("encoder."): v for k, v in params.items() if k.startswith("encoder.")}
+  source_cfg = ASTConfig(**{k: v for k, v in model.items() if k in ASTConfig.__dataclass_fields__})
+  params = {**params, "pos_embed": ssast.resize_positions(np.asarray(params["pos_embed"]), source_cfg.grid(),
+                                                          model_config(cfg).grid())}
+  petl = petl_config(cfg)
+  return params if petl is None else {f"{petl.kind}.{k}": v for k, v in params.items()}
 
 
 def param_groups(path: tuple[str, ...], x) -> str:
@@ -167,9 +193,10 @@ def batch_axes(cfg):
 
 def train_flops(cfg) -> float:
   """Forward + backward (3× forward) matmul FLOPs of one global batch."""
-  m = model_config(cfg)
+  m, petl = model_config(cfg), petl_config(cfg)
   f, t = m.grid()
-  (pf, pt), n, d = m.patch_shape, f * t + 2, m.hidden
+  prompts = petl.prompts if petl is not None and petl.kind == "prompt" else 0
+  (pf, pt), n, d = m.patch_shape, f * t + 2 + prompts, m.hidden
   per_layer = 2 * n * 4 * d * d + 2 * 2 * n * n * d + 2 * 2 * n * d * m.mlp
   forward = 2 * f * t * pf * pt * d + m.layers * per_layer
   if task(cfg) == "ssast":  # two heads at the masked patches, and the (M, M) InfoNCE scores
@@ -187,4 +214,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="ast", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, param_groups=param_groups)
+    train_flops=train_flops, units=units, param_groups=param_groups, adapt_init=adapt_init)

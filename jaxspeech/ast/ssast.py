@@ -127,8 +127,12 @@ def _pure(tree):
   return np.asarray(tree)
 
 
-def _newest(workdir: str) -> tuple[str, dict]:
-  """(the newest checkpoint's state dir, config.json) of a jaxspeech AST workdir."""
+def load_workdir(workdir: str) -> tuple[dict, ASTConfig]:
+  """(SSAST params as a pure dict, the pretraining ASTConfig) from a jaxspeech workdir's newest checkpoint.
+
+  The EMA params are used when the run kept an EMA (they are what its evaluation used).
+  """
+  import orbax.checkpoint as ocp
   root = os.path.join(os.path.abspath(workdir), "checkpoints")
   steps = sorted(int(s) for s in (os.listdir(root) if os.path.isdir(root) else ())
                  if s.isdigit() and os.path.isdir(os.path.join(root, s, "state")))
@@ -137,41 +141,19 @@ def _newest(workdir: str) -> tuple[str, dict]:
                             f"jaxspeech train --config=configs/ast.py:ssast_patch_tiny --workdir={workdir}")
   with open(os.path.join(workdir, "config.json")) as f:
     saved = json.load(f)
-  if saved.get("family") != "ast":
-    raise ValueError(f"{workdir} holds a {saved.get('family')!r} run, not an AST or SSAST one")
-  return os.path.join(root, str(steps[-1]), "state"), saved
-
-
-def _restore_params(path: str) -> dict:
-  """A checkpoint's params as a pure dict of numpy; the EMA when the run kept one (its evaluation used them)."""
-  import orbax.checkpoint as ocp
+  if saved.get("family") != "ast" or saved["model"].get("task") != "ssast":
+    raise ValueError(f"{workdir} holds a {saved.get('family')!r} run with model.task="
+                     f"{saved['model'].get('task', 'classify')!r}, not an SSAST pretraining run")
+  path = os.path.join(root, str(steps[-1]), "state")
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
   name = "ema" if tree.get("ema") is not None else "params"
   item = {name: tree[name]}  # only these arrays are read, as numpy (also while the trainer traces its init)
   restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  return _pure(checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True))[name])
-
-
-def _ast_config(model: dict) -> ASTConfig:
+  params = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))[name]
   fields = {f.name for f in dataclasses.fields(ASTConfig)}
-  return ASTConfig(**{k: v for k, v in model.items() if k in fields})
-
-
-def load_workdir(workdir: str, task: str = "ssast") -> tuple[dict, ASTConfig]:
-  """(params as a pure dict, the run's ASTConfig) from the newest checkpoint of a jaxspeech workdir whose
-  `model.task` is `task` ("ssast": an SSAST pretraining run; "classify": an AST classifier, trained here or
-  converted). PETL runs are refused: their params are the base model's plus the method's."""
-  path, saved = _newest(workdir)
-  model = saved["model"]
-  if model.get("task", "classify") != task:
-    raise ValueError(f"{workdir} holds an AST run with model.task={model.get('task', 'classify')!r}, not "
-                     + ("an SSAST pretraining run" if task == "ssast" else "a classifier"))
-  if (model.get("adapter") or {}).get("kind"):
-    raise ValueError(f"{workdir} is a PETL run (model.adapter.kind={model['adapter']['kind']!r}); initialise "
-                     "from the workdir it started from")
-  return _restore_params(path), _ast_config(model)
+  return _pure(params), ASTConfig(**{k: v for k, v in saved["model"].items() if k in fields})
 
 
 def _source_config(params: dict, cfg: ASTConfig) -> ASTConfig:
@@ -183,8 +165,8 @@ def _source_config(params: dict, cfg: ASTConfig) -> ASTConfig:
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(workdir: str, task: str = "ssast") -> tuple[dict, ASTConfig]:
-  return load_workdir(workdir, task)
+def _load_cached(workdir: str) -> tuple[dict, ASTConfig]:
+  return load_workdir(workdir)
 
 
 def init_from_ssast(source: str | dict, cfg: ASTConfig, source_cfg: ASTConfig | None = None) -> dict:
@@ -213,35 +195,3 @@ def init_from_ssast(source: str | dict, cfg: ASTConfig, source_cfg: ASTConfig | 
   if problems:
     raise ValueError(f"the SSAST encoder does not fit the AST of {cfg}: {problems}")
   return mapping.unflatten({k: np.asarray(flat[k], np.float32) for k in shapes})
-
-
-def init_from_workdir(workdir: str, cfg: ASTConfig) -> dict:
-  """AST params (a pure dict of float32 numpy) from a workdir: an SSAST run (`init_from_ssast`: every param but
-  the head), or an AST classifier (trained here, or converted from HF or an original checkpoint): all its params,
-  the positional embeddings resized to `cfg`'s grid, and the head (`head_norm`, `head`) only if it has `cfg.num_classes` classes
-  (else the head keeps its initial values, which is printed)."""
-  _, saved = _newest(workdir)
-  if saved["model"].get("task") == "ssast":
-    return init_from_ssast(workdir, cfg)
-  params, source_cfg = _load_cached(os.path.abspath(workdir), "classify")
-  from jaxspeech.ast import convert  # pylint: disable=import-outside-toplevel
-  from jaxspeech.convert import mapping  # pylint: disable=import-outside-toplevel
-  flat = mapping.flatten(params)
-  flat["pos_embed"] = resize_positions(np.asarray(flat["pos_embed"]), source_cfg.grid(), cfg.grid())
-  shapes = convert.param_shapes(cfg)
-  fits = lambda k: k in flat and tuple(np.shape(flat[k])) == tuple(shapes[k])
-  head = [k for k in shapes if k.startswith(("head.", "head_norm."))]
-  if not all(fits(k) for k in head):
-    _note_once(f"init_from {workdir}: its head has {source_cfg.num_classes} classes, this model "
-               f"{cfg.num_classes}; the head starts from its initialisation")
-    shapes = {k: v for k, v in shapes.items() if k not in head}
-  problems = sorted(f"{k}: source {np.shape(flat.get(k))} vs AST {shape}" for k, shape in shapes.items() if not fits(k))
-  if problems:
-    raise ValueError(f"the AST in {workdir} does not fit the AST of {cfg}: {problems}")
-  return mapping.unflatten({k: np.asarray(flat[k], np.float32) for k in shapes})
-
-
-@functools.lru_cache(maxsize=None)
-def _note_once(message: str) -> None:
-  if jax.process_index() == 0:
-    print(message)

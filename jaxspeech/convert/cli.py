@@ -112,7 +112,7 @@ def _run(family: str, argv: list[str]) -> int:
             + (f"; initialised {record['initialised']}" if record["initialised"] else ""))
     else:
       workdir.check_destination(args.dst)
-      checkpoint = workdir.read(args.src, family, step=args.step, best=args.best, weights=args.weights)
+      checkpoint = workdir.read(os.path.abspath(args.src), family, step=args.step, best=args.best, weights=args.weights)
       if getattr(module, "EXPORTS_FILE", False):  # one file at --dst, which the converter stages itself
         lines = module.export_checkpoint(args.target, checkpoint, args.dst, args)
       else:
