@@ -25,7 +25,7 @@ from flax import nnx
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
 from jaxspeech.dit import modules
-from jaxspeech.dit.model import DiTConfig, build
+from jaxspeech.dit.model import DiTConfig, build, config_from
 
 
 def conv1d_to_f5(kernel_KxIxO: np.ndarray) -> np.ndarray:
@@ -163,7 +163,6 @@ EXPORTS_FILE = True
 DEFAULT_CONFIG = "configs/dit.py:base"
 # Keys of F5 checkpoints that hold no param: EMA bookkeeping, and mel buffers of old checkpoints.
 UNUSED = ("initted", "step", "mel_spec.mel_stft.mel_scale.fb", "mel_spec.mel_stft.spectrogram.window")
-FAMILY_FIELDS = {"vocab_file": ""}
 
 
 def _flag_bool(text: str) -> bool:
@@ -196,7 +195,7 @@ def _model_config(args) -> DiTConfig:
   model = load_config(args.config).model.to_dict()
   model.update({f.name: getattr(args, f"model_{f.name}") for f in dataclasses.fields(DiTConfig)
                 if getattr(args, f"model_{f.name}") is not None})
-  return DiTConfig(**{k: v for k, v in model.items() if k not in FAMILY_FIELDS})
+  return config_from(model)
 
 
 def _load(src: str) -> dict:
@@ -256,7 +255,7 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   """`jaxspeech convert dit --to f5`: the EMA-style safetensors file at `dst`, written to a temporary sibling
   and renamed."""
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
-  cfg = DiTConfig(**{k: v for k, v in checkpoint.model.items() if k not in FAMILY_FIELDS})
+  cfg = config_from(checkpoint.model)
   state_dict = {f"ema_model.transformer.{k}": v for k, v in to_f5_state_dict(checkpoint.params, cfg).items()}
   state_dict.update(initted=np.asarray(True), step=np.asarray(checkpoint.step, np.int64))
   tmp = f"{dst}.converting-{os.getpid()}"

@@ -13,17 +13,16 @@ import numpy as np
 from jaxspeech.audio import features
 from jaxspeech.data import batching, pipeline, tfds_io
 from jaxspeech.dit import vocab
-from jaxspeech.dit.model import DiTConfig, build
+from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.dit.objective import Objective, flow_matching_loss
 from jaxspeech.train.family import Family
 
 SAMPLE_RATE = 24_000
 HOP = 256
-FAMILY_FIELDS = ("vocab_file",)   # `cfg.model` fields that are the family's, not DiTConfig's
 
 
 def model_config(cfg) -> DiTConfig:
-  return DiTConfig(**{k: v for k, v in cfg.model.to_dict().items() if k not in FAMILY_FIELDS})
+  return config_from(cfg.model.to_dict())
 
 
 def objective(cfg) -> Objective:

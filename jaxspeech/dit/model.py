@@ -43,6 +43,12 @@ class DiTConfig:
       raise ValueError(f"UNetT needs an even depth and skip_connect in concat/add/none, got {self}")
 
 
+def config_from(model) -> DiTConfig:
+  """The DiTConfig of a config's `model` section; the family's own fields there (`vocab_file`) are left out."""
+  fields = {f.name for f in dataclasses.fields(DiTConfig)}
+  return DiTConfig(**{k: v for k, v in dict(model).items() if k in fields})
+
+
 class Embeddings(nnx.Module):
   """Time, text and input embeddings; `dit` picks the DiT's padding handling over the UNetT's (none)."""
 

@@ -1,0 +1,60 @@
+"""The dit family the way a user runs it: `jaxspeech train --config=configs/dit.py:tiny` (loss falls), then
+`jaxspeech synthesize --dit WORKDIR` from a corpus clip (Griffin-Lim, no vocoder)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+
+from jaxspeech import cli
+from jaxspeech.data import tfds_io
+from jaxspeech.dit import vocab
+from tests.ast_config import ROOT
+
+ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+# tiny, shortened for a 2-core CI machine: two blocks, 4-second clips in batches of ~4, a short warmup
+FAST = ["--config.model.depth=2", "--config.data.bucket_seconds=(4,)", "--config.data.frame_budget=1536",
+        "--config.optim.warmup_steps=5", "--config.optim.lr=2e-3", "--config.train.log_every=1",
+        "--config.train.eval_every=0", "--config.train.checkpoint_every=40"]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus_path, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("dit") / "run")
+  result = subprocess.run(
+      [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/dit.py:tiny", f"--workdir={workdir}",
+       f"--config.data.path={corpus_path}", "--config.train.steps=40", *FAST],
+      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.mark.slow
+def test_tiny_trains_and_loss_falls(trained, corpus_path):
+  with open(os.path.join(trained, "metrics.jsonl")) as f:
+    losses = [row["loss"] for row in map(json.loads, f) if "loss" in row]
+  assert len(losses) >= 35 and np.isfinite(losses).all()
+  assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:5]), losses
+  tokens = vocab.read(os.path.join(corpus_path, vocab.FILENAME))  # built from the train transcripts
+  assert tokens[0] == " " and "a" in tokens and len(tokens) == len(set(tokens))
+
+
+@pytest.mark.slow
+def test_synthesize_writes_the_generated_part(trained, corpus_path, tmp_path, capsys):
+  source = tfds_io.data_source(corpus_path, "validation")
+  record = min((source[i] for i in range(min(20, len(source)))), key=lambda r: len(r["audio"]))  # well under the 6 s asked for
+  ref = tmp_path / "ref.wav"
+  soundfile.write(ref, record["audio"], int(record["sample_rate"]))
+  out = tmp_path / "out.wav"
+  code = cli.main(["synthesize", "--dit", trained, "--ref-audio", str(ref), "--ref-text", record["text"].decode(),
+                   "--text", "Hello there.", "--duration", "6", "--nfe", "4", "--out", str(out)])
+  assert code == 0, capsys.readouterr().err
+  wav, rate = soundfile.read(out)
+  ref_frames = int(len(record["audio"]) * 24000 / int(record["sample_rate"])) // 256
+  assert rate == 24000 and np.isfinite(wav).all()
+  # 6 s in all, minus the reference (± the resampler's rounding of one frame)
+  assert abs(len(wav) / 256 - (int(6 * 24000 / 256) - ref_frames - 1)) <= 1.5
