@@ -21,11 +21,13 @@ class Conv1d(nnx.Module):
 
   `weight_norm=True` is torch's `weight_norm(conv, dim=0)`: the params are the direction `weight_v` (K, I, O)
   and the per-output-channel gain `weight_g` (O,), and the kernel is g · v / ‖v‖ (norm over K and I).
+  Params are float32; the convolution runs in `dtype`.
   """
 
   def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs, stride: int = 1,
-               dilation: int = 1, padding: int | None = None, use_bias: bool = True, weight_norm: bool = False):
-    self.stride, self.dilation, self.weight_norm = stride, dilation, weight_norm
+               dilation: int = 1, padding: int | None = None, use_bias: bool = True, weight_norm: bool = False,
+               dtype: jnp.dtype = jnp.float32):
+    self.stride, self.dilation, self.weight_norm, self.dtype = stride, dilation, weight_norm, jnp.dtype(dtype)
     self.padding = (kernel_size - 1) * dilation // 2 if padding is None else padding
     axes = (None, None, "embed")
     kernel_KxIxO = INIT(rngs.params(), (kernel_size, in_channels, out_channels))
@@ -44,6 +46,6 @@ class Conv1d(nnx.Module):
     return v_KxIxO * (self.weight_g[...] / jnp.sqrt(jnp.sum(v_KxIxO ** 2, axis=(0, 1))))
 
   def __call__(self, x_BxLxI: jax.Array) -> jax.Array:
-    y_BxLxO = conv1d(x_BxLxI, self.weight(), stride=self.stride, dilation=self.dilation,
-                     padding=(self.padding, self.padding))
-    return y_BxLxO if self.bias is None else y_BxLxO + self.bias[...]
+    y_BxLxO = conv1d(x_BxLxI.astype(self.dtype), self.weight().astype(self.dtype), stride=self.stride,
+                     dilation=self.dilation, padding=(self.padding, self.padding))
+    return y_BxLxO if self.bias is None else y_BxLxO + self.bias[...].astype(self.dtype)

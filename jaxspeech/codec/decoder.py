@@ -22,25 +22,25 @@ from jaxspeech.sharding import constrain
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
 
 
-def group_norm(channels: int, groups: int, rngs: nnx.Rngs) -> nnx.GroupNorm:
-  return nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-6, rngs=rngs,
+def group_norm(channels: int, groups: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.GroupNorm:
+  return nnx.GroupNorm(channels, num_groups=groups, epsilon=1e-6, dtype=dtype, rngs=rngs,
                        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
                        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)))
 
 
-def rms_norm(channels: int, rngs: nnx.Rngs) -> nnx.RMSNorm:
-  return nnx.RMSNorm(channels, epsilon=1e-6, rngs=rngs,
+def rms_norm(channels: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
+  return nnx.RMSNorm(channels, epsilon=1e-6, dtype=dtype, rngs=rngs,
                      scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)))
 
 
 class ResnetBlock(nnx.Module):
   """x + conv2(swish(GN(conv1(swish(GN(x)))))), k3 convs (the LDM/VQGAN block, no time embedding)."""
 
-  def __init__(self, channels: int, groups: int, rngs: nnx.Rngs):
-    self.norm1 = group_norm(channels, groups, rngs)
-    self.conv1 = Conv1d(channels, channels, 3, rngs=rngs)
-    self.norm2 = group_norm(channels, groups, rngs)
-    self.conv2 = Conv1d(channels, channels, 3, rngs=rngs)
+  def __init__(self, channels: int, groups: int, dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.norm1 = group_norm(channels, groups, dtype, rngs)
+    self.conv1 = Conv1d(channels, channels, 3, dtype=dtype, rngs=rngs)
+    self.norm2 = group_norm(channels, groups, dtype, rngs)
+    self.conv2 = Conv1d(channels, channels, 3, dtype=dtype, rngs=rngs)
 
   def __call__(self, x_BxNxC: jax.Array) -> jax.Array:
     h_BxNxC = self.conv1(jax.nn.swish(self.norm1(x_BxNxC)))
@@ -49,14 +49,14 @@ class ResnetBlock(nnx.Module):
 
 
 class TransformerBlock(nnx.Module):
-  def __init__(self, dim: int, heads: int, rngs: nnx.Rngs):
-    k = dim // heads
-    self.att_norm = rms_norm(dim, rngs)
-    self.c_attn = layers.dense(dim, (3, heads, k), ("embed", None, "heads", "kv"), use_bias=False, rngs=rngs)
-    self.c_proj = layers.dense((heads, k), dim, ("heads", "kv", "embed"), use_bias=False, rngs=rngs)
-    self.ffn_norm = rms_norm(dim, rngs)
-    self.fc1 = layers.dense(dim, 4 * dim, ("embed", "mlp"), use_bias=False, rngs=rngs)
-    self.fc2 = layers.dense(4 * dim, dim, ("mlp", "embed"), use_bias=False, rngs=rngs)
+  def __init__(self, dim: int, heads: int, dtype: jnp.dtype, rngs: nnx.Rngs):
+    k, kw = dim // heads, dict(use_bias=False, dtype=dtype, rngs=rngs)
+    self.att_norm = rms_norm(dim, dtype, rngs)
+    self.c_attn = layers.dense(dim, (3, heads, k), ("embed", None, "heads", "kv"), **kw)
+    self.c_proj = layers.dense((heads, k), dim, ("heads", "kv", "embed"), **kw)
+    self.ffn_norm = rms_norm(dim, dtype, rngs)
+    self.fc1 = layers.dense(dim, 4 * dim, ("embed", "mlp"), **kw)
+    self.fc2 = layers.dense(4 * dim, dim, ("mlp", "embed"), **kw)
 
   def __call__(self, x_BxNxD: jax.Array) -> jax.Array:
     qkv_BxNx3xHxK = self.c_attn(self.att_norm(x_BxNxD))
@@ -80,14 +80,17 @@ class ISTFTHead(nnx.Module):
 
 
 class VocosDecoder(nnx.Module):
-  """(B, N, input_channels) → wav (B, N · hop). `cfg`: input_channels, dim, depth, heads, n_fft, hop, norm_groups."""
+  """(B, N, input_channels) → wav (B, N · hop). `cfg`: input_channels, dim, depth, heads, n_fft, hop, norm_groups.
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-    self.embed = Conv1d(cfg.input_channels, cfg.dim, 7, rngs=rngs)
-    self.prior_net = nnx.List([ResnetBlock(cfg.dim, cfg.norm_groups, rngs) for _ in range(2)])
-    self.transformers = nnx.List([TransformerBlock(cfg.dim, cfg.heads, rngs) for _ in range(cfg.depth)])
-    self.post_net = nnx.List([ResnetBlock(cfg.dim, cfg.norm_groups, rngs) for _ in range(2)])
-    self.final_norm = layers.layer_norm(cfg.dim, epsilon=1e-6, rngs=rngs)
+  The backbone computes in `dtype` (params float32); the ISTFT head in float32.
+  """
+
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+    self.embed = Conv1d(cfg.input_channels, cfg.dim, 7, dtype=dtype, rngs=rngs)
+    self.prior_net = nnx.List([ResnetBlock(cfg.dim, cfg.norm_groups, dtype, rngs) for _ in range(2)])
+    self.transformers = nnx.List([TransformerBlock(cfg.dim, cfg.heads, dtype, rngs) for _ in range(cfg.depth)])
+    self.post_net = nnx.List([ResnetBlock(cfg.dim, cfg.norm_groups, dtype, rngs) for _ in range(2)])
+    self.final_norm = layers.layer_norm(cfg.dim, epsilon=1e-6, dtype=dtype, rngs=rngs)
     self.head = ISTFTHead(cfg.dim, cfg.n_fft, cfg.hop, rngs)
 
   def __call__(self, x_BxNxC: jax.Array) -> jax.Array:

@@ -67,7 +67,7 @@ def downsample(x_BxLxC: jax.Array) -> jax.Array:
 
 
 class SnakeBeta(nnx.Module):
-  """x + sin²(e^α · x) / (e^β + 1e-9) per channel (log-scale α, β; BigVGAN), anti-aliased."""
+  """x + sin²(e^α · x) / (e^β + 1e-9) per channel (log-scale α, β; BigVGAN), anti-aliased; float32 out."""
 
   def __init__(self, channels: int):
     self.alpha = nnx.Param(jnp.zeros((channels,)), out_sharding=("embed",))
@@ -80,11 +80,11 @@ class SnakeBeta(nnx.Module):
 
 
 class ResidualUnit(nnx.Module):
-  def __init__(self, channels: int, dilation: int, rngs: nnx.Rngs):
+  def __init__(self, channels: int, dilation: int, dtype: jnp.dtype, rngs: nnx.Rngs):
     self.act1 = SnakeBeta(channels)
-    self.conv1 = Conv1d(channels, channels, 7, dilation=dilation, weight_norm=True, rngs=rngs)
+    self.conv1 = Conv1d(channels, channels, 7, dilation=dilation, weight_norm=True, dtype=dtype, rngs=rngs)
     self.act2 = SnakeBeta(channels)
-    self.conv2 = Conv1d(channels, channels, 1, weight_norm=True, rngs=rngs)
+    self.conv2 = Conv1d(channels, channels, 1, weight_norm=True, dtype=dtype, rngs=rngs)
 
   def __call__(self, x_BxLxC: jax.Array) -> jax.Array:
     return x_BxLxC + self.conv2(self.act2(self.conv1(self.act1(x_BxLxC))))
@@ -93,11 +93,11 @@ class ResidualUnit(nnx.Module):
 class EncoderBlock(nnx.Module):
   """Residual units at `channels // 2`, then a strided conv to `channels` (L → L / stride)."""
 
-  def __init__(self, channels: int, stride: int, dilations, rngs: nnx.Rngs):
-    self.units = nnx.List([ResidualUnit(channels // 2, d, rngs) for d in dilations])
+  def __init__(self, channels: int, stride: int, dilations, dtype: jnp.dtype, rngs: nnx.Rngs):
+    self.units = nnx.List([ResidualUnit(channels // 2, d, dtype, rngs) for d in dilations])
     self.act = SnakeBeta(channels // 2)
     self.conv = Conv1d(channels // 2, channels, 2 * stride, stride=stride, padding=stride // 2 + stride % 2,
-                       weight_norm=True, rngs=rngs)
+                       weight_norm=True, dtype=dtype, rngs=rngs)
 
   def __call__(self, x_BxLxC: jax.Array) -> jax.Array:
     for unit in self.units:
@@ -108,16 +108,16 @@ class EncoderBlock(nnx.Module):
 class Encoder(nnx.Module):
   """wav (B, S) → latents (B, S / hop, dim); S must be a multiple of hop = prod(strides)."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
     channels = cfg.channels
-    self.conv_in = Conv1d(1, channels, 7, weight_norm=True, rngs=rngs)
+    self.conv_in = Conv1d(1, channels, 7, weight_norm=True, dtype=dtype, rngs=rngs)
     blocks = []
     for stride in cfg.strides:
       channels *= 2
-      blocks.append(EncoderBlock(channels, stride, cfg.dilations, rngs))
+      blocks.append(EncoderBlock(channels, stride, cfg.dilations, dtype, rngs))
     self.blocks = nnx.List(blocks)
     self.act = SnakeBeta(channels)
-    self.conv_out = Conv1d(channels, cfg.dim, 3, weight_norm=True, rngs=rngs)
+    self.conv_out = Conv1d(channels, cfg.dim, 3, weight_norm=True, dtype=dtype, rngs=rngs)
 
   def __call__(self, wav_BxS: jax.Array) -> jax.Array:
     x_BxLxC = self.conv_in(wav_BxS[..., None])

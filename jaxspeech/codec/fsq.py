@@ -6,7 +6,8 @@
     index = Σ_d (code_d · (L_d // 2) + L_d // 2) · Π_{e<d} L_e      (first level varies fastest)
     z_q = project_out(code)                 (B, N, len(levels)) → (B, N, dim)
 
-Rounding is straight-through: the gradient of `code` is that of bound(bound(h)) / (L // 2).
+Rounding is straight-through: the gradient of `code` is that of bound(bound(h)) / (L // 2). The projections
+and the quantisation run in float32 whatever the model's dtype (vector-quantize-pytorch forces float32 too).
 """
 
 import jax

@@ -29,17 +29,17 @@ class Codec(nnx.Module):
       raise ValueError(f"encoder hop {self.hop} (prod of strides {list(cfg.encoder.strides)}) != decoder.hop "
                        f"{cfg.decoder.hop}: the decoder must give back hop samples per code")
     self.semantic = bool(cfg.semantic.enabled)
-    sem, vq_dim = cfg.semantic, cfg.fsq.dim
-    self.encoder = Encoder(cfg.encoder, rngs=rngs)
+    sem, vq_dim, dtype = cfg.semantic, cfg.fsq.dim, jnp.dtype(cfg.dtype)
+    self.encoder = Encoder(cfg.encoder, dtype=dtype, rngs=rngs)
     prior_in = cfg.encoder.dim + (sem.dim if self.semantic else 0)
-    self.fc_prior = layers.dense(prior_in, vq_dim, ("embed", "mlp"), rngs=rngs)
+    self.fc_prior = layers.dense(prior_in, vq_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
     self.quantizer = FSQ(vq_dim, cfg.fsq.levels, rngs=rngs)
-    self.fc_post_a = layers.dense(vq_dim, cfg.decoder.input_channels, ("mlp", "embed"), rngs=rngs)
-    self.decoder = VocosDecoder(cfg.decoder, rngs=rngs)
+    self.fc_post_a = layers.dense(vq_dim, cfg.decoder.input_channels, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.decoder = VocosDecoder(cfg.decoder, dtype=dtype, rngs=rngs)
     if self.semantic:
-      self.semantic_encoder = SemanticConv(sem.features, sem.dim, sem.dim, rngs=rngs)
-      self.fc_post_s = layers.dense(vq_dim, sem.dim, ("mlp", "embed"), rngs=rngs)
-      self.semantic_decoder = SemanticConv(sem.dim, sem.dim, sem.features, rngs=rngs)
+      self.semantic_encoder = SemanticConv(sem.features, sem.dim, sem.dim, dtype=dtype, rngs=rngs)
+      self.fc_post_s = layers.dense(vq_dim, sem.dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+      self.semantic_decoder = SemanticConv(sem.dim, sem.dim, sem.features, dtype=dtype, rngs=rngs)
 
   def pad(self, wav_BxS: jax.Array) -> jax.Array:
     """Zero-pads the end to a multiple of hop (xcodec2's wrapper always pads, by a full hop if S already is one)."""
@@ -57,7 +57,7 @@ class Codec(nnx.Module):
     out = {"codes": codes_BxN, "z_q": z_q_BxNxD}
     if self.semantic:
       out["semantic_target"] = semantic_features_BxNxF
-      out["semantic_pred"] = self.semantic_decoder(self.fc_post_s(z_q_BxNxD))
+      out["semantic_pred"] = self.semantic_decoder(self.fc_post_s(z_q_BxNxD)).astype(jnp.float32)
     return out
 
   def encode(self, wav_BxS: jax.Array, semantic_features_BxNxF: jax.Array | None = None) -> jax.Array:

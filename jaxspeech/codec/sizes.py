@@ -12,6 +12,7 @@ def base() -> ml_collections.ConfigDict:
       semantic=dict(enabled=True, features=1024, dim=1024),
       fsq=dict(levels=[4] * 8, dim=2048),
       decoder=dict(input_channels=1024, dim=1024, depth=12, heads=16, n_fft=1280, hop=320, norm_groups=32),
+      dtype="float32",   # compute dtype ("bfloat16" on TPU/GPU); params, FSQ and the ISTFT stay float32
   ))
 
 
