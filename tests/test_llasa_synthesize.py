@@ -101,3 +101,23 @@ def test_synthesize_cli_names_missing_flags(tmp_path):
                            "--out", str(tmp_path / "o.wav")], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 2 and "needs --codec and --tokenizer" in result.stderr
+
+
+def test_chunkwise_beam_search_keeps_the_verifiers_best(tokenizer):
+  """A verifier that prefers large codes: every kept prefix is the best-scoring of its round, so the result
+  beats the median of plain sampling of the same length."""
+  class LargeCodes:
+    name = "large_codes"
+
+    def __call__(self, candidate):
+      return float(np.mean(candidate.codes)) if len(candidate.codes) else 0.0
+
+  lm = Llama(LM, nnx.Rngs(0))
+  tok = spm.Tokenizer.load(tokenizer)
+  sampling = generate.Sampling(temperature=1.5, repetition_penalty=1.0)
+  result = synthesis.beam_search(lm, None, tok, VOCAB, "a test.", jax.random.PRNGKey(0), verifiers=[LargeCodes()],
+                                 beams=2, expand=4, chunk_seconds=0.1, max_seconds=0.3, sampling=sampling)
+  assert len(result.codes) == 15 and result.wav is None
+  plain = generate.synthesize_codes(lm, VOCAB, [tok.encode("a test.")] * 8, jax.random.PRNGKey(1), max_new_tokens=15,
+                                    sampling=sampling)
+  assert np.mean(result.codes) > np.median([np.mean(c) for c in plain])

@@ -7,6 +7,7 @@
 """
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from jaxspeech.convert import mapping, workdir
-from jaxspeech.llasa import generate, verify
+from jaxspeech.llasa import generate, objective, verify
 from jaxspeech.text.llasa_vocab import LlasaVocab
 
 
@@ -28,6 +29,14 @@ def load_workdir_model(path: str, family_name: str):
   nnx.replace_by_pure_dict(state, mapping.unflatten(checkpoint.params))
   nnx.update(model, state)
   return model, cfg
+
+
+def _candidate(codec, text: str, codes: np.ndarray, sample_rate: int) -> verify.Candidate:
+  """A candidate with its audio decoded (none without a codec: verifiers of codes only)."""
+  wav = None
+  if codec is not None:
+    wav = np.asarray(codec.decode(jnp.asarray(codes)[None])[0]) if len(codes) else np.zeros(0, np.float32)
+  return verify.Candidate(text, codes, wav, sample_rate)
 
 
 @dataclasses.dataclass
@@ -51,9 +60,40 @@ def synthesize(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Arra
   codes = generate.synthesize_codes(
       lm, vocab, [tokenizer.encode(text)] * best_of, key, max_new_tokens=int(max_seconds * verify.CODE_RATE),
       ref_text_ids=tokenizer.encode(ref_text) if ref_text else (), ref_codes=ref_codes, sampling=sampling)
-  candidates = [verify.Candidate(text, c, np.asarray(codec.decode(jnp.asarray(c)[None])[0]) if len(c) else
-                                 np.zeros(0, np.float32), sample_rate) for c in codes]
+  candidates = [_candidate(codec, text, c, sample_rate) for c in codes]
   if best_of == 1:
     return Result(candidates[0].wav, candidates[0].codes, [], 0)
   chosen, scores = verify.best_of_n(candidates, verifiers or [verify.LengthRepetition()])
   return Result(candidates[chosen].wav, candidates[chosen].codes, scores, chosen)
+
+
+def beam_search(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Array, *, verifiers, beams: int = 2,
+                expand: int = 2, chunk_seconds: float = 1.0, max_seconds: float = 30.0, ref_wav=None,
+                ref_text: str = "", sampling: generate.Sampling = generate.Sampling(),
+                sample_rate: int = 16_000) -> Result:
+  """Chunk-wise beam search (the Llasa paper's inference scaling): each round every kept beam samples `expand`
+  continuations of `chunk_seconds` of codes in one batch; the verifiers score the prefixes so far and the best
+  `beams` are kept. A beam that emits the end token is finished; the best finished (or, at `max_seconds`, kept)
+  beam wins. `codec=None` skips decoding (for verifiers that read codes only)."""
+  ref_codes = () if ref_wav is None else np.asarray(codec.encode(jnp.asarray(ref_wav, jnp.float32)[None])[0])
+  prompt = objective.prompt(vocab, tokenizer.encode(text), tokenizer.encode(ref_text) if ref_text else (),
+                            ref_codes)
+  eos, chunk = vocab.special("SPEECH_GENERATION_END"), int(chunk_seconds * verify.CODE_RATE)
+  kept, finished = [np.zeros(0, np.int32)], []
+  for step in range(math.ceil(max_seconds / chunk_seconds)):
+    prompts = [np.concatenate([prompt, prefix]) for prefix in kept for _ in range(expand)]
+    tokens_BxN, lengths_B = generate.generate(lm, prompts, jax.random.fold_in(key, step), max_new_tokens=chunk,
+                                              eos_id=eos, sampling=sampling)
+    grown = [(np.concatenate([p[len(prompt):], t[:n]]), n < chunk or t[n - 1] == eos)
+             for p, t, n in zip(prompts, tokens_BxN, lengths_B)]
+    candidates = [_candidate(codec, text, vocab.ids_to_codes(ids), sample_rate) for ids, _ in grown]
+    _, scores = verify.best_of_n(candidates, verifiers)
+    order = np.argsort([-s["total"] for s in scores], kind="stable")[:beams]
+    finished += [(scores[i]["total"], candidates[i]) for i in order if grown[i][1]]
+    kept = [grown[i][0] for i in order if not grown[i][1]]
+    if not kept:
+      break
+  if not finished:  # none ended within max_seconds: the best kept beam
+    finished = [(scores[i]["total"], candidates[i]) for i in order]
+  best = max(finished, key=lambda f: f[0])[1]
+  return Result(best.wav, best.codes, [], 0)
