@@ -15,7 +15,7 @@ import safetensors.numpy
 import safetensors.torch
 import torch
 
-from jaxspeech.codec import convert
+from jaxspeech.codec import convert, sizes
 from jaxspeech.convert import cli as convert_cli, workdir
 from tests.test_codec_parity import CONFIGS, Reference, codec_config, inputs, reference
 
@@ -139,3 +139,22 @@ def test_bad_checkpoints_are_refused_with_every_key_named(tmp_path, capsys):
   code, _, err = run(capsys, "--from", "xcodec2", "--src", src, "--dst", tmp_path / "wd", "--heads", "3")
   assert code == 2 and "--dilations gives 3" in err and "--heads 3 does not divide" in err
   assert not os.path.exists(tmp_path / "wd")
+
+
+def test_base_is_the_released_shape():
+  """The modules XCodec2Model builds, at their defaults: `sizes.base()` is what the import infers from them with
+  the flags' defaults, and every key and shape maps (as the released XCodec2Model layout)."""
+  from xcodec2.vq.codec_decoder_vocos import CodecDecoderVocos  # pylint: disable=import-outside-toplevel
+  from xcodec2.vq.codec_encoder import CodecEncoder_Transformer  # pylint: disable=import-outside-toplevel
+  from xcodec2.vq.module import SemanticEncoder  # pylint: disable=import-outside-toplevel
+  modules = {"CodecEnc": CodecEncoder_Transformer(), "generator": CodecDecoderVocos(),
+             "SemanticEncoder_module": SemanticEncoder(1024, 1024, 1024),
+             "fc_prior": torch.nn.Linear(2048, 2048), "fc_post_a": torch.nn.Linear(2048, 1024)}
+  state_dict = {f"{name}.{k}": v for name, module in modules.items() for k, v in module.state_dict().items()}
+  args = convert_cli.family_parser("codec", convert).parse_args(["--from", "xcodec2", "--src", "-", "--dst", "-"])
+  cfg = convert.config_from_state_dict(state_dict, args)
+  assert cfg.to_dict() == sizes.base().to_dict()
+  name, params = convert.from_state_dict(state_dict, cfg)
+  assert name == "XCodec2Model (parametrizations weight norm)"
+  assert sum(p.size for p in params.values()) == sum(v.numel() for k, v in state_dict.items()
+                                                      if k not in convert.layout(cfg).constants)
