@@ -2,7 +2,8 @@
 
 The Llasa LM writes codec codes for the text (continuing the reference clip's codes when given: voice
 prompting), the codec decodes them. `--best-of N` samples N candidates in one batch and keeps the one the
-verifiers score best (length/repetition sanity, plus speaker similarity to --ref-audio with --speaker-ast).
+verifiers score best (length/repetition sanity, plus speaker similarity to --ref-audio with --speaker-ast);
+`--beams B` runs chunk-wise beam search instead (B beams × --expand samples per --chunk-seconds, same verifiers).
 """
 
 PROG = "jaxspeech synthesize"
@@ -24,6 +25,9 @@ def add_arguments(parser) -> None:
   g.add_argument("--top-p", type=float, default=1.0)
   g.add_argument("--repetition-penalty", type=float, default=1.2)
   g.add_argument("--best-of", type=int, default=1, help="candidates to sample; the verifiers keep the best")
+  g.add_argument("--beams", type=int, default=0, help="chunk-wise beam search with this many beams (0 = off)")
+  g.add_argument("--expand", type=int, default=2, help="beam search: samples per beam and chunk")
+  g.add_argument("--chunk-seconds", type=float, default=1.0, help="beam search: seconds of codes per chunk")
   g.add_argument("--speaker-ast", default=None, help="an AST workdir: adds the speaker-similarity verifier")
   g.add_argument("--seed", type=int, default=0)
 
@@ -55,9 +59,15 @@ def synthesize(args) -> None:
     verifiers.append(verify.SpeakerSimilarity(verify.ast_embedder(args.speaker_ast), ref_wav))
   sampling = generate.Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                repetition_penalty=args.repetition_penalty)
-  result = synthesis.synthesize(lm, codec, tokenizer, vocab, args.text, jax.random.PRNGKey(args.seed),
-                                ref_wav=ref_wav, ref_text=args.ref_text, max_seconds=args.max_seconds,
-                                best_of=args.best_of, verifiers=verifiers, sampling=sampling, sample_rate=sample_rate)
+  common = dict(ref_wav=ref_wav, ref_text=args.ref_text, max_seconds=args.max_seconds, sampling=sampling,
+                sample_rate=sample_rate)
+  key = jax.random.PRNGKey(args.seed)
+  if args.beams:
+    result = synthesis.beam_search(lm, codec, tokenizer, vocab, args.text, key, verifiers=verifiers, beams=args.beams,
+                                   expand=args.expand, chunk_seconds=args.chunk_seconds, **common)
+  else:
+    result = synthesis.synthesize(lm, codec, tokenizer, vocab, args.text, key, best_of=args.best_of,
+                                  verifiers=verifiers, **common)
   soundfile.write(args.out, np.clip(result.wav, -1, 1), sample_rate, subtype="PCM_16")
   print(f"wrote {args.out}: {len(result.wav) / sample_rate:.2f} s, {len(result.codes)} codes"
         + (f", candidate {result.chosen} of {args.best_of} ({result.scores[result.chosen]})" if result.scores else ""))

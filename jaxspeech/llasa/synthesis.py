@@ -31,6 +31,16 @@ def load_workdir_model(path: str, family_name: str):
   return model, cfg
 
 
+def reference_codes(codec, ref_wav) -> np.ndarray:
+  """The codec codes of a reference clip (none without one)."""
+  if ref_wav is None:
+    return np.zeros(0, np.int32)
+  if getattr(codec, "semantic", False):
+    raise ValueError("this codec has the semantic branch: encoding --ref-audio needs w2v-BERT features, "
+                     "which synthesis does not compute; use an acoustic-only codec")
+  return np.asarray(codec.encode(jnp.asarray(ref_wav, jnp.float32)[None])[0])
+
+
 def _candidate(codec, text: str, codes: np.ndarray, sample_rate: int) -> verify.Candidate:
   """A candidate with its audio decoded (none without a codec: verifiers of codes only)."""
   wav = None
@@ -43,7 +53,7 @@ def _candidate(codec, text: str, codes: np.ndarray, sample_rate: int) -> verify.
 class Result:
   wav: np.ndarray                          # the chosen candidate's audio (the reference clip not included)
   codes: np.ndarray
-  scores: list[dict[str, float]]           # every candidate's verifier scores ([] with one candidate)
+  scores: list[dict[str, float]]           # best-of-N: every candidate's verifier scores (else [])
   chosen: int
 
 
@@ -51,12 +61,7 @@ def synthesize(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Arra
                ref_text: str = "", max_seconds: float = 30.0, best_of: int = 1, verifiers=(),
                sampling: generate.Sampling = generate.Sampling(), sample_rate: int = 16_000) -> Result:
   """Generates `best_of` candidates in one batch; with several, the verifiers' best is kept."""
-  ref_codes = ()
-  if ref_wav is not None:
-    if getattr(codec, "semantic", False):
-      raise ValueError("this codec has the semantic branch: encoding --ref-audio needs w2v-BERT features, "
-                       "which synthesis does not compute; use an acoustic-only codec")
-    ref_codes = np.asarray(codec.encode(jnp.asarray(ref_wav, jnp.float32)[None])[0])
+  ref_codes = reference_codes(codec, ref_wav)
   codes = generate.synthesize_codes(
       lm, vocab, [tokenizer.encode(text)] * best_of, key, max_new_tokens=int(max_seconds * verify.CODE_RATE),
       ref_text_ids=tokenizer.encode(ref_text) if ref_text else (), ref_codes=ref_codes, sampling=sampling)
@@ -75,9 +80,8 @@ def beam_search(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Arr
   continuations of `chunk_seconds` of codes in one batch; the verifiers score the prefixes so far and the best
   `beams` are kept. A beam that emits the end token is finished; the best finished (or, at `max_seconds`, kept)
   beam wins. `codec=None` skips decoding (for verifiers that read codes only)."""
-  ref_codes = () if ref_wav is None else np.asarray(codec.encode(jnp.asarray(ref_wav, jnp.float32)[None])[0])
   prompt = objective.prompt(vocab, tokenizer.encode(text), tokenizer.encode(ref_text) if ref_text else (),
-                            ref_codes)
+                            reference_codes(codec, ref_wav))
   eos, chunk = vocab.special("SPEECH_GENERATION_END"), int(chunk_seconds * verify.CODE_RATE)
   kept, finished = [np.zeros(0, np.int32)], []
   for step in range(math.ceil(max_seconds / chunk_seconds)):
