@@ -165,3 +165,10 @@ def test_init_from_a_smaller_tied_llama_extends_the_vocabulary(code_data):
   assert not params["embed.embedding"][VOCAB.size:].any()  # padding rows
   np.testing.assert_array_equal(params["lm_head.kernel"][:, :300], old.T)
   np.testing.assert_array_equal(params["blocks.up.kernel"][1], loaded["blocks.1.up.kernel"])
+
+
+def test_int16_codes_above_32767_are_read_as_unsigned(code_data):
+  tokenize = family.Tokenize(code_data[1], LlasaVocab(TEXT_VOCAB))
+  codes = np.array([5, 40_000, 65_535], np.uint16).view(np.int16)
+  tokens = tokenize({"codes": codes, "text": b"hello"}, None)["tokens"]
+  assert LlasaVocab(TEXT_VOCAB).ids_to_codes(tokens).tolist() == [5, 40_000, 65_535]

@@ -112,7 +112,10 @@ class Tokenize:
   def __call__(self, record, rng):
     del rng
     text = record["text"].decode() if isinstance(record["text"], bytes) else str(record["text"])
-    codes = np.asarray(record["codes"]).astype(np.int64)
+    codes = np.asarray(record["codes"])
+    if codes.dtype == np.int16:  # 65,536 codes stored as int16 wrap past 32,767: read the bits as unsigned
+      codes = codes.view(np.uint16)
+    codes = codes.astype(np.int64)
     return {"tokens": objective.sequence(self.vocab, self.tokenizer.encode(text), codes)}
 
 
