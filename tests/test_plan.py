@@ -73,7 +73,7 @@ def _plan(**per_device):
   per_device = {**base, **per_device}
   state = per_device["params"] + per_device["optimizer"]
   per_device["total"] = sum(v for k, v in per_device.items() if k != "batch") + per_device["batch"]
-  return plan_lib.Plan(family="ast", mesh=dict(data=1, fsdp=8, tensor=1, sequence=1), params=2**28,
+  return plan_lib.Plan(family="ast", platform="cpu", mesh=dict(data=1, fsdp=8, tensor=1, sequence=1), params=2**28,
                        per_device=per_device, xla=dict(argument=0, output=0, alias=state, temp=0),
                        analytic=plan_lib.analytic(2**28 * 8, dict(data=1, fsdp=8, tensor=1, sequence=1), False),
                        flops_per_step=8 * 989e12)
@@ -103,6 +103,17 @@ def test_bad_input_is_one_line(capfd, argv, message):
   assert plan_lib.main(argv) == 2
   err = capfd.readouterr().err
   assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_native_compiles_for_this_hosts_devices(corpus_path, capfd):
+  argv = ["--config=configs/ast.py:tiny", f"--config.data.path={corpus_path}", *OVERRIDES, "--native"]
+  assert plan_lib.main([*argv, "--mesh", "data=2,tensor=8"]) == 2
+  assert "--native: the mesh needs 16 devices, this host has 8" in capfd.readouterr().err
+  assert plan_lib.main([*argv, "--mesh", "fsdp=2", "--hbm-gib", "1"]) == 0
+  lines = capfd.readouterr().out.splitlines()
+  assert lines[0] == "ast on mesh data=1 fsdp=2 tensor=1 sequence=1 (2 devices)"
+  assert lines[2].endswith("(XLA memory_analysis of the compiled train step, cpu compiler)")
+  assert lines[-1].startswith("fits in 1 GiB HBM? yes")
 
 
 def test_cli_plans_a_mesh_larger_than_this_process(corpus_path):

@@ -9,10 +9,11 @@ and whether the step fits the device's HBM.
 Memory is XLA's own count: the planner builds the trainer's real train step (the same jit, state and
 batch shardings as `jaxspeech train`), lowers it on fake CPU devices laid out as the requested mesh,
 compiles it and reads `compiled.memory_analysis()`. The fake devices are made in a child process whose
-XLA_FLAGS ask for as many as the mesh needs, so a laptop plans a 256-chip mesh. Batch shapes come from
-one batch of the config's dataset. The same figures are estimated analytically (every param split
-over fsdp × tensor, AdamW's two moments, fp32 gradients in the params' layout); a gap above
-DISAGREE_PCT % is reported, since it means params that the rules leave replicated.
+XLA_FLAGS ask for as many as the mesh needs, so a laptop plans a 256-chip mesh. On a host that has
+the mesh's accelerators (an 8-GPU node), `--native` compiles for them instead, with their own compiler.
+Batch shapes come from one batch of the config's dataset. The same figures are estimated analytically
+(every param split over fsdp × tensor, AdamW's two moments, fp32 gradients in the params' layout); a
+gap above DISAGREE_PCT % is reported, since it means params that the rules leave replicated.
 
 CPU compilation is a stand-in: GPU and TPU compilers fuse and schedule differently, so activation
 memory on the accelerator can differ by tens of percent; params, optimizer state and gradients do not.
@@ -49,6 +50,7 @@ GIB = 2.0**30
 @dataclasses.dataclass
 class Plan:
   family: str
+  platform: str               # the compiler's: cpu (fake devices), gpu or tpu (--native)
   mesh: dict[str, int]
   params: int                 # parameter count
   per_device: dict[str, int]  # bytes: params, optimizer, ema, gradients, batch, activations, total
@@ -102,8 +104,9 @@ def measure(cfg, mesh: dict[str, int]) -> Plan:
   per_device["activations"] = max(xla["temp"] - per_device["gradients"], 0)
   per_device["total"] = xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
   count = param_count(state.params)
-  return Plan(family=cfg.family, mesh=dict(mesh), params=count, per_device=per_device, xla=xla,
-              analytic=analytic(count, mesh, bool(cfg.train.ema_decay)), flops_per_step=run.flops_per_step)
+  return Plan(family=cfg.family, platform=run.mesh.devices.flat[0].platform, mesh=dict(mesh), params=count,
+              per_device=per_device, xla=xla, analytic=analytic(count, mesh, bool(cfg.train.ema_decay)),
+              flops_per_step=run.flops_per_step)
 
 
 def param_count(params) -> int:
@@ -136,7 +139,7 @@ def report(plan: Plan, device: str | None, hbm_gib: float | None, mfu: float, st
   d = plan.per_device
   lines = [f"{plan.family} on mesh " + " ".join(f"{k}={v}" for k, v in plan.mesh.items()) + f" ({n} devices)",
            f"parameters           {plan.params:,} ({_size(4 * plan.params).strip()} in fp32)",
-           "memory per device    (XLA memory_analysis of the compiled train step, CPU compiler)"]
+           f"memory per device    (XLA memory_analysis of the compiled train step, {plan.platform} compiler)"]
   for name, key in (("params", "params"), ("optimizer state", "optimizer"), ("EMA params", "ema"),
                     ("gradients", "gradients"), ("activations + temps", "activations"), ("batch", "batch")):
     if d[key] or key != "ema":
@@ -180,7 +183,9 @@ def _flags(argv: list[str]):
       hbm=flags.DEFINE_float("hbm-gib", None, "HBM per device in GiB (default: the device's)", flag_values=fv),
       mfu=flags.DEFINE_float("mfu", 0.4, "MFU assumed for the projected step time", flag_values=fv),
       step_time=flags.DEFINE_float("step-time", None, "a measured step time in seconds, for its MFU", flag_values=fv),
-      json=flags.DEFINE_boolean("json", False, "print the plan as JSON", flag_values=fv))
+      json=flags.DEFINE_boolean("json", False, "print the plan as JSON", flag_values=fv),
+      native=flags.DEFINE_boolean("native", False, "compile for this host's own devices, not fake CPU ones",
+                                  flag_values=fv))
   return fv, config, values
 
 
@@ -200,7 +205,11 @@ def main(argv: list[str]) -> int:
     print(f"jaxspeech plan: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
     return 2
   n = math.prod(mesh.values())
-  if os.environ.get(CHILD_ENV) != str(n):
+  if opts["native"].value and n > jax.device_count():
+    print(f"jaxspeech plan: error: --native: the mesh needs {n} devices, this host has {jax.device_count()}",
+          file=sys.stderr)
+    return 2
+  if not opts["native"].value and os.environ.get(CHILD_ENV) != str(n):
     return _in_child(argv[1:], n)
   try:
     plan = measure(cfg, mesh)
