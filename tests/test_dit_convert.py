@@ -12,7 +12,7 @@ from jaxspeech.convert import cli as convert_cli
 from jaxspeech.convert import workdir
 from jaxspeech.dit import convert
 from jaxspeech.dit.model import DiTConfig
-from tests import dit_reference as ref
+from tests import test_dit_parity as ref
 from tests import reference_stubs
 
 CFG = DiTConfig(dim=48, depth=2, heads=3, dim_head=16, ff_mult=2, mel_dim=100, text_num_embeds=40, text_dim=32,
@@ -78,7 +78,8 @@ def test_safetensors_ema_checkpoint_imports(tmp_path, capsys):
   assert code == 0, out
   assert "no --vocab" in out
   got = workdir.read(str(tmp_path / "wd"), "dit").params["blocks.1.attn.query.kernel"]
-  np.testing.assert_array_equal(got.reshape(48, 48).T, source.state_dict()["transformer.transformer_blocks.1.attn.to_q.weight"].numpy())
+  want = source.state_dict()["transformer.transformer_blocks.1.attn.to_q.weight"].numpy()
+  np.testing.assert_array_equal(got.reshape(48, 48).T, want)
 
 
 def test_wrong_config_lists_every_mismatch_and_writes_nothing(tmp_path, capsys):

@@ -1,14 +1,84 @@
-"""Our DiT / UNetT against f5-tts' (random-init, perturbed, weights through our converter), float32 on CPU."""
+"""Our DiT / UNetT against f5-tts' (random-init, perturbed, weights through our converter), float32 on CPU.
+
+The helpers here (f5-tts backbones at small sizes, our models holding their weights) serve the other dit tests.
+"""
 
 import dataclasses
 import functools
 
+import jax
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 
-from jaxspeech.dit.model import DiTConfig
-from tests import dit_reference as ref
+from jaxspeech.convert import mapping
+from jaxspeech.dit import convert
+from jaxspeech.dit.model import DiTConfig, build
+from tests import reference_stubs
+
+reference_stubs.stub_references()
+from f5_tts.model import CFM, DiT, UNetT  # noqa: E402  pylint: disable=wrong-import-position
+
+
+def f5_kwargs(cfg: DiTConfig) -> dict:
+  """f5-tts constructor arguments for `cfg` (dropout off: the references run in eval mode anyway)."""
+  kwargs = dict(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, dim_head=cfg.dim_head, ff_mult=cfg.ff_mult,
+                mel_dim=cfg.mel_dim, text_num_embeds=cfg.text_num_embeds, text_dim=cfg.text_dim,
+                text_mask_padding=cfg.text_mask_padding, conv_layers=cfg.conv_layers,
+                pe_attn_head=cfg.rope_heads or None, attn_mask_enabled=cfg.key_mask, dropout=0.0)
+  if cfg.backbone == "unett":
+    kwargs["skip_connect_type"] = cfg.skip_connect
+  return kwargs
+
+
+def f5_backbone(cfg: DiTConfig, seed: int = 0) -> torch.nn.Module:
+  """Random init plus noise on every param: F5 zero-inits the AdaLN and output layers. The noise shrinks with
+  the width so that a 1024-wide model's outputs stay O(10), where float32 rounding stays under the tolerance."""
+  torch.manual_seed(seed)
+  model = (DiT if cfg.backbone == "dit" else UNetT)(**f5_kwargs(cfg))
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(min(0.1, 3.0 / cfg.dim) * torch.randn_like(p))
+  return model.eval()
+
+
+def ours_with(cfg: DiTConfig, params: dict):
+  """Our model holding `params` (dotted paths), built without running the random init."""
+  model = nnx.eval_shape(lambda: build(cfg, nnx.Rngs(0)))
+  state = nnx.state(model, nnx.Param)
+  nnx.replace_by_pure_dict(state, mapping.unflatten({k: np.asarray(v) for k, v in params.items()}))
+  nnx.update(model, state)
+  return model
+
+
+def ours_from(f5: torch.nn.Module, cfg: DiTConfig):
+  return ours_with(cfg, convert.from_f5_state_dict(f5.state_dict(), cfg))
+
+
+@jax.jit
+def _forward(graphdef_state, x, cond, text, t, valid, drop_audio, drop_text):
+  model = nnx.merge(*graphdef_state)
+  return model(x, cond, text, t, valid, drop_audio, drop_text)
+
+
+def forward(model, x, cond, text, t, valid=None, drop_audio=False, drop_text=False) -> np.ndarray:
+  return np.asarray(_forward(nnx.split(model), x, cond, text, t, valid, drop_audio, drop_text))
+
+
+def inputs(cfg: DiTConfig, lengths=(24, 17, 9), seed: int = 0):
+  """(x, cond, text with −1 padding, t, lens) as numpy: B = len(lengths), L = max(lengths)."""
+  rng = np.random.default_rng(seed)
+  b, n = len(lengths), max(lengths)
+  x = rng.standard_normal((b, n, cfg.mel_dim)).astype(np.float32)
+  cond = rng.standard_normal((b, n, cfg.mel_dim)).astype(np.float32)
+  cond[:, n // 3:] = 0
+  text = np.full((b, n // 2 + 3), -1, np.int64)
+  for i, length in enumerate(lengths):
+    text[i, :max(length // 2, 1)] = rng.integers(0, cfg.text_num_embeds, max(length // 2, 1))
+  t = rng.uniform(size=b).astype(np.float32)
+  return x, cond, text, t, np.asarray(lengths)
+
 
 ATOL = 1e-4  # max abs difference of the predicted flow, float32
 
@@ -41,45 +111,45 @@ RUNS = [(name, case) for name in CONFIGS for case in CASES
 @functools.cache
 def pair(name: str):
   cfg = CONFIGS[name]
-  f5 = ref.f5_backbone(cfg)
-  return cfg, f5, ref.ours_from(f5, cfg)
+  f5 = f5_backbone(cfg)
+  return cfg, f5, ours_from(f5, cfg)
 
 
 @pytest.mark.parametrize("name,case", RUNS)
 def test_flow_matches_f5(name, case):
   cfg, f5, ours = pair(name)
   use_mask, drop_audio, drop_text = CASES[case]
-  x, cond, text, t, lens = ref.inputs(cfg, lengths=(16, 11, 6) if cfg.dim > 512 else (24, 17, 9))
+  x, cond, text, t, lens = inputs(cfg, lengths=(16, 11, 6) if cfg.dim > 512 else (24, 17, 9))
   valid = np.arange(x.shape[1])[None] < lens[:, None] if use_mask else None
   with torch.no_grad():
     want = f5(x=torch.from_numpy(x), cond=torch.from_numpy(cond), text=torch.from_numpy(text),
               time=torch.from_numpy(t), mask=None if valid is None else torch.from_numpy(valid),
               drop_audio_cond=drop_audio, drop_text=drop_text).numpy()
-  got = ref.forward(ours, x, cond, text, t, valid, drop_audio, drop_text)
+  got = forward(ours, x, cond, text, t, valid, drop_audio, drop_text)
   assert np.abs(want).max() > 0.1  # the reference is not trivially zero (F5 zero-inits its output layers)
   np.testing.assert_allclose(got, want, atol=ATOL, rtol=0)
 
 
 def test_per_example_drops_match_whole_batch_drops():
   cfg = CONFIGS["dit-small"]
-  f5 = ref.f5_backbone(cfg, seed=3)
-  ours = ref.ours_from(f5, cfg)
-  x, cond, text, t, _ = ref.inputs(cfg)
+  f5 = f5_backbone(cfg, seed=3)
+  ours = ours_from(f5, cfg)
+  x, cond, text, t, _ = inputs(cfg)
   drops = np.array([True, False, True])
-  mixed = ref.forward(ours, x, cond, text, t, None, drops, drops)
-  dropped = ref.forward(ours, x, cond, text, t, None, True, True)
-  kept = ref.forward(ours, x, cond, text, t, None, False, False)
+  mixed = forward(ours, x, cond, text, t, None, drops, drops)
+  dropped = forward(ours, x, cond, text, t, None, True, True)
+  kept = forward(ours, x, cond, text, t, None, False, False)
   np.testing.assert_allclose(mixed[drops], dropped[drops], atol=1e-6)
   np.testing.assert_allclose(mixed[~drops], kept[~drops], atol=1e-6)
 
 
 def test_bfloat16_compute_stays_close_and_finite():
   cfg = CONFIGS["dit-small"]
-  f5 = ref.f5_backbone(cfg, seed=1)
-  x, cond, text, t, lens = ref.inputs(cfg)
+  f5 = f5_backbone(cfg, seed=1)
+  x, cond, text, t, lens = inputs(cfg)
   valid = np.arange(x.shape[1])[None] < lens[:, None]
-  fp32 = ref.forward(ref.ours_from(f5, cfg), x, cond, text, t, valid)
-  bf16 = ref.forward(ref.ours_from(f5, dataclasses.replace(cfg, dtype="bfloat16")), x, cond, text, t, valid)
+  fp32 = forward(ours_from(f5, cfg), x, cond, text, t, valid)
+  bf16 = forward(ours_from(f5, dataclasses.replace(cfg, dtype="bfloat16")), x, cond, text, t, valid)
   assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
   # bf16 keeps 8 mantissa bits: relative error of a few 1e-2 of the output's scale
   assert np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max()

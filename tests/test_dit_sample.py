@@ -6,7 +6,7 @@ import torch
 
 from jaxspeech.dit import sample
 from jaxspeech.dit.model import DiTConfig
-from tests import dit_reference as ref
+from tests import test_dit_parity as ref
 
 ATOL = 1e-4  # max abs difference of the sampled mel, float32
 CFG = DiTConfig(dim=48, depth=2, heads=3, dim_head=16, ff_mult=2, mel_dim=12, text_num_embeds=20, text_dim=16,
@@ -51,8 +51,9 @@ def test_sample_matches_cfm_sample(models, run):
     want, _ = cfm.sample(cond=torch.from_numpy(ref_mel), text=torch.from_numpy(text),
                          duration=torch.tensor(durations), lens=torch.tensor(ref_frames), steps=nfe,
                          cfg_strength=cfg_strength, sway_sampling_coef=sway, seed=SEED)
-  got, duration_B = sample.sample(ours, ref_mel, ref_frames, text, durations, noise_BxLxM=f5_noise(durations, CFG.mel_dim),
-                                  nfe=nfe, cfg_strength=cfg_strength, sway=sway, method=method)
+  got, duration_B = sample.sample(ours, ref_mel, ref_frames, text, durations,
+                                  noise_BxLxM=f5_noise(durations, CFG.mel_dim), nfe=nfe, cfg_strength=cfg_strength,
+                                  sway=sway, method=method)
   assert list(duration_B) == list(durations)
   valid = np.arange(max(durations))[None] < np.asarray(durations)[:, None]
   np.testing.assert_allclose(np.asarray(got)[valid], want.numpy()[valid], atol=ATOL, rtol=0)

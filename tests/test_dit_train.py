@@ -6,13 +6,17 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import soundfile
+from flax import nnx
 
 from jaxspeech import cli
 from jaxspeech.data import tfds_io
-from jaxspeech.dit import vocab
+from jaxspeech.dit import convert, vocab
+from jaxspeech.dit.model import build, config_from
+from jaxspeech.dit.sizes import SIZES
 from tests.ast_config import ROOT
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
@@ -46,7 +50,8 @@ def test_tiny_trains_and_loss_falls(trained, corpus_path):
 @pytest.mark.slow
 def test_synthesize_writes_the_generated_part(trained, corpus_path, tmp_path, capsys):
   source = tfds_io.data_source(corpus_path, "validation")
-  record = min((source[i] for i in range(min(20, len(source)))), key=lambda r: len(r["audio"]))  # well under the 6 s asked for
+  # the shortest of the first clips: well under the 6 s asked for
+  record = min((source[i] for i in range(min(20, len(source)))), key=lambda r: len(r["audio"]))
   ref = tmp_path / "ref.wav"
   soundfile.write(ref, record["audio"], int(record["sample_rate"]))
   out = tmp_path / "out.wav"
@@ -58,3 +63,13 @@ def test_synthesize_writes_the_generated_part(trained, corpus_path, tmp_path, ca
   assert rate == 24000 and np.isfinite(wav).all()
   # 6 s in all, minus the reference (± the resampler's rounding of one frame)
   assert abs(len(wav) / 256 - (int(6 * 24000 / 256) - ref_frames - 1)) <= 1.5
+
+
+@pytest.mark.parametrize("variant", list(SIZES))
+def test_every_config_variant_builds(variant):
+  cfg = config_from(convert.load_config(f"{ROOT}/configs/dit.py:{variant}").model.to_dict())
+  params = nnx.state(nnx.eval_shape(lambda: build(cfg, nnx.Rngs(0))), nnx.Param)
+  count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  if variant == "base":  # F5TTS_v1_Base: about 336M params (its vocab of 2545 characters included)
+    assert 330e6 < count < 340e6, count
+  assert count > 0

@@ -1,4 +1,5 @@
-"""`jaxspeech synthesize --dit WORKDIR [--vocoder WORKDIR] --ref-audio ref.wav --ref-text "..." --text "..." --out out.wav`
+"""`jaxspeech synthesize --dit WORKDIR [--vocoder WORKDIR] --ref-audio ref.wav --ref-text "..." --text "..."
+--out out.wav`
 
 Zero-shot TTS as F5-TTS's infer_process does it: the reference clip (24 kHz, RMS raised to 0.1 when
 quieter) prompts the DiT with its transcript followed by the new text; the duration comes from the

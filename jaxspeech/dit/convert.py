@@ -243,7 +243,8 @@ def import_checkpoint(source: str, src: str, args):
     from jaxspeech.dit import vocab  # pylint: disable=import-outside-toplevel
     size = len(vocab.read(args.vocab))
     if size != cfg.text_num_embeds:
-      raise ConversionError(f"--vocab {args.vocab}", [f"has {size} tokens; the checkpoint embeds {cfg.text_num_embeds}"])
+      raise ConversionError(f"--vocab {args.vocab}",
+                            [f"has {size} tokens; the checkpoint embeds {cfg.text_num_embeds}"])
     vocab_file = os.path.abspath(args.vocab)
   else:
     notes.append("no --vocab: give the checkpoint's vocab.txt to sample or train (--config.model.vocab_file)")

@@ -88,7 +88,8 @@ def sample(model, ref_mel_BxRxM, ref_frames_B, text_BxNt, duration_B, key=None, 
   valid_BxL = np.arange(n)[None] < duration_B[:, None]
   if noise_BxLxM is None:
     noise_BxLxM = jax.random.normal(key, (len(duration_B), n, m)) * valid_BxL[..., None]
-  ref_BxLxM = jnp.pad(jnp.asarray(ref_mel_BxRxM, jnp.float32)[:, :n], ((0, 0), (0, max(n - ref_mel_BxRxM.shape[1], 0)), (0, 0)))
+  ref_BxLxM = jnp.asarray(ref_mel_BxRxM, jnp.float32)[:, :n]
+  ref_BxLxM = jnp.pad(ref_BxLxM, ((0, 0), (0, n - ref_BxLxM.shape[1]), (0, 0)))
   keep_BxLx1 = (np.arange(n)[None] < ref_frames_B[:, None])[..., None]
   cond_BxLxM = jnp.where(keep_BxLx1, ref_BxLxM, 0.0)
   graphdef, state = nnx.split(model)
