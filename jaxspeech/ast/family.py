@@ -8,6 +8,7 @@
   masking and loss weights in `cfg.ssast`.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -86,7 +87,8 @@ def adapt_init(params: dict, source: dict, cfg) -> dict:
     return params
   if model.get("task") == "ssast":
     params = {k.removeprefix("encoder."): v for k, v in params.items() if k.startswith("encoder.")}
-  source_cfg = ASTConfig(**{k: v for k, v in model.items() if k in ASTConfig.__dataclass_fields__})
+  fields = {f.name for f in dataclasses.fields(ASTConfig)}
+  source_cfg = ASTConfig(**{k: v for k, v in model.items() if k in fields})
   params = {**params, "pos_embed": ssast.resize_positions(np.asarray(params["pos_embed"]), source_cfg.grid(),
                                                           model_config(cfg).grid())}
   petl = petl_config(cfg)
