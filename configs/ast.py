@@ -1,4 +1,4 @@
-"""AST on the embedded corpus: speaker classification, SSAST pretraining, and fine-tuning from SSAST.
+"""AST on the embedded corpus: speaker classification, SSAST pretraining, fine-tuning, and PETL.
 
 Speaker classification (Kaldi fbank → AST → speaker); `tiny` is what `make train` runs:
 
@@ -24,9 +24,9 @@ From the frame-based run, keep its 128×2 patches and overlap in time only:
       --config.model.init_from=workdirs/ssast_frame_tiny --config.model.patch=128 \
       --config.model.time_patch=2 --config.model.fstride=128 --config.model.tstride=1
 
-Parameter-efficient fine-tuning (PETL-AST's methods, `jaxspeech/ast/adapters.py`): the AST of `init_from` is
-frozen and only the method's params, the final norm and the head train. Each starts from the patch-based SSAST
-run above (16×16 patches at stride 16, the head reads the cls and distillation tokens):
+Parameter-efficient fine-tuning (PETL-AST's methods, `jaxspeech/ast/adapters.py`): the AST of `train.init_from`
+is frozen and only the method's params, the final norm and the head train. Each starts from the patch-based
+SSAST run above (16×16 patches at stride 16, the head reads the cls and distillation tokens):
 
   jaxspeech train --config=configs/ast.py:adapter_pfeiffer --workdir=workdirs/ast_pfeiffer
   jaxspeech train --config=configs/ast.py:adapter_houlsby --workdir=workdirs/ast_houlsby
@@ -39,9 +39,9 @@ run above (16×16 patches at stride 16, the head reads the cls and distillation 
 original checkpoint (`jaxspeech convert ast --from hf ...`) with `model` overrides of its shape (docs/ast.md).
 The method's settings are `--config.model.adapter.*` (e.g. `.mode=sequential`, `.reduction=8`, `.rank=4`).
 
-Variants: `tiny`, `ssast_patch_tiny`, `ssast_frame_tiny`, `finetune` and the PETL ones (2-core CPU); `base` (the published
-AST-Base shape: 768 wide, 12 layers, 16×16 patches at stride 10 over 1024 frames), `ssast_patch_base` and
-`ssast_frame_base` (the SSAST-Base recipe: 400 of 512 patches masked, batch 24, lr 1e-4).
+Variants: `tiny`, `ssast_patch_tiny`, `ssast_frame_tiny`, `finetune` and the PETL ones (2-core CPU); `base`
+(the published AST-Base shape: 768 wide, 12 layers, 16×16 patches at stride 10 over 1024 frames),
+`ssast_patch_base` and `ssast_frame_base` (the SSAST-Base recipe: 400 of 512 patches masked, batch 24, lr 1e-4).
 """
 
 import ml_collections
@@ -121,7 +121,7 @@ def _ssast(cfg, frame: bool):
 
 
 def _petl(cfg, method: dict):
-  """A frozen AST (from `init_from`) with one PETL method; every PETLConfig field is here to override."""
+  """A frozen AST (from `train.init_from`) with one PETL method; every PETLConfig field is here to override."""
   cfg.train.init_from = "workdirs/ssast_patch_tiny"
   cfg.model.adapter = ml_collections.ConfigDict(dict(
       kind="", block="bottleneck", mode="parallel", reduction=16, kernel_size=31, rank=8, alpha=8.0,
