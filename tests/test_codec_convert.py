@@ -52,11 +52,23 @@ def assert_same_state_dict(got: dict, original: dict, buffers) -> None:
       np.testing.assert_array_equal(got[key], tensor.numpy(), err_msg=key)
 
 
+def assert_loads_strictly_and_runs_the_same(exported: dict, ref: Reference, name: str) -> None:
+  """`exported` loads into fresh xcodec2 modules with load_state_dict(strict=True) and gives `ref`'s numbers."""
+  loaded = Reference(CONFIGS[name]).eval()
+  loaded.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
+  wav, features = map(torch.from_numpy, inputs(name))
+  expected, got = ref.run(wav, features), loaded.run(wav, features)
+  np.testing.assert_array_equal(got["codes"], expected["codes"])
+  np.testing.assert_allclose(got["wav"], expected["wav"], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_state_dict_round_trip(name):
-  original, cfg = reference(name).state_dict(), codec_config(CONFIGS[name])
-  _, params = convert.from_state_dict(original, cfg)
-  assert_same_state_dict(convert.to_state_dict(params, cfg), original, convert.layout(cfg).constants)
+  ref, cfg = reference(name), codec_config(CONFIGS[name])
+  _, params = convert.from_state_dict(ref.state_dict(), cfg)
+  exported = convert.to_state_dict(params, cfg)
+  assert_same_state_dict(exported, ref.state_dict(), convert.layout(cfg).constants)
+  assert_loads_strictly_and_runs_the_same(exported, ref, name)
 
 
 def cli(*args) -> subprocess.CompletedProcess:
@@ -82,13 +94,7 @@ def test_cli_round_trip_is_identical_and_loads_strictly(tmp_path):
   assert result.returncode == 0, result.stderr
   exported = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))
   assert_same_state_dict(exported, original, convert.layout(cfg).constants)
-
-  loaded = Reference(CONFIGS[name]).eval()
-  loaded.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)
-  wav, features = map(torch.from_numpy, inputs(name))
-  expected, got = ref.run(wav, features), loaded.run(wav, features)
-  np.testing.assert_array_equal(got["codes"], expected["codes"])
-  np.testing.assert_allclose(got["wav"], expected["wav"], atol=1e-6, rtol=0)
+  assert_loads_strictly_and_runs_the_same(exported, ref, name)
 
 
 def test_legacy_weight_norm_and_released_layout(tmp_path):
