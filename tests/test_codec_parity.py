@@ -233,3 +233,5 @@ def test_sizes_run_at_50_codes_per_second(size):
   if cfg.semantic.enabled:
     with pytest.raises(ValueError, match="semantic branch"):
       nnx.eval_shape(lambda m, w: m(w), model, wav)
+    with pytest.raises(ValueError, match=r"\(B, 51, semantic.features\), one frame per code"):
+      nnx.eval_shape(lambda m, w, s: m(w, s), model, wav, jax.ShapeDtypeStruct((2, 50, 1024), jnp.float32))

@@ -50,8 +50,9 @@ class Codec(nnx.Module):
     "semantic_target" (the given features) and "semantic_pred"}; N = ceil(S / hop)."""
     x_BxNxA = self.encoder(self.pad(wav_BxS))
     if self.semantic:
-      if semantic_features_BxNxF is None:
-        raise ValueError("this codec has the semantic branch: pass w2v-BERT features (B, N, semantic.features)")
+      if semantic_features_BxNxF is None or semantic_features_BxNxF.shape[1] != x_BxNxA.shape[1]:
+        raise ValueError(f"this codec has the semantic branch: pass w2v-BERT features (B, {x_BxNxA.shape[1]}, "
+                         "semantic.features), one frame per code")
       x_BxNxA = jnp.concatenate([self.semantic_encoder(semantic_features_BxNxF), x_BxNxA], axis=-1)
     z_q_BxNxD, codes_BxN = self.quantizer.quantize(self.fc_prior(x_BxNxA))
     out = {"codes": codes_BxN, "z_q": z_q_BxNxD}
