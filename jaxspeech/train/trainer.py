@@ -154,7 +154,8 @@ class Trainer:
       with _StopRequest() as stop, sharding.use_rules(self.mesh, self.rules):
         while step < t.steps and stop.signal is None:
           with clock.lost_to("data"):
-            batch = self._global(next(iterator))
+            host_batch = next(iterator)
+            batch = self._global(host_batch)
           profiler.before(step + 1)
           with clock.lost_to("compile") if not compiled else contextlib.nullcontext():
             state, step_metrics = self.train_step(state, batch)
@@ -164,7 +165,7 @@ class Trainer:
             profiler.after(step, state)
           if pending is not None:
             last_time = self._report(writer, *pending, last_time, clock)
-          pending = (step, step_metrics, self.family.units(batch))
+          pending = (step, step_metrics, self.family.units(host_batch))
           if step % t.checkpoint_every == 0 or step == t.steps or stop.signal:
             with clock.lost_to("checkpoint"):
               checkpoints.save(step, state, iterator)
