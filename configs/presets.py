@@ -1,0 +1,108 @@
+"""Sharding presets: the Llasa LM (1B, 3B, 8B) and the F5 DiT base on typical TPU and GPU topologies.
+
+  jaxspeech train --config=configs/presets.py:llasa_8b_v5p64 --workdir=gs://BUCKET/llasa_8b \
+      --config.data.path=gs://BUCKET/codes/1.0.0 --config.llasa.tokenizer=gs://BUCKET/spm.model
+  jaxspeech plan  --config=configs/presets.py:llasa_8b_v5p64 --mesh fsdp=64 --device v5p
+
+A preset is the family config (configs/llasa.py:<size>, configs/dit.py:base) with the mesh, the remat policy,
+scanned layers and the per-device batch set for one topology; launch it with launch/tpu_vm.py, launch/xpk.py or
+launch/slurm.py (docs/scale.md). Every preset keeps the recipe's global batch (Llasa: 256 rows of 2,048 tokens),
+reached with gradient accumulation where a chip cannot hold its share at once.
+
+Why these layouts: at these sizes the whole state (fp32 params, AdamW moments, gradients) sharded over every chip
+(FSDP, `embed → fsdp`) is a few GiB per chip, so pure FSDP inside a slice is both simplest and fastest; tensor
+parallelism (`mesh.tensor`) only pays once a layer's matmuls are too small per chip, which none of these are.
+Across GPU nodes (slow links) the data axis goes outside and FSDP stays on NVLink. Sequence parallelism
+(`mesh.sequence`, `activation_length → sequence`) is not needed at 2,048 tokens or 30 s of mel; set it for
+longer rows. Remat: `save_dots` where memory allows (recomputes only elementwise work), `full` otherwise.
+
+Per-device memory below is the analytic estimate (fp32 params + AdamW + fp32 gradients over the fsdp shards,
+plus the remat-saved layer inputs and the fp32 logits and their gradient of one microbatch); `jaxspeech plan`
+gives XLA's count for the same config. MFU targets are what comparable MaxText runs publish
+(../shared/reference/model-specs.md: Llama2-7B at 492 TFLOP/s per H100 ≈ 50 %; 65 % on v5p; 45 % on v6e-256);
+they are targets, not measurements of these presets.
+
+| preset | chips | mesh | rows per chip × accumulation | remat | memory per chip (est.) | MFU target |
+| --- | --- | --- | --- | --- | --- | --- |
+| llasa_1b_v5p64 | v5p-64 (64 chips, 95 GiB) | fsdp 64 | 4 × 1 | save_dots | 14 GiB | 55-65 % |
+| llasa_3b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | 14 GiB | 55-65 % |
+| llasa_8b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | 16 GiB | 55-65 % |
+| llasa_1b_v5e256 | v5e-256 (16 GiB) | fsdp 256 | 1 × 1 | full | 3.2 GiB | 45-55 % |
+| llasa_3b_v5e256 | v5e-256 | fsdp 256 | 1 × 1 | full | 3.5 GiB | 45-55 % |
+| llasa_8b_v6e256 | v6e-256 (32 GiB) | fsdp 256 | 1 × 1 | full | 4.0 GiB | 40-50 % |
+| llasa_1b_h100x8 | 8×H100 (80 GiB) | fsdp 8 | 4 × 8 | save_dots | 19 GiB (XLA, accumulation 16: 19.7 GiB) | 40-50 % |
+| llasa_3b_h100x8 | 8×H100 | fsdp 8 | 2 × 16 | full | 14 GiB | 40-50 % |
+| llasa_8b_h100x64 | 8 nodes × 8 H100 | data 8 (across nodes) × fsdp 8 | 4 × 1 | full | 30 GiB | 40-50 % |
+| dit_base_v5p64 | v5p-64 | data 64 | 9,600 mel frames × 4 | none | see below | 40-50 % |
+| dit_base_h100x8 | 8×H100 | data 8 | 9,600 mel frames × 4 | none | see below | 40-50 % |
+
+DiT base (336M params) is data-parallel: its state is 5 GiB per chip unsharded. Its attention is materialised
+(B×H×L×L scores in float32) and its blocks are not rematerialised, so a chip holds 9,600 frames at once, and 4
+accumulation steps give F5's 38,400 frames per chip per update.
+"""
+
+import importlib.util
+import os
+
+
+def _family_config(name: str):
+  """configs/<name>.py, loaded by path as config_flags loads this file (configs/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", os.path.join(os.path.dirname(__file__), f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+LLASA_ROWS = 256  # Llasa's global batch of 2,048-token rows
+
+# name: (size, mesh, rows per chip per microbatch, accumulation steps, remat)
+LLASA = {
+    "llasa_1b_v5p64": ("1b", dict(fsdp=64), 4, 1, "save_dots"),
+    "llasa_3b_v5p64": ("3b", dict(fsdp=64), 4, 1, "full"),
+    "llasa_8b_v5p64": ("8b", dict(fsdp=64), 4, 1, "full"),
+    "llasa_1b_v5e256": ("1b", dict(fsdp=256), 1, 1, "full"),
+    "llasa_3b_v5e256": ("3b", dict(fsdp=256), 1, 1, "full"),
+    "llasa_8b_v6e256": ("8b", dict(fsdp=256), 1, 1, "full"),
+    "llasa_1b_h100x8": ("1b", dict(fsdp=8), 4, 8, "save_dots"),
+    "llasa_3b_h100x8": ("3b", dict(fsdp=8), 2, 16, "full"),
+    "llasa_8b_h100x64": ("8b", dict(data=8, fsdp=8), 4, 1, "full"),
+}
+# name: (mesh, mel frames per chip per microbatch, accumulation steps)
+DIT = {
+    "dit_base_v5p64": (dict(data=64), 9_600, 4),
+    "dit_base_h100x8": (dict(data=8), 9_600, 4),
+}
+VARIANTS = tuple(LLASA) + tuple(DIT)
+
+
+def _mesh(cfg, sizes: dict) -> None:
+  cfg.mesh.update(data=1, fsdp=1, tensor=1, sequence=1)
+  cfg.mesh.update(**sizes)
+
+
+def chips(sizes: dict) -> int:
+  n = 1
+  for v in sizes.values():
+    n *= v
+  return n
+
+
+def get_config(variant: str):
+  if variant in LLASA:
+    size, mesh, rows, accum, remat = LLASA[variant]
+    cfg = _family_config("llasa").get_config(size)
+    _mesh(cfg, mesh)
+    if rows * accum * chips(mesh) != LLASA_ROWS:
+      raise AssertionError(f"{variant}: {rows} rows × {accum} × {chips(mesh)} chips is not {LLASA_ROWS}")
+    cfg.model.update(scan_layers=True, remat=remat)
+    cfg.train.batch_size = LLASA_ROWS
+    cfg.optim.accum_steps = accum
+    return cfg
+  if variant in DIT:
+    mesh, frames, accum = DIT[variant]
+    cfg = _family_config("dit").get_config("base")
+    _mesh(cfg, mesh)
+    cfg.data.frame_budget = frames * accum * chips(mesh)
+    cfg.optim.accum_steps = accum
+    return cfg
+  raise ValueError(f"unknown variant {variant!r} of configs/presets.py; choose one of {', '.join(VARIANTS)}")
