@@ -127,22 +127,24 @@ class Attention(nnx.Module):
     self.o = layers.dense((cfg.heads, k), d, ("heads", "kv", "embed"), **common)
     self.cfg = cfg
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv_BxSxGxK=None, slot=None):
-    """`kv_BxSxGxK` (cached keys, values) receive this call's keys/values at `slot`; returns (out, new cache)."""
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, past=None, slot=None):
+    """(out, this call's (keys, values) when decoding): with `past`, a layer's cached (keys, values) of S slots,
+    the L new keys/values are placed at `slot` and attention runs over all S slots."""
     inv_freq = rope_inv_freq(self.cfg)
     q_BxLxHxK = apply_rope(self.q(x_BxLxD), positions_BxL, inv_freq)
     q_BxLxHxK = constrain(q_BxLxHxK, ("activation_batch", "activation_length", "activation_heads", "kv"))
     k_BxLxGxK = apply_rope(self.k(x_BxLxD), positions_BxL, inv_freq)
     v_BxLxGxK = self.v(x_BxLxD)
-    new_cache = None
-    if kv_BxSxGxK is not None:
-      k_cache, v_cache = kv_BxSxGxK
-      k_BxLxGxK = jax.lax.dynamic_update_slice_in_dim(k_cache, k_BxLxGxK.astype(k_cache.dtype), slot, axis=1)
-      v_BxLxGxK = jax.lax.dynamic_update_slice_in_dim(v_cache, v_BxLxGxK.astype(v_cache.dtype), slot, axis=1)
-      new_cache = (k_BxLxGxK, v_BxLxGxK)
-    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK.astype(q_BxLxHxK.dtype),
-                                               v_BxLxGxK.astype(q_BxLxHxK.dtype), mask=mask_BxLxS[:, None])
-    return self.o(out_BxLxHxK), new_cache
+    new = None
+    k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK
+    if past is not None:
+      k_cache, v_cache = past
+      new = (k_BxLxGxK.astype(k_cache.dtype), v_BxLxGxK.astype(v_cache.dtype))
+      k_BxSxGxK = jax.lax.dynamic_update_slice_in_dim(k_cache, new[0], slot, axis=1)
+      v_BxSxGxK = jax.lax.dynamic_update_slice_in_dim(v_cache, new[1], slot, axis=1)
+    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxGxK.astype(q_BxLxHxK.dtype),
+                                               v_BxSxGxK.astype(q_BxLxHxK.dtype), mask=mask_BxLxS[:, None])
+    return self.o(out_BxLxHxK), new
 
 
 class Block(nnx.Module):
@@ -155,13 +157,13 @@ class Block(nnx.Module):
     self.up = layers.dense(cfg.hidden, cfg.mlp, ("embed", "mlp"), rngs=rngs, dtype=dtype, use_bias=False)
     self.down = layers.dense(cfg.mlp, cfg.hidden, ("mlp", "embed"), rngs=rngs, dtype=dtype, use_bias=False)
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, kv=None, slot=None):
-    h_BxLxD, kv = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, kv, slot)
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, past=None, slot=None):
+    h_BxLxD, new = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, past, slot)
     x_BxLxD = x_BxLxD + h_BxLxD
     h_BxLxD = self.mlp_norm(x_BxLxD)
     h_BxLxM = constrain(jax.nn.silu(self.gate(h_BxLxD)) * self.up(h_BxLxD),
                         ("activation_batch", "activation_length", "activation_mlp"))
-    return constrain(x_BxLxD + self.down(h_BxLxM), BLOCK_AXES), kv
+    return constrain(x_BxLxD + self.down(h_BxLxM), BLOCK_AXES), new
 
 
 def attention_mask(q_segment_ids_BxL, k_segment_ids_BxS, q_slots_L):
@@ -192,27 +194,29 @@ class Llama(nnx.Module):
                                   dtype=jnp.dtype(cfg.dtype), use_bias=False)
 
   def _run_blocks(self, x_BxLxD, positions_BxL, mask_BxLxS, cache: Cache | None):
-    policy = REMAT_POLICIES[self.cfg.remat]
+    """(output, every layer's new (keys, values) (N, B, L, G, K) when decoding, else None).
+
+    The cache is only read here (a layer's slice each); the caller writes the new entries in one update, so a
+    decode step moves the new tokens' keys, not the whole cache.
+    """
     slot = None if cache is None else cache.index
 
-    def layer(graphdef, x_BxLxD, state_and_kv):
-      state, kv = state_and_kv
-      return nnx.merge(graphdef, state)(x_BxLxD, positions_BxL, mask_BxLxS, kv, slot)
+    def layer(graphdef, x_BxLxD, state_and_past):
+      state, past = state_and_past
+      return nnx.merge(graphdef, state)(x_BxLxD, positions_BxL, mask_BxLxS, past, slot)
 
     if self.cfg.remat != "none":
-      layer = jax.checkpoint(layer, policy=policy, static_argnums=0)
-    kv = None if cache is None else (cache.k_NxBxSxGxK, cache.v_NxBxSxGxK)
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=0)
+    past = None if cache is None else (cache.k_NxBxSxGxK, cache.v_NxBxSxGxK)
     if self.cfg.scan_layers:
       graphdef, state = nnx.split(self.blocks)
-      x_BxLxD, kv = jax.lax.scan(functools.partial(layer, graphdef), x_BxLxD, (state, kv))
-    else:
-      outs = []
-      for i, block in enumerate(self.blocks):
-        graphdef, state = nnx.split(block)
-        x_BxLxD, kv_i = layer(graphdef, x_BxLxD, (state, None if kv is None else jax.tree.map(lambda a: a[i], kv)))
-        outs.append(kv_i)
-      kv = None if kv is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-    return x_BxLxD, kv
+      return jax.lax.scan(functools.partial(layer, graphdef), x_BxLxD, (state, past))
+    new = []
+    for i, block in enumerate(self.blocks):
+      graphdef, state = nnx.split(block)
+      x_BxLxD, new_i = layer(graphdef, x_BxLxD, (state, None if past is None else (past[0][i], past[1][i])))
+      new.append(new_i)
+    return x_BxLxD, None if past is None else jax.tree.map(lambda *a: jnp.stack(a), *new)
 
   def __call__(self, ids_BxL: jax.Array, positions_BxL: jax.Array | None = None,
                segment_ids_BxL: jax.Array | None = None, cache: Cache | None = None
@@ -230,7 +234,7 @@ class Llama(nnx.Module):
                                                                cache.index, axis=1)
       mask_BxLxS = attention_mask(segment_ids_BxL, cache_segments_BxS, cache.index + jnp.arange(length))
     x_BxLxD = constrain(self.embed(ids_BxL), BLOCK_AXES)
-    x_BxLxD, kv = self._run_blocks(x_BxLxD, positions_BxL, mask_BxLxS, cache)
+    x_BxLxD, new_kv = self._run_blocks(x_BxLxD, positions_BxL, mask_BxLxS, cache)
     x_BxLxD = self.norm(x_BxLxD)
     if self.cfg.tie_embeddings:
       logits_BxLxV = self.embed.attend(x_BxLxD)
@@ -241,4 +245,6 @@ class Llama(nnx.Module):
     logits_BxLxV = logits_BxLxV[..., :self.cfg.vocab_size]
     if cache is None:
       return logits_BxLxV, None
-    return logits_BxLxV, Cache(kv[0], kv[1], cache_segments_BxS, cache.index + length)
+    k_NxBxSxGxK, v_NxBxSxGxK = (jax.lax.dynamic_update_slice_in_dim(c, n, cache.index, axis=2) for c, n in
+                                zip((cache.k_NxBxSxGxK, cache.v_NxBxSxGxK), new_kv))
+    return logits_BxLxV, Cache(k_NxBxSxGxK, v_NxBxSxGxK, cache_segments_BxS, cache.index + length)
