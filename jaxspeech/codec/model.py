@@ -48,13 +48,15 @@ class Codec(nnx.Module):
   def quantize(self, wav_BxS: jax.Array, semantic_features_BxNxF: jax.Array | None = None) -> dict:
     """{"codes": (B, N) int32, "z_q": (B, N, D) straight-through, and with the semantic branch
     "semantic_target" (the given features) and "semantic_pred"}; N = ceil(S / hop)."""
-    x_BxNxA = self.encoder(self.pad(wav_BxS))
+    acoustic_BxNxA = self.encoder(self.pad(wav_BxS))
+    x_BxNxC = acoustic_BxNxA
     if self.semantic:
-      if semantic_features_BxNxF is None or semantic_features_BxNxF.shape[1] != x_BxNxA.shape[1]:
-        raise ValueError(f"this codec has the semantic branch: pass w2v-BERT features (B, {x_BxNxA.shape[1]}, "
+      frames = acoustic_BxNxA.shape[1]
+      if semantic_features_BxNxF is None or semantic_features_BxNxF.shape[1] != frames:
+        raise ValueError(f"this codec has the semantic branch: pass w2v-BERT features (B, {frames}, "
                          "semantic.features), one frame per code")
-      x_BxNxA = jnp.concatenate([self.semantic_encoder(semantic_features_BxNxF), x_BxNxA], axis=-1)
-    z_q_BxNxD, codes_BxN = self.quantizer.quantize(self.fc_prior(x_BxNxA))
+      x_BxNxC = jnp.concatenate([self.semantic_encoder(semantic_features_BxNxF), acoustic_BxNxA], axis=-1)
+    z_q_BxNxD, codes_BxN = self.quantizer.quantize(self.fc_prior(x_BxNxC))
     out = {"codes": codes_BxN, "z_q": z_q_BxNxD}
     if self.semantic:
       out["semantic_target"] = semantic_features_BxNxF
