@@ -24,31 +24,41 @@ SHAPE = dict(vocab_size=8192, hidden=512, layers=8, heads=8, kv_heads=4, head_di
 SECTION = "Llasa train step vs transformers LlamaForCausalLM (CPU)"
 
 
-def batch(seq: int, seed: int = 0) -> dict[str, np.ndarray]:
-  ids = np.random.default_rng(seed).integers(0, SHAPE["vocab_size"], (1, seq + 1)).astype(np.int32)
-  ones = np.ones((1, seq), np.int32)
+def jax_config(seq: int):
+  """The llasa family config of `SHAPE` with one row of `seq` tokens, every target trained."""
+  import ml_collections
+  from jaxspeech.llasa.model import LlamaConfig
+  from jaxspeech.train import config as config_lib
+  cfg = config_lib.defaults()
+  cfg.family = "llasa"
+  cfg.model = ml_collections.ConfigDict(dataclasses.asdict(LlamaConfig(**SHAPE, tie_embeddings=False)))
+  cfg.llasa = ml_collections.ConfigDict(dict(text_vocab_size=SHAPE["vocab_size"] - 8, num_speech_tokens=0,
+                                             train_text=True, seq_len=seq))
+  cfg.train.batch_size = 1
+  cfg.optim.update(warmup_steps=0, lr=1e-4)
+  return cfg
+
+
+def packed_batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
+  """`train.batch_size` rows of `llasa.seq_len` random ids, one segment each."""
+  rows, seq = cfg.train.batch_size, cfg.llasa.seq_len
+  ids = np.random.default_rng(seed).integers(0, cfg.model.vocab_size, (rows, seq + 1)).astype(np.int32)
+  ones = np.ones((rows, seq), np.int32)
   return {"inputs": ids[:, :-1], "targets": ids[:, 1:], "segment_ids": ones,
-          "positions": np.arange(seq, dtype=np.int32)[None], "weights": ones.astype(np.float32),
-          "valid": np.ones(1, bool)}
+          "positions": np.broadcast_to(np.arange(seq, dtype=np.int32), (rows, seq)).copy(),
+          "weights": ones.astype(np.float32), "valid": np.ones(rows, bool)}
 
 
 class JaxSide:
-  def __init__(self, seq: int):
+  """The engine's compiled train step for `cfg` (the llasa family) on one device."""
+
+  def __init__(self, cfg):
     import jax
-    import ml_collections
     from jax.sharding import NamedSharding
     from jaxspeech import sharding
     from jaxspeech.llasa import family
-    from jaxspeech.llasa.model import LlamaConfig
-    from jaxspeech.train import config as config_lib, optim, state as state_lib, step as step_lib
+    from jaxspeech.train import optim, state as state_lib, step as step_lib
 
-    cfg = config_lib.defaults()
-    cfg.family = "llasa"
-    cfg.model = ml_collections.ConfigDict(dataclasses.asdict(LlamaConfig(**SHAPE, tie_embeddings=False)))
-    cfg.llasa = ml_collections.ConfigDict(dict(text_vocab_size=SHAPE["vocab_size"] - 8, num_speech_tokens=0,
-                                               train_text=True, seq_len=seq))
-    cfg.train.batch_size = 1
-    cfg.optim.update(warmup_steps=0, lr=1e-4)
     fam = family.FAMILY
     mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
     with sharding.use_rules(mesh, [tuple(r) for r in cfg.axis_rules]):
@@ -57,7 +67,7 @@ class JaxSide:
       self.state, shardings = state_lib.create(fam, cfg, tx, mesh)
       batch_shardings = {k: NamedSharding(mesh, sharding.logical_spec(a)) for k, a in fam.batch_axes(cfg).items()}
       step = step_lib.make_train_step(fam, cfg, graphdef, tx, schedules, shardings, batch_shardings)
-      self.batch = {k: jax.device_put(v, batch_shardings[k]) for k, v in batch(seq).items()}
+      self.batch = {k: jax.device_put(v, batch_shardings[k]) for k, v in packed_batch(cfg).items()}
       t0 = time.perf_counter()
       self.step = step.lower(self.state, self.batch).compile()
       self.compile_s = time.perf_counter() - t0
@@ -76,7 +86,7 @@ class TorchSide:
         intermediate_size=SHAPE["mlp"], tie_word_embeddings=False, attn_implementation="sdpa")
     self.model = transformers.LlamaForCausalLM(config).train()
     self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, weight_decay=0.01)
-    self.ids = torch.tensor(batch(seq)["inputs"], dtype=torch.long)
+    self.ids = torch.tensor(packed_batch(jax_config(seq))["inputs"], dtype=torch.long)
 
   def train_step(self) -> float:
     import torch
@@ -97,7 +107,7 @@ def main():
   parser.add_argument("--max-other", type=float, default=0.25, help="CPU share of other processes that reruns a block")
   parser.add_argument("--write", action="store_true", help=f"write the figures to {common.RESULTS}")
   args = parser.parse_args()
-  sides = {"jaxspeech": JaxSide(args.seq), "transformers": TorchSide(args.seq)}
+  sides = {"jaxspeech": JaxSide(jax_config(args.seq)), "transformers": TorchSide(args.seq)}
   for side in sides.values():
     side.train_step()
   times, worst = timed_blocks(sides, "train_step", args.blocks, args.steps, args.max_other, retries=2)
