@@ -11,6 +11,7 @@
   jaxspeech sweep fit --workdir=DIR                   (see jaxspeech/sweep/cli.py)
   jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR    (see jaxspeech/convert/cli.py)
   jaxspeech convert ast --to hf --src WORKDIR --dst DIR
+  jaxspeech codec encode|decode|eval --workdir CODEC ...    (see jaxspeech/codec/cli.py)
   jaxspeech synthesize --lm WORKDIR --codec WORKDIR --tokenizer FILE --text "..." --out out.wav   (Llasa)
   jaxspeech synthesize --dit WORKDIR [--vocoder WORKDIR] --ref-audio ref.wav --ref-text "..." --text "..." --out out.wav
 """
@@ -20,6 +21,7 @@ import glob
 import os
 import sys
 
+from jaxspeech.codec import cli as codec_cli  # light: imports the codec only when run
 from jaxspeech.convert import cli as convert_cli  # light: imports a family's converter only when run
 from jaxspeech.llasa import cli as llasa_cli  # light: argparse only until run
 from jaxspeech.dit import cli as dit_cli  # light: argparse only until run
@@ -109,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--vocab-size", type=int, default=1024)
   p.set_defaults(run=_text_train)
   convert_cli.add_parser(groups)
+  codec_cli.add_parser(groups)
   p = groups.add_parser("synthesize", help="text to speech: --lm (Llasa LM + codec workdirs)")
   p.add_argument("--text", required=True)
   p.add_argument("--out", required=True, help="the wav file to write")

@@ -6,6 +6,8 @@ from jaxspeech.train.family import Family
 
 FAMILIES = {
     "ast": "jaxspeech.ast.family",
+    "codec": "jaxspeech.codec.family",
+    "vocoder": "jaxspeech.codec.vocoder_family",
     "llasa": "jaxspeech.llasa.family",
     "dit": "jaxspeech.dit.family",
 }

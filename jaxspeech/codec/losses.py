@@ -6,8 +6,10 @@ simultaneously from
 
     total = G_loss(generator; discriminators under stop_gradient) + D_loss(discriminators; stop_gradient(wav_hat))
 
-G_loss reaches the generator only, D_loss the discriminators only; their optimizer groups ("generator",
-"discriminator") each get their own AdamW, schedule and clipping.
+G_loss reaches the generator only, D_loss the discriminators only. Both take X-codec2's AdamW β (0.8, 0.9); the
+engine cannot yet give them separate optimizer groups (two AdamW groups leave optax MaskedNodes in the optimizer
+state, which its sharding code rejects), so they share one AdamW, whose moments are per param anyway, and one
+clipping norm.
 """
 
 import jax
@@ -17,6 +19,9 @@ from flax import nnx
 
 from jaxspeech.audio import features
 from jaxspeech.codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
+
+# X-codec2's AdamW for the generator and the discriminators (one group, see above): `config.optim` overrides.
+OPTIM = dict(b1=0.8, b2=0.9, clip_norm=1.0, schedule="cosine")
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -36,9 +41,8 @@ def add_discriminators(model: nnx.Module, gan: ml_collections.ConfigDict, rngs: 
   model.spec_discriminator = MultiResolutionDiscriminator(tuple(gan.windows), gan.resolution_channels, rngs=rngs)
 
 
-def param_group(path: tuple[str, ...], x) -> str:
-  del x
-  return "discriminator" if path[0] in ("discriminator", "spec_discriminator") else "generator"
+def is_discriminator(path: tuple[str, ...]) -> bool:
+  return path[0] in ("discriminator", "spec_discriminator")
 
 
 def lsgan_discriminator(real_logits, fake_logits) -> jax.Array:

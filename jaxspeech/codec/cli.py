@@ -1,0 +1,76 @@
+"""`jaxspeech codec encode|decode|eval`: tokenize a dataset, turn codes back into audio, score a codec.
+
+  jaxspeech codec encode --workdir CODEC --data-dir DATASET_DIR --out OUT_DIR [--splits train,validation]
+  jaxspeech codec decode --workdir CODEC --codes CODES.npy|CODES.txt --out out.wav
+  jaxspeech codec eval   --workdir CODEC [--data-dir DATASET_DIR] [--split validation]
+
+Codes files hold one utterance: a .npy int array, or whitespace-separated integers.
+"""
+
+import json
+
+
+def _encode(args):
+  from jaxspeech.codec import tokenize
+  from jaxspeech.data import tfds_io
+  splits = args.splits.split(",") if args.splits else None
+  out = tokenize.encode_dataset(args.workdir, args.data_dir, args.out, splits=splits, chunk=args.chunk,
+                                per_device=args.per_device)
+  info = tfds_io.load(out).info
+  print(f"wrote {out}: " + ", ".join(f"{s} {info.splits[s].num_examples}" for s in sorted(info.splits)))
+
+
+def read_codes(path: str):
+  import numpy as np
+  if path.endswith(".npy"):
+    return np.load(path).astype(np.int32).reshape(-1)
+  with open(path) as f:
+    return np.array(f.read().split(), np.int32)
+
+
+def _decode(args):
+  import jax.numpy as jnp
+  import numpy as np
+  import soundfile
+  from jaxspeech.codec import tokenize
+  codec, sample_rate, _ = tokenize.load_codec(args.workdir)
+  codes = read_codes(args.codes)
+  size = codec.quantizer.codebook_size
+  if codes.size == 0 or codes.min() < 0 or codes.max() >= size:
+    raise ValueError(f"{args.codes}: codes must be a non-empty list of integers in [0, {size})")
+  wav = np.asarray(codec.decode(jnp.asarray(codes)[None]))[0]
+  soundfile.write(args.out, wav, sample_rate, subtype="PCM_16")
+  print(f"wrote {args.out}: {len(wav) / sample_rate:.2f} s at {sample_rate} Hz from {codes.size} codes")
+
+
+def _eval(args):
+  from jaxspeech.codec import evaluate
+  result = evaluate.evaluate_workdir(args.workdir, args.data_dir, args.split, per_device=args.per_device,
+                                     limit=args.limit)
+  print(json.dumps(result, indent=2))
+
+
+def add_parser(groups) -> None:
+  codec = groups.add_parser("codec", help="codec jobs: tokenize a dataset, decode codes, evaluate").add_subparsers(
+      dest="command", required=True)
+  p = codec.add_parser("encode", help="write the codes of every utterance of a dataset as a new TFDS dataset")
+  p.add_argument("--workdir", required=True, help="a codec workdir (trained or converted)")
+  p.add_argument("--data-dir", required=True, help="a speech dataset directory (NAME/VERSION)")
+  p.add_argument("--out", required=True, help="the codes dataset directory to write (NAME/VERSION)")
+  p.add_argument("--splits", default="", help="comma-separated splits (default: all)")
+  p.add_argument("--chunk", type=int, default=64, help="records per resumable unit of work")
+  p.add_argument("--per-device", type=int, default=4, help="utterances per device per batch")
+  p.set_defaults(run=_encode)
+  p = codec.add_parser("decode", help="decode one utterance's codes to a wav file")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--codes", required=True, help=".npy int array or a text file of integers")
+  p.add_argument("--out", required=True, help="the .wav to write")
+  p.set_defaults(run=_decode)
+  p = codec.add_parser("eval", help="mel distance, STOI, PESQ, codebook usage and perplexity on whole utterances")
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--data-dir", default="data/synth_speech/1.0.0")
+  p.add_argument("--split", default="validation")
+  p.add_argument("--per-device", type=int, default=4)
+  p.add_argument("--limit", type=int, default=None, help="only the first N utterances")
+  p.set_defaults(run=_eval)
+

@@ -1,0 +1,112 @@
+"""`jaxspeech codec encode|decode|eval` on a few corpus utterances, with a small random-init codec workdir."""
+
+import os
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import soundfile
+from flax import nnx
+
+from jaxspeech import cli
+from jaxspeech.codec import inference, sizes, tokenize
+from jaxspeech.codec.model import Codec
+from jaxspeech.convert import mapping, workdir as workdir_lib
+from jaxspeech.data import schema, tfds_io
+
+
+def small_codec_config() -> ml_collections.ConfigDict:
+  cfg = sizes.tiny()
+  cfg.encoder.dilations = [1]
+  cfg.decoder.depth = 1
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def codec_workdir(tmp_path_factory) -> str:
+  """A codec workdir as `jaxspeech convert` writes one: these params at step 0, discriminators initialised."""
+  cfg = small_codec_config()
+  params = mapping.flatten(nnx.to_pure_dict(nnx.state(Codec(cfg, rngs=nnx.Rngs(3)), nnx.Param)))
+  dst = str(tmp_path_factory.mktemp("codec") / "workdir")
+  workdir_lib.write(dst, "codec", workdir_lib.Imported(model=cfg.to_dict(), params=params), {"source": "test"})
+  return dst
+
+
+@pytest.fixture(scope="module")
+def small_corpus(corpus_path, tmp_path_factory) -> str:
+  """Five utterances of the corpus: train 3, validation 2."""
+  examples = {split: [tfds_io.data_source(corpus_path, split)[i] for i in range(n)]
+              for split, n in (("train", 3), ("validation", 2))}
+  decoded = {split: [{k: v.decode() if isinstance(v, bytes) else v for k, v in r.items()} for r in records]
+             for split, records in examples.items()}
+  return tfds_io.write_dataset(str(tmp_path_factory.mktemp("corpus") / "small" / "1.0.0"), schema.SPEECH_FEATURES,
+                               decoded, metadata=tfds_io.metadata(corpus_path))
+
+
+def test_restore_gives_the_saved_codec(codec_workdir):
+  codec, model_cfg = inference.restore(codec_workdir, "codec", Codec)
+  expected = Codec(small_codec_config(), rngs=nnx.Rngs(3))
+  assert model_cfg.to_dict() == small_codec_config().to_dict()
+  wav = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (1, 1600)), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(codec.encode(wav)), np.asarray(expected.encode(wav)))
+
+
+def test_encode_writes_codes_with_metadata_and_skips_finished_chunks(codec_workdir, small_corpus, tmp_path):
+  out = str(tmp_path / "codes" / "1.0.0")
+  parts = out + ".parts"
+  # A chunk finished by an earlier (killed) run is kept as it is, not encoded again.
+  os.makedirs(parts)
+  np.savez(os.path.join(parts, "train-00000.npz"), codes=np.arange(7, dtype=np.int32), counts=np.array([3, 4]),
+           durations=np.array([0.06, 0.08], np.float32))
+  assert cli.main(["codec", "encode", "--workdir", codec_workdir, "--data-dir", small_corpus, "--out", out,
+                   "--chunk", "2", "--per-device", "1"]) == 0
+  assert not os.path.exists(parts)
+  codec, _ = inference.restore(codec_workdir, "codec", Codec)
+  for split, n in (("train", 3), ("validation", 2)):
+    source, codes = tfds_io.data_source(small_corpus, split), tfds_io.data_source(out, split)
+    assert len(codes) == n
+    for i in range(n):
+      record, row = source[i], codes[i]
+      for key in tokenize.KEPT:
+        assert row[key] == record[key]
+      if split == "train" and i < 2:   # the pre-existing chunk
+        np.testing.assert_array_equal(row["codes"], np.arange(7)[:3] if i == 0 else np.arange(3, 7))
+        continue
+      wav = inference.decode_audio(record, 16000)
+      assert row["duration"] == pytest.approx(len(wav) / 16000)
+      alone = np.asarray(codec.encode(jnp.asarray(wav)[None]))[0]
+      assert row["codes"].shape == (-(-len(wav) // 320),) == alone.shape
+      # Batched encoding pads to whole seconds: codes further than the encoder's receptive field (< 8 codes)
+      # from the end are the same.
+      np.testing.assert_array_equal(row["codes"][:-8], alone[:-8])
+  assert tfds_io.metadata(out)["codes_per_second"] == 50
+
+
+def test_decode_writes_the_codec_output(codec_workdir, tmp_path):
+  codes = np.random.default_rng(1).integers(0, 4 ** 8, 10)
+  (tmp_path / "codes.txt").write_text(" ".join(map(str, codes)))
+  out = str(tmp_path / "out.wav")
+  assert cli.main(["codec", "decode", "--workdir", codec_workdir, "--codes", str(tmp_path / "codes.txt"),
+                   "--out", out]) == 0
+  wav, rate = soundfile.read(out, dtype="float32")
+  codec, _ = inference.restore(codec_workdir, "codec", Codec)
+  expected = np.clip(np.asarray(codec.decode(jnp.asarray(codes)[None]))[0], -1, 1)
+  assert rate == 16000 and wav.shape == (10 * 320,)
+  np.testing.assert_allclose(wav, expected, atol=1 / 32768)   # 16-bit PCM
+
+
+def test_decode_rejects_codes_outside_the_codebook(codec_workdir, tmp_path, capsys):
+  (tmp_path / "codes.txt").write_text("1 2 65536")
+  assert cli.main(["codec", "decode", "--workdir", codec_workdir, "--codes", str(tmp_path / "codes.txt"),
+                   "--out", str(tmp_path / "out.wav")]) == 2
+  assert "[0, 65536)" in capsys.readouterr().err
+
+
+def test_eval_reports_every_metric(codec_workdir, small_corpus, capsys):
+  assert cli.main(["codec", "eval", "--workdir", codec_workdir, "--data-dir", small_corpus, "--per-device", "1"]) == 0
+  import json
+  result = json.loads(capsys.readouterr().out)
+  assert result["utterances"] == 2
+  assert result["mel_distance"] > 0 and 0 <= result["stoi"] <= 1 and -1 <= result["pesq"] <= 4.7
+  assert 0 < result["codebook_usage"] <= 1 and 1 <= result["codebook_perplexity"] <= 4 ** 8
