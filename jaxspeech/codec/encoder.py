@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxspeech.codec.conv import Conv1d, conv1d
+from jaxspeech.codec.conv import Conv1d
 from jaxspeech.sharding import constrain
 
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -41,29 +41,30 @@ def kaiser_sinc_filter(cutoff: float, half_width: float, taps: int) -> np.ndarra
 LOWPASS = kaiser_sinc_filter(0.5 / RATIO, 0.6 / RATIO, TAPS)
 
 
-def _depthwise(filter_K: np.ndarray, channels: int) -> jax.Array:
-  return jnp.broadcast_to(jnp.asarray(filter_K)[:, None, None], (len(filter_K), 1, channels))
-
-
 def upsample(x_BxLxC: jax.Array) -> jax.Array:
-  """alias-free-torch's `UpSample1d(2, 12)`: edge-pad, zero-stuff, low-pass (×2 gain), trim → (B, 2L, C)."""
+  """alias-free-torch's `UpSample1d(2, 12)` (edge-pad, zero-stuff, low-pass with gain 2, trim) → (B, 2L, C).
+
+  Written polyphase, as shifted sums of the input: output sample R·i + s only meets every R-th tap. The sums
+  fuse into one elementwise loop; as a depthwise input-dilated convolution it ran 31× slower on XLA:CPU (and the
+  strided depthwise convolution of `downsample` 19×).
+  """
+  b, length, c = x_BxLxC.shape
   pad = TAPS // RATIO - 1
   trim_left = pad * RATIO + (TAPS - RATIO) // 2
-  trim_right = pad * RATIO + (TAPS - RATIO + 1) // 2
-  x_BxLxC = jnp.pad(x_BxLxC, ((0, 0), (pad, pad), (0, 0)), mode="edge")
-  kernel = _depthwise(LOWPASS[::-1].copy(), x_BxLxC.shape[-1])   # a transposed conv is a conv with the flipped filter
-  y = jax.lax.conv_general_dilated(
-      x_BxLxC, kernel.astype(x_BxLxC.dtype), window_strides=(1,),
-      padding=((TAPS - 1 - trim_left, TAPS - 1 - trim_right),), lhs_dilation=(RATIO,),
-      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=x_BxLxC.shape[-1])
-  return RATIO * y
+  x_BxPxC = jnp.pad(x_BxLxC, ((0, 0), (pad, pad), (0, 0)), mode="edge")
+  phases = []
+  for s in range(RATIO):   # transposed conv: out[n] = Σ_m x[m] h[n - R·m], at n = R·i + s + trim_left
+    offset, r = divmod(s + trim_left, RATIO)
+    phases.append(sum(float(LOWPASS[RATIO * j + r]) * x_BxPxC[:, offset - j:offset - j + length]
+                      for j in range(TAPS // RATIO)))
+  return RATIO * jnp.stack(phases, axis=2).reshape(b, RATIO * length, c)
 
 
 def downsample(x_BxLxC: jax.Array) -> jax.Array:
-  """alias-free-torch's `DownSample1d(2, 12)`: edge-pad (5, 6), low-pass, keep every second sample."""
-  x_BxLxC = jnp.pad(x_BxLxC, ((0, 0), (TAPS // 2 - 1, TAPS // 2), (0, 0)), mode="edge")
-  return conv1d(x_BxLxC, _depthwise(LOWPASS, x_BxLxC.shape[-1]).astype(x_BxLxC.dtype), stride=RATIO,
-                groups=x_BxLxC.shape[-1])
+  """alias-free-torch's `DownSample1d(2, 12)`: edge-pad (5, 6), low-pass, keep every second sample (shifted sums)."""
+  out = -(-x_BxLxC.shape[1] // RATIO)
+  x_BxPxC = jnp.pad(x_BxLxC, ((0, 0), (TAPS // 2 - 1, TAPS // 2), (0, 0)), mode="edge")
+  return sum(float(LOWPASS[k]) * x_BxPxC[:, k:k + RATIO * (out - 1) + 1:RATIO] for k in range(TAPS))
 
 
 class SnakeBeta(nnx.Module):
