@@ -172,3 +172,14 @@ def test_int16_codes_above_32767_are_read_as_unsigned(code_data):
   codes = np.array([5, 40_000, 65_535], np.uint16).view(np.int16)
   tokens = tokenize({"codes": codes, "text": b"hello"}, None)["tokens"]
   assert LlasaVocab(TEXT_VOCAB).ids_to_codes(tokens).tolist() == [5, 40_000, 65_535]
+
+
+def test_hf_tokenizer_json_gives_the_text_ids(tmp_path):
+  from tests.test_llasa_convert import save_tokenizer  # pylint: disable=import-outside-toplevel
+  save_tokenizer(tmp_path, 50)
+  tokenize = family.Tokenize(str(tmp_path / "tokenizer.json"), LlasaVocab(TEXT_VOCAB))
+  tokens = tokenize({"codes": np.array([1, 2], np.int32), "text": b"w3 w7"}, None)["tokens"]
+  assert tokens[1:3].tolist() == [3, 7]  # after TEXT_UNDERSTANDING_START, no BOS
+  too_small = family.Tokenize(str(tmp_path / "tokenizer.json"), LlasaVocab(40))
+  with pytest.raises(ValueError, match="has 50 pieces"):
+    too_small({"codes": np.array([1], np.int32), "text": b"w1"}, None)

@@ -121,3 +121,16 @@ def test_chunkwise_beam_search_keeps_the_verifiers_best(tokenizer):
   plain = generate.synthesize_codes(lm, VOCAB, [tok.encode("a test.")] * 8, jax.random.PRNGKey(1), max_new_tokens=15,
                                     sampling=sampling)
   assert np.mean(result.codes) > np.median([np.mean(c) for c in plain])
+
+
+@pytest.mark.slow
+def test_evaluation_against_the_corpus_recordings(tokenizer, corpus_path):
+  from jaxspeech.llasa import evaluate  # pylint: disable=import-outside-toplevel
+  lm = Llama(LM, nnx.Rngs(0))
+  codec = Codec(codec_sizes.tiny(), rngs=nnx.Rngs(1))
+  scores = evaluate.evaluate_synthesis(lm, codec, spm.Tokenizer.load(tokenizer), VOCAB, corpus_path, "validation",
+                                       jax.random.PRNGKey(0), count=2, max_seconds=0.2,
+                                       embed=lambda wav: np.abs(np.fft.rfft(wav, 512)))
+  assert set(scores) == {"mcd_dtw", "duration_ratio", "speaker_similarity"}
+  assert scores["mcd_dtw"] > 0 and 0 < scores["duration_ratio"] < 1  # ≤ 0.2 s against whole sentences
+  assert 0 <= scores["speaker_similarity"] <= 1

@@ -9,7 +9,7 @@ HF `tokenizer.json` (the Llama tokenizer of an imported checkpoint). Its ids are
 import dataclasses
 import functools
 
-import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxspeech.data import packing, pipeline, tfds_io
@@ -44,7 +44,7 @@ def loss(model, batch, key, cfg):
   """Mean cross-entropy over the trained targets of the batch (`key` unused: no dropout)."""
   del key
   ce_BxL, correct_BxL, weights_BxL = objective.token_terms(model, batch, vocab(cfg), _train_text(cfg))
-  n = jax.numpy.maximum(weights_BxL.sum(), 1.0)
+  n = jnp.maximum(weights_BxL.sum(), 1.0)
   return (ce_BxL * weights_BxL).sum() / n, {"accuracy": (correct_BxL * weights_BxL).sum() / n,
                                              "trained_tokens": weights_BxL.sum()}
 
