@@ -206,6 +206,7 @@ def read(src: str, family: str, *, step: int | None = None, best: bool = False, 
   import jax
   import orbax.checkpoint as ocp
 
+  src = os.path.abspath(src)  # Orbax reads no metadata through a relative path
   config_path = os.path.join(src, "config.json")
   if not os.path.exists(config_path):
     raise ConversionError(f"workdir {src}", ["has no config.json; is it a jaxspeech workdir?"])
