@@ -103,9 +103,10 @@ CASES = {  # (use the padding mask, drop_audio_cond, drop_text)
 }
 
 
-# Every case on the smallest DiT and UNetT; masked and fully dropped on the others (each case compiles anew).
+# Every case on the smallest DiT and UNetT; masked and fully dropped on the others (each case compiles anew),
+# masked alone on the base shape.
 RUNS = [(name, case) for name in CONFIGS for case in CASES
-        if name in ("dit-small", "unett-concat") or case in ("mask", "drop-both")]
+        if name in ("dit-small", "unett-concat") or case == "mask" or (case == "drop-both" and "base" not in name)]
 
 
 @functools.cache
@@ -153,3 +154,38 @@ def test_bfloat16_compute_stays_close_and_finite():
   assert bf16.dtype == np.float32 and np.isfinite(bf16).all()
   # bf16 keeps 8 mantissa bits: relative error of a few 1e-2 of the output's scale
   assert np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max()
+
+
+
+FULL = (24, 17, 9, 24, 20, 24, 11, 24)
+MESHES = {  # (mesh, clip lengths of the batch)
+    "fsdp8": (dict(data=1, fsdp=8, tensor=1), FULL),
+    "data4-tensor2": (dict(data=4, fsdp=1, tensor=2), FULL),
+    "data2-fsdp2-tensor2": (dict(data=2, fsdp=2, tensor=2), FULL),
+    # The same mesh with 4 rows (one per batch shard): rows 1 and 2 come out off by ~0.1 on XLA:CPU, with or
+    # without padding, while 8 rows match. Not yet explained (partitioner or ours); a strict xfail keeps it seen.
+    "data2-fsdp2-tensor2-4rows": pytest.param(dict(data=2, fsdp=2, tensor=2), FULL[:4], marks=pytest.mark.xfail(
+        strict=True, reason="4 rows over data × fsdp = 4 with 2-D param sharding differ on XLA:CPU")),
+}
+
+
+@pytest.mark.parametrize("mesh_axes,lengths", MESHES.values(), ids=MESHES.keys())
+def test_sharded_forward_matches_one_device(mesh_axes, lengths):
+  """Params sharded by the logical axis rules over 8 host devices, the batch over data × fsdp: the same flow
+  as on one device, and the output stays batch-sharded."""
+  from jax.sharding import NamedSharding  # pylint: disable=import-outside-toplevel
+  from jaxspeech import sharding  # pylint: disable=import-outside-toplevel
+  from jaxspeech.train.config import AXIS_RULES  # pylint: disable=import-outside-toplevel
+  cfg = DiTConfig(**{**SMALL, "mel_dim": 100, "depth": 1})
+  model = ours_from(f5_backbone(cfg, seed=4), cfg)
+  x, cond, text, t, lens = inputs(cfg, lengths=lengths)
+  valid = np.arange(x.shape[1])[None] < lens[:, None]
+  want = forward(model, x, cond, text, t, valid)
+  mesh = sharding.make_mesh({**mesh_axes, "sequence": 1})
+  with sharding.use_rules(mesh, AXIS_RULES):
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build(cfg, nnx.Rngs(0))))
+    state = jax.device_put(nnx.state(model), sharding.param_shardings(state, mesh))
+    rows = NamedSharding(mesh, sharding.logical_spec(("activation_batch",)))
+    x, cond, text, t, valid = (jax.device_put(a, rows) for a in (x, cond, text, t, valid))
+    got = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, x, cond, text, t, valid)
+  np.testing.assert_allclose(np.asarray(got), want, atol=ATOL, rtol=0)

@@ -23,7 +23,7 @@ ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "J
 # tiny, shortened for a 2-core CI machine: two blocks, 4-second clips in batches of ~4, a short warmup
 FAST = ["--config.model.depth=2", "--config.data.bucket_seconds=(4,)", "--config.data.frame_budget=1536",
         "--config.optim.warmup_steps=5", "--config.optim.lr=2e-3", "--config.train.log_every=1",
-        "--config.train.eval_every=0", "--config.train.checkpoint_every=40"]
+        "--config.train.eval_every=0", "--config.train.checkpoint_every=30"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def trained(corpus_path, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("dit") / "run")
   result = subprocess.run(
       [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/dit.py:tiny", f"--workdir={workdir}",
-       f"--config.data.path={corpus_path}", "--config.train.steps=40", *FAST],
+       f"--config.data.path={corpus_path}", "--config.train.steps=30", *FAST],
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir
@@ -41,7 +41,7 @@ def trained(corpus_path, tmp_path_factory):
 def test_tiny_trains_and_loss_falls(trained, corpus_path):
   with open(os.path.join(trained, "metrics.jsonl")) as f:
     losses = [row["loss"] for row in map(json.loads, f) if "loss" in row]
-  assert len(losses) >= 35 and np.isfinite(losses).all()
+  assert len(losses) >= 25 and np.isfinite(losses).all()
   assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:5]), losses
   tokens = vocab.read(os.path.join(corpus_path, vocab.FILENAME))  # built from the train transcripts
   assert tokens[0] == " " and "a" in tokens and len(tokens) == len(set(tokens))

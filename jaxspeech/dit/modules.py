@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from jaxspeech.nn import layers
+from jaxspeech.sharding import constrain
 
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
 
@@ -56,11 +57,12 @@ def apply_rope(x_BxLxHxK, angles_LxK):
 
 
 def conv1d(channels: int, kernel: int, groups: int, dtype, rngs: nnx.Rngs) -> nnx.Conv:
-  """A 'same' Conv1d over (B, L, C), channels split in `groups`."""
+  """A 'same' Conv1d over (B, L, C), channels split in `groups`. Its kernel is replicated: sharding the channels of
+  a grouped conv makes XLA's partitioner regather batch-sharded activations."""
   return nnx.Conv(channels, channels, kernel_size=(kernel,), padding=kernel // 2, feature_group_count=groups,
                   dtype=dtype, rngs=rngs,
-                  kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, "embed")),
-                  bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)))
+                  kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, None)),
+                  bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (None,)))
 
 
 class TimestepEmbedding(nnx.Module):
@@ -111,8 +113,9 @@ class TextEmbedding(nnx.Module):
                dtype, rngs: nnx.Rngs):
     self.dim, self.mask_padding, self.per_example_length = dim, mask_padding, per_example_length
     self.max_pos = 8192 if per_example_length else 4096
+    # Replicated (≈ 1.3M params in base): a gather from a sharded table regathers the batch-sharded output.
     self.embed = nnx.Embed(num_embeds + 1, dim, dtype=dtype, rngs=rngs,
-                           embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), ("vocab", "embed")))
+                           embedding_init=nnx.with_partitioning(nnx.initializers.normal(1.0), (None, None)))
     self.blocks = nnx.List([ConvNeXtV2Block(dim, 2 * dim, dtype, rngs) for _ in range(conv_layers)])
 
   def __call__(self, text_BxNt, valid_BxL, drop_text_B):
@@ -123,7 +126,7 @@ class TextEmbedding(nnx.Module):
       text_BxL = jnp.where(valid_BxL, text_BxL, 0)
     keep_BxLx1 = (text_BxL != 0)[..., None] if self.mask_padding else None
     text_BxL = jnp.where(drop_text_B[:, None], 0, text_BxL)
-    x_BxLxD = self.embed(text_BxL)
+    x_BxLxD = constrain(self.embed(text_BxL), BLOCK_AXES)
     if not self.blocks:
       return x_BxLxD
     pos_LxD = jnp.asarray(text_positions(n, self.dim, self.max_pos))
