@@ -164,3 +164,11 @@ def test_base_is_the_released_shape():
   assert name == "XCodec2Model (parametrizations weight norm)"
   assert sum(p.size for p in params.values()) == sum(v.numel() for k, v in state_dict.items()
                                                       if k not in convert.layout(cfg).constants)
+
+
+def test_vocoder_has_no_converter_of_its_own():
+  """The vocoder family lives in the codec folder; the codec's converter must not answer for it."""
+  from jaxspeech.convert import cli as convert_cli
+  with pytest.raises(KeyError, match="family 'vocoder' has no converter"):
+    convert_cli.converter("vocoder")
+  assert convert_cli.converter("codec").__name__ == "jaxspeech.codec.convert"

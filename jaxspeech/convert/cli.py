@@ -7,7 +7,8 @@
   jaxspeech convert codec --from xcodec2 --src CKPT.safetensors|DIR --dst WORKDIR [--heads N ...]
   jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
 
-A family's converter is `jaxspeech/<family>/convert.py` (next to the `family.py` the registry names). It
+A family's converter sits next to the module the registry names (`codec/family.py` → `codec/convert.py`,
+`codec/vocoder_family.py` → `codec/vocoder_convert.py`, which does not exist: the vocoder has none). It
 provides `SOURCES` and `TARGETS` ({name: help}), `add_arguments(parser)` for its own flags,
 `import_checkpoint(source, src, args) -> workdir.Imported` and
 `export_checkpoint(target, checkpoint, dst, args) -> list[str]` (lines to print). This module imports it
@@ -40,7 +41,8 @@ def converter(family: str):
   from jaxspeech import registry
   if family not in registry.FAMILIES:
     raise KeyError(f"unknown family {family!r}; known families: {sorted(registry.FAMILIES)}")
-  name = registry.FAMILIES[family].rsplit(".", 1)[0] + ".convert"
+  package, module = registry.FAMILIES[family].rsplit(".", 1)
+  name = f"{package}.{module.removesuffix('family')}convert"
   try:
     return importlib.import_module(name)
   except ModuleNotFoundError as e:
