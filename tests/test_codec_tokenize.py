@@ -1,5 +1,6 @@
 """`jaxspeech codec encode|decode|eval` on a few corpus utterances, with a small random-init codec workdir."""
 
+import json
 import os
 
 import jax.numpy as jnp
@@ -104,8 +105,8 @@ def test_decode_rejects_codes_outside_the_codebook(codec_workdir, tmp_path, caps
 
 
 def test_eval_reports_every_metric(codec_workdir, small_corpus, capsys):
-  assert cli.main(["codec", "eval", "--workdir", codec_workdir, "--data-dir", small_corpus, "--per-device", "1"]) == 0
-  import json
+  assert cli.main(["codec", "eval", "--workdir", codec_workdir, "--data-dir", small_corpus,
+                   "--per-device", "1"]) == 0
   result = json.loads(capsys.readouterr().out)
   assert result["utterances"] == 2
   assert result["mel_distance"] > 0 and 0 <= result["stoi"] <= 1 and -1 <= result["pesq"] <= 4.7

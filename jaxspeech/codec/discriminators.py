@@ -89,11 +89,11 @@ class MultiPeriodDiscriminator(nnx.Module):
     return [logits for logits, _ in outs], [fmaps for _, fmaps in outs]
 
 
-def spectrogram(wav_BxS: jax.Array, window: int) -> jax.Array:
-  """DAC's discriminator input: DC removed, peak at 0.8, complex STFT (periodic Hann, hop window / 4, centred,
-  reflect-padded) as (B, T, window // 2 + 1, 2) real and imaginary parts."""
+def spectrogram(wav_BxS: jax.Array, window: int, peak_floor: float = 1e-9) -> jax.Array:
+  """DAC's discriminator input: DC removed, peak at 0.8 (dividing by peak + `peak_floor`), complex STFT (periodic
+  Hann, hop window / 4, centred, reflect-padded) as (B, T, window // 2 + 1, 2) real and imaginary parts."""
   wav_BxS = wav_BxS - wav_BxS.mean(-1, keepdims=True)
-  wav_BxS = 0.8 * wav_BxS / (jnp.abs(wav_BxS).max(-1, keepdims=True) + 1e-9)
+  wav_BxS = 0.8 * wav_BxS / (jnp.abs(wav_BxS).max(-1, keepdims=True) + peak_floor)
   padded_BxS = jnp.pad(wav_BxS, ((0, 0), (window // 2, window // 2)), mode="reflect")
   frames_BxTxN = features._frames(padded_BxS, window, window // 4)  # pylint: disable=protected-access
   spec_BxTxF = jnp.fft.rfft(frames_BxTxN * hann_window(window), axis=-1)
@@ -101,8 +101,8 @@ def spectrogram(wav_BxS: jax.Array, window: int) -> jax.Array:
 
 
 class ResolutionDiscriminator(nnx.Module):
-  def __init__(self, window: int, channels: int, rngs: nnx.Rngs):
-    self.window = window
+  def __init__(self, window: int, channels: int, rngs: nnx.Rngs, peak_floor: float = 1e-9):
+    self.window, self.peak_floor = window, peak_floor
     bins = window // 2 + 1
     self.bands = tuple((int(lo * bins), int(hi * bins)) for lo, hi in BANDS)
 
@@ -116,7 +116,7 @@ class ResolutionDiscriminator(nnx.Module):
 
   def __call__(self, wav_BxS: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
     """Logits (B, T, bands' reduced bins, 1)."""
-    spec_BxTxFx2 = spectrogram(wav_BxS, self.window)
+    spec_BxTxFx2 = spectrogram(wav_BxS, self.window, self.peak_floor)
     fmaps, outs = [], []
     for (lo, hi), convs in zip(self.bands, self.band_convs):
       x_BxTxFxC, band_fmaps = _leaky_stack(convs, spec_BxTxFx2[:, :, lo:hi])
@@ -127,8 +127,11 @@ class ResolutionDiscriminator(nnx.Module):
 
 
 class MultiResolutionDiscriminator(nnx.Module):
-  def __init__(self, windows: Sequence[int] = (2048, 1024, 512), channels: int = 32, *, rngs: nnx.Rngs):
-    self.discriminators = nnx.List([ResolutionDiscriminator(w, channels, rngs) for w in windows])
+  """`peak_floor`: Vocos' 1e-9 turns a silent input (a generator at init) into gradients of ~1e9 × its samples."""
+
+  def __init__(self, windows: Sequence[int] = (2048, 1024, 512), channels: int = 32, *, rngs: nnx.Rngs,
+               peak_floor: float = 1e-9):
+    self.discriminators = nnx.List([ResolutionDiscriminator(w, channels, rngs, peak_floor) for w in windows])
 
   def __call__(self, wav_BxS: jax.Array) -> Outputs:
     outs = [d(wav_BxS) for d in self.discriminators]

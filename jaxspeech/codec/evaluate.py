@@ -16,13 +16,14 @@ PESQ_RATE = 16_000   # PESQ wideband is defined at 16 kHz
 
 
 def _scores(ref_BxS, deg_BxS, lengths_B, valid_B, sample_rate):
-  """(STOI, PESQ) per row as float32; 0 for rows that are not valid. PESQ returns -1 where it cannot score."""
+  """(STOI, PESQ) per row as float32; 0 for rows that are not valid, PESQ -1 where it cannot score."""
   stoi_B, pesq_B = np.zeros(len(ref_BxS), np.float32), np.zeros(len(ref_BxS), np.float32)
   for i in np.flatnonzero(valid_B):
     ref, deg = np.asarray(ref_BxS[i, :lengths_B[i]], np.float64), np.asarray(deg_BxS[i, :lengths_B[i]], np.float64)
     stoi_B[i] = pystoi.stoi(ref, deg, sample_rate)
     if sample_rate == PESQ_RATE:
-      pesq_B[i] = pesq_lib.pesq(PESQ_RATE, ref, deg, "wb", on_error=pesq_lib.PesqError.RETURN_VALUES)
+      score = pesq_lib.pesq(PESQ_RATE, ref, deg, "wb", on_error=pesq_lib.PesqError.RETURN_VALUES)
+      pesq_B[i] = score if np.isfinite(score) else -1.0   # NaN on (near-)silent output
   return stoi_B, pesq_B
 
 

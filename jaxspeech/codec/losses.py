@@ -29,6 +29,9 @@ def defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       periods=(2, 3, 5, 7, 11), period_channels=(32, 128, 512, 1024, 1024),
       windows=(2048, 1024, 512), resolution_channels=32,
+      # The resolution discriminators divide by the clip's peak + this: Vocos' 1e-9 makes the gradient through a
+      # silent clip (the generator's output at init is exactly 0) overflow the gradient norm; -60 dBFS does not.
+      peak_floor=1e-3,
       mel_weight=15.0, adversarial_weight=1.0, feature_matching_weight=1.0, semantic_weight=5.0,
       warmup_steps=0,        # generator-only steps (reconstruction losses, no discriminator update) first
       crop_seconds=1.0,      # training crops; rounded down to whole frames (hops)
@@ -38,7 +41,8 @@ def defaults() -> ml_collections.ConfigDict:
 def add_discriminators(model: nnx.Module, gan: ml_collections.ConfigDict, rngs: nnx.Rngs) -> None:
   """The two discriminators, named as in X-codec2's checkpoints (`discriminator`, `spec_discriminator`)."""
   model.discriminator = MultiPeriodDiscriminator(tuple(gan.periods), tuple(gan.period_channels), rngs=rngs)
-  model.spec_discriminator = MultiResolutionDiscriminator(tuple(gan.windows), gan.resolution_channels, rngs=rngs)
+  model.spec_discriminator = MultiResolutionDiscriminator(tuple(gan.windows), gan.resolution_channels, rngs=rngs,
+                                                          peak_floor=gan.peak_floor)
 
 
 def is_discriminator(path: tuple[str, ...]) -> bool:
