@@ -67,11 +67,7 @@ def vocode(vocoder: str | None, mel_TxM):
   if vocoder is None:
     from jaxspeech.audio.griffin_lim import griffin_lim  # pylint: disable=import-outside-toplevel
     return griffin_lim(np.asarray(mel_TxM))
-  try:
-    from jaxspeech.codec.vocoder import vocode as vocoder_vocode  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise ValueError("--vocoder needs jaxspeech.codec.vocoder.vocode, which this install lacks; "
-                     "omit --vocoder for Griffin-Lim") from None
+  from jaxspeech.codec.vocoder import vocode as vocoder_vocode  # pylint: disable=import-outside-toplevel
   return np.asarray(vocoder_vocode(vocoder, np.asarray(mel_TxM)[None])[0])
 
 
