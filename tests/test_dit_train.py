@@ -74,16 +74,3 @@ def test_every_config_variant_builds(variant):
     assert 330e6 < count < 340e6, count
   assert count > 0
 
-
-@pytest.mark.slow
-def test_synthesize_with_a_vocoder_workdir(trained, corpus_path, tmp_path, capsys):
-  from tests.test_codec_train import VOCODER_SMALL, _train  # pylint: disable=import-outside-toplevel
-  _train("configs/vocoder.py:tiny", tmp_path / "vocoder", corpus_path, VOCODER_SMALL)
-  ref, out = tmp_path / "ref.wav", tmp_path / "out.wav"
-  soundfile.write(ref, np.sin(np.arange(24000) * 0.05).astype(np.float32) * 0.3, 24000)
-  code = cli.main(["synthesize", "--dit", trained, "--vocoder", str(tmp_path / "vocoder"), "--ref-audio", str(ref),
-                   "--ref-text", "A reference.", "--text", "Hello.", "--duration", "2", "--nfe", "2", "--out", str(out)])
-  assert code == 0, capsys.readouterr().err
-  wav, rate = soundfile.read(out)
-  # the vocoder returns T · hop samples for T generated frames: 2 s in all minus the 1 s reference
-  assert rate == 24000 and len(wav) == (int(2 * 24000 / 256) - 24000 // 256) * 256 and np.isfinite(wav).all()
