@@ -9,13 +9,12 @@ RTF = sampling seconds / generated seconds (vocoder not included); medians of al
 """
 
 import argparse
-import datetime
 import os
 import statistics
 import sys
 import time
 
-import common
+import dit_train
 
 SECTION = "DiT sampling RTF (F5-TTS, issue #7)"
 VERSIONS = ("jax", "jaxlib", "flax", "torch", "f5-tts", "numpy")
@@ -67,19 +66,13 @@ def main():
     times["f5-tts (torch)"].append(run_torch())
   seconds = (TOTAL - REF) * HOP / RATE
   rtf = {name: statistics.median(t) / seconds for name, t in times.items()}
-  text_out = (f"## {SECTION}\n\n"
-              f"`benchmarks/dit_sample.py`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-              f"{common.machine()}; load average {os.getloadavg()[0]:.1f} when measured. "
-              f"{common.versions(VERSIONS)}.\n\n"
-              f"configs/dit.py:tiny's DiT, batch 1, {seconds:.1f} s generated after a {REF * HOP / RATE:.1f} s "
-              f"reference, NFE {args.nfe}, CFG 2, sway −1, Euler, float32; medians of {args.repeats}.\n\n"
-              "| side | seconds | RTF |\n| --- | --- | --- |\n"
-              + "".join(f"| {n} | {statistics.median(t):.2f} | {rtf[n]:.3f} |\n" for n, t in times.items())
-              + f"\ntorch / jaxspeech RTF: **{rtf['f5-tts (torch)'] / rtf['jaxspeech']:.2f}×**. Measured on a "
-              "shared, loaded 2-core machine: rerun on a quiet one before quoting.\n")
-  print(text_out)
-  if args.write:
-    common.write_section(SECTION, text_out)
+  dit_train.report(
+      SECTION, "dit_sample.py", VERSIONS,
+      f"configs/dit.py:tiny's DiT, batch 1, {seconds:.1f} s generated after a {REF * HOP / RATE:.1f} s reference, "
+      f"NFE {args.nfe}, CFG 2, sway −1, Euler, float32; medians of {args.repeats}.",
+      ["| side | seconds | RTF |", "| --- | --- | --- |"]
+      + [f"| {n} | {statistics.median(t):.2f} | {rtf[n]:.3f} |" for n, t in times.items()],
+      f"torch / jaxspeech RTF: **{rtf['f5-tts (torch)'] / rtf['jaxspeech']:.2f}×**.", args.write)
 
 
 if __name__ == "__main__":

@@ -129,6 +129,19 @@ class TorchSide:
     return time.perf_counter() - t0
 
 
+def report(section: str, script: str, versions: tuple[str, ...], setup: str, table: list[str], summary: str,
+           write: bool) -> None:
+  """Prints a RESULTS.md section (provenance, setup, table, summary); `write` replaces it in RESULTS.md."""
+  text = (f"## {section}\n\n`benchmarks/{script}`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
+          f"{common.machine()}; load average {os.getloadavg()[0]:.1f} when measured. {common.versions(versions)}.\n\n"
+          f"{setup}\n\n" + "\n".join(table) + f"\n\n{summary} Both sides ran in the same process under the same "
+          "load; a 2-core machine shared with other jobs slows each side differently, so rerun on a quiet machine "
+          "before quoting a ratio.\n")
+  print(text)
+  if write:
+    common.write_section(section, text)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--write", action="store_true")
@@ -145,19 +158,12 @@ def main():
   frames = BATCH * FRAMES
   fps = {name: frames / statistics.median(t) for name, t in times.items()}
   ratio = fps["jaxspeech"] / fps["f5-tts (torch)"]
-  load = os.getloadavg()[0]
-  text = (f"## {SECTION}\n\n"
-          f"`benchmarks/dit_train.py`, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC. "
-          f"{common.machine()}; load average {load:.1f} when measured. {common.versions(VERSIONS)}.\n\n"
-          f"configs/dit.py:tiny's DiT, batch {BATCH} × {FRAMES} frames, float32, AdamW + clip 1.0; medians of "
-          f"{args.blocks} × {args.steps} alternating steps.\n\n"
-          "| side | step (s) | frames/s |\n| --- | --- | --- |\n"
-          + "".join(f"| {name} | {statistics.median(t):.3f} | {fps[name]:.0f} |\n" for name, t in times.items())
-          + f"\njaxspeech / torch: **{ratio:.2f}×**. Both sides ran under the same load; a 2-core machine shared with "
-          "other jobs slows each side differently, so rerun on a quiet machine before quoting the ratio.\n")
-  print(text)
-  if args.write:
-    common.write_section(SECTION, text)
+  report(SECTION, "dit_train.py", VERSIONS,
+         f"configs/dit.py:tiny's DiT, batch {BATCH} × {FRAMES} frames, float32, AdamW + clip 1.0; medians of "
+         f"{args.blocks} × {args.steps} alternating steps.",
+         ["| side | step (s) | frames/s |", "| --- | --- | --- |"]
+         + [f"| {name} | {statistics.median(t):.3f} | {fps[name]:.0f} |" for name, t in times.items()],
+         f"jaxspeech / torch: **{ratio:.2f}×**.", args.write)
 
 
 if __name__ == "__main__":
