@@ -12,16 +12,17 @@ frame-based (128×2 patches, random masking):
   jaxspeech train --config=configs/ast.py:ssast_patch_tiny --workdir=workdirs/ssast_patch_tiny
   jaxspeech train --config=configs/ast.py:ssast_frame_tiny --workdir=workdirs/ssast_frame_tiny
 
-Fine-tuning a speaker classifier from the patch-based run (its newest checkpoint; the kernel is reused at
-stride 10, the positional embeddings are resized, the head reads the mean of the patch tokens):
+Fine-tuning a speaker classifier from the patch-based run (`train.init_from`: its newest checkpoint; the
+kernel is reused at stride 10, the positional embeddings are resized, the head reads the mean of the patch
+tokens):
 
   jaxspeech train --config=configs/ast.py:finetune --workdir=workdirs/ast_finetune \
-      --config.model.init_from=workdirs/ssast_patch_tiny
+      --config.train.init_from=workdirs/ssast_patch_tiny
 
 From the frame-based run, keep its 128×2 patches and overlap in time only:
 
   jaxspeech train --config=configs/ast.py:finetune --workdir=workdirs/ast_finetune_frame \
-      --config.model.init_from=workdirs/ssast_frame_tiny --config.model.patch=128 \
+      --config.train.init_from=workdirs/ssast_frame_tiny --config.model.patch=128 \
       --config.model.time_patch=2 --config.model.fstride=128 --config.model.tstride=1
 
 Parameter-efficient fine-tuning (PETL-AST's methods, `jaxspeech/ast/adapters.py`): the AST of `train.init_from`
@@ -69,7 +70,6 @@ def get_config(variant: str = "tiny"):
   cfg = base.defaults()
   cfg.family = "ast"
   cfg.model.task = "classify"         # or "ssast" (pretraining)
-  cfg.model.init_from = ""            # an SSAST workdir whose newest checkpoint initialises the encoder
   cfg.model.num_classes = 16          # speakers of the default corpus (held-out ones never train)
   cfg.model.num_mel_bins = 128
   cfg.model.patch = 16
@@ -94,8 +94,9 @@ def get_config(variant: str = "tiny"):
   elif variant in ("base", "finetune"):
     cfg.model.update(fstride=10, tstride=10)
   if variant == "finetune":
-    cfg.model.update(init_from="workdirs/ssast_patch_tiny", pool="mean")
-    cfg.train.update(batch_size=8)    # 12×25 overlapping patches: 2.3× tiny's tokens per clip
+    cfg.model.pool = "mean"
+    cfg.train.update(init_from="workdirs/ssast_patch_tiny",
+                     batch_size=8)    # 12×25 overlapping patches: 2.3× tiny's tokens per clip
   elif variant in PETL:
     _petl(cfg, PETL[variant])
   elif variant.endswith("_tiny"):

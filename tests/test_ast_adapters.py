@@ -266,7 +266,7 @@ def _petl_workdir(path, model: PETLAST, petl: PETLConfig) -> None:
   """A workdir as the trainer writes it for a PETL run: config.json and a checkpoint holding `params`."""
   os.makedirs(path)
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump({"family": "ast", "model": {**dataclasses.asdict(CFG), "task": "classify", "init_from": "",
+    json.dump({"family": "ast", "model": {**dataclasses.asdict(CFG), "task": "classify",
                                           "adapter": dataclasses.asdict(petl)}}, f)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(path, "checkpoints", "1", "state"), {"params": nnx.state(model, nnx.Param)})

@@ -19,7 +19,7 @@ import torch
 import transformers
 from flax import nnx
 
-from jaxspeech.ast import convert, ssast
+from jaxspeech.ast import convert
 from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.convert import cli as convert_cli, mapping, workdir
 from jaxspeech.train import trainer as trainer_lib
@@ -296,10 +296,11 @@ def test_original_ssast_checkpoint_imports_into_our_ssast(tmp_path, capsys):
     np.testing.assert_array_equal(params[f"{ours}.fc2.bias"], sd[f"module.{theirs}.2.bias"].numpy())
   qkv = sd["module.v.blocks.1.attn.qkv.weight"].numpy()
   np.testing.assert_array_equal(params["encoder.blocks.1.attn.value.kernel"].reshape(32, 32), qkv[64:].T)
-  # The imported workdir initialises fine-tuning as a jaxspeech SSAST run does (`--config.model.init_from`).
-  finetune = ASTConfig(num_classes=4, hidden=32, layers=2, heads=4, mlp=64, num_mel_bins=32, max_frames=64,
-                       fstride=10, tstride=10, pool="mean")
-  init = mapping.flatten(ssast.init_from_ssast(str(tmp_path / "wd"), finetune))
+  # The imported workdir initialises fine-tuning as a jaxspeech SSAST run does (`--config.train.init_from`).
+  finetune = tiny_config(dict(num_classes=4, hidden=32, layers=2, heads=4, mlp=64, num_mel_bins=32, max_frames=64,
+                              fstride=10, tstride=10, pool="mean"))
+  finetune.train.init_from = str(tmp_path / "wd")
+  init = mapping.flatten(nnx.to_pure_dict(_restore_or_init(finetune, tmp_path / "finetune").params))
   np.testing.assert_array_equal(init["blocks.0.fc1.kernel"], params["encoder.blocks.0.fc1.kernel"])
   # Exported, the encoder becomes an HF ASTModel; the SSAST heads are named as left out.
   code, out, err = run_inprocess(capsys, "--to", "hf", "--src", tmp_path / "wd", "--dst", tmp_path / "out")

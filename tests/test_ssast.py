@@ -1,5 +1,6 @@
 """SSAST: masks, the InfoNCE, pretraining on the corpus, and fine-tuning an AST from the pretrained run."""
 
+import dataclasses
 import json
 import os
 
@@ -11,11 +12,12 @@ import pytest
 import torch
 from flax import nnx
 
-from jaxspeech.ast import masking, ssast
+from jaxspeech.ast import family, masking, ssast
 from jaxspeech.ast.family import model_config
 from jaxspeech.ast.model import AST, ASTConfig
+from jaxspeech.convert import mapping
 from jaxspeech.data import pipeline
-from jaxspeech.train import checkpoint, trainer
+from jaxspeech.train import checkpoint, init_from, state as state_lib, trainer
 from tests.ast_config import load_config
 
 PATCH_GRID, FRAME_GRID = (8, 64), (1, 512)   # SSAST's 16×16 and 128×2 grids over 1024 frames
@@ -144,17 +146,23 @@ def test_positions_resize_as_torch_bilinear_and_cut_at_the_centre():
 
 
 def test_frame_ssast_params_initialise_a_frame_ast():
-  """The dict form, with the pretraining grid inferred from the shapes: 128×2 patches, time stride 2 → 1."""
+  """`adapt_init` of a frame-based SSAST run's params (as `train.init_from` reads them): 128×2 patches, time
+  stride 2 → 1."""
   pre = ASTConfig(num_classes=0, hidden=32, layers=1, heads=2, mlp=64, max_frames=64, patch=128, time_patch=2,
                   fstride=128, tstride=2)
-  params = nnx.to_pure_dict(nnx.state(ssast.SSAST(pre, nnx.Rngs(0)), nnx.Param))
-  ft = ASTConfig(num_classes=5, hidden=32, layers=1, heads=2, mlp=64, max_frames=64, patch=128, time_patch=2,
-                 fstride=128, tstride=1, pool="mean")
-  out = ssast.init_from_ssast(params, ft)
+  params = mapping.flatten(nnx.to_pure_dict(nnx.state(ssast.SSAST(pre, nnx.Rngs(0)), nnx.Param)))
+  source = {"family": "ast", "model": {**dataclasses.asdict(pre), "task": "ssast"}}
+  cfg = load_config(variant="finetune")   # pool = "mean"
+  cfg.model.update(num_classes=5, hidden=32, layers=1, heads=2, mlp=64, max_frames=64, patch=128, time_patch=2,
+                   fstride=128, tstride=1)
+  out = family.adapt_init(params, source, cfg)
   assert out["pos_embed"].shape == (1, 2 + 63, 32)
-  np.testing.assert_array_equal(out["patch_embed"]["kernel"], params["encoder"]["patch_embed"]["kernel"])
-  with pytest.raises(ValueError, match="patch_embed.kernel"):
-    ssast.init_from_ssast(params, ASTConfig(num_classes=5, hidden=32, layers=1, heads=2, mlp=64, max_frames=64))
+  np.testing.assert_array_equal(out["patch_embed.kernel"], params["encoder.patch_embed.kernel"])
+  # Into an AST of 16×16 patches only the patch kernel does not fit (`init_from.apply` names it).
+  cfg.model.update(patch=16, time_patch=0, fstride=10, tstride=10)
+  shapes = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0))), nnx.Param))
+  out = family.adapt_init(params, source, cfg)
+  assert [k for k, v in out.items() if tuple(v.shape) != shapes[k]] == ["patch_embed.kernel"]
 
 
 def test_mean_pool_reads_the_patch_tokens_and_no_classes_means_no_head():
@@ -210,30 +218,46 @@ def test_ssast_loss_falls_on_the_corpus(pretrained):
 
 
 def _finetune_cfg(corpus_path, workdir, **train):
-  cfg = _small(load_config(variant="finetune"), corpus_path, **train)
-  cfg.model.init_from = workdir
-  return cfg
+  return _small(load_config(variant="finetune"), corpus_path, init_from=workdir, **train)
+
+
+def _checkpoint_params(workdir, step: int) -> dict[str, np.ndarray]:
+  """{dotted path: array} of the params in a workdir's checkpoint at `step`, read directly with Orbax."""
+  params = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))["params"]
+  return {k.removesuffix(".value"): v for k, v in mapping.flatten(params).items()}
+
+
+def _ssast_encoder(workdir) -> dict[str, np.ndarray]:
+  """The encoder params in the SSAST run's last checkpoint (step 20), at their AST paths."""
+  return {k.removeprefix("encoder."): v for k, v in _checkpoint_params(workdir, 20).items() if k.startswith("encoder.")}
+
+
+def _fresh_state(cfg) -> state_lib.TrainState:
+  """A train state holding the params of a fresh model of `cfg`: what `init_from.apply` replaces."""
+  _, params, rest = nnx.split(family.build_model(cfg, nnx.Rngs(0)), nnx.Param, ...)
+  return state_lib.TrainState(step=None, params=params, rest=rest, opt_state=None, ema=None, rng=None)
 
 
 def test_finetune_initialises_the_encoder_from_the_ssast_checkpoint(pretrained, corpus_path):
-  pretrained = pretrained[0]
-  source = ocp.StandardCheckpointer().restore(os.path.join(pretrained, "checkpoints", "20", "state"))["params"]
-  source = jax.tree.map(np.asarray, source)["encoder"]
-  cfg = model_config(_finetune_cfg(corpus_path, pretrained))
-  assert cfg.grid() == (12, 5) and (cfg.fstride, cfg.tstride, cfg.pool) == (10, 10, "mean")
-  params = ssast.init_from_ssast(pretrained, cfg)
-  np.testing.assert_array_equal(params["patch_embed"]["kernel"], source["patch_embed"]["kernel"]["value"])
-  np.testing.assert_array_equal(params["blocks"][0]["fc1"]["kernel"], source["blocks"]["0"]["fc1"]["kernel"]["value"])
-  pos, src = params["pos_embed"], source["pos_embed"]["value"]
+  source = _ssast_encoder(pretrained[0])
+  cfg = _finetune_cfg(corpus_path, pretrained[0])
+  m = model_config(cfg)
+  assert m.grid() == (12, 5) and (m.fstride, m.tstride, m.pool) == (10, 10, "mean")
+  fresh = _fresh_state(cfg)
+  init = mapping.flatten(nnx.to_pure_dict(fresh.params))
+  params = mapping.flatten(nnx.to_pure_dict(init_from.apply(fresh, family.FAMILY, cfg).params))
+  # Every param of the fine-tuning AST but the head (and its norm) is the SSAST encoder's; the head keeps its init.
+  head = sorted(params.keys() - source.keys())
+  assert source.keys() <= params.keys() and head == ["head.bias", "head.kernel", "head_norm.bias", "head_norm.scale"]
+  for k in head:
+    np.testing.assert_array_equal(params[k], init[k], err_msg=k)
+  for k in source.keys() - {"pos_embed"}:
+    np.testing.assert_array_equal(params[k], source[k], err_msg=k)
+  pos, src = params["pos_embed"], source["pos_embed"]
   assert pos.shape == (1, 2 + 12 * 5, 32) and src.shape == (1, 2 + 8 * 4, 32)
   np.testing.assert_array_equal(pos[:, :2], src[:, :2])
   np.testing.assert_array_equal(pos[0, 2], src[0, 2])                     # grid corner (0, 0)
   np.testing.assert_array_equal(pos[0, -1], src[0, -1])                   # grid corner (f-1, t-1)
-  assert "head" not in params
-  # Every one of them is a param of the fine-tuning AST, in its shape.
-  model = nnx.eval_shape(lambda: AST(cfg, nnx.Rngs(0)))
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, params)
 
 
 def test_finetune_trainer_run_starts_from_ssast(pretrained, corpus_path, tmp_path):
@@ -242,20 +266,24 @@ def test_finetune_trainer_run_starts_from_ssast(pretrained, corpus_path, tmp_pat
   lines = _losses(str(tmp_path))
   assert [m["step"] for m in lines] == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in lines)
   # Warmup starts at lr 0, so the first step changes nothing: checkpoint 1 holds the initial params.
-  start = ocp.StandardCheckpointer().restore(str(tmp_path / "checkpoints" / "1" / "state"))["params"]
-  expected = ssast.init_from_ssast(pretrained[0], model_config(cfg))
-  for path in (("pos_embed",), ("patch_embed", "kernel"), ("blocks", "0", "attn", "query", "kernel"),
-               ("norm", "scale")):
-    got, want = start, expected
-    for part in path:
-      got, want = got[part], want[int(part) if part.isdigit() else part]
-    np.testing.assert_array_equal(np.asarray(got["value"]), want)
+  start = _checkpoint_params(str(tmp_path), 1)
+  source = _ssast_encoder(pretrained[0])
+  expected = {**source, "pos_embed": ssast.resize_positions(source["pos_embed"], (8, 4), model_config(cfg).grid())}
+  for k in ("pos_embed", "patch_embed.kernel", "blocks.0.attn.query.kernel", "norm.scale"):
+    np.testing.assert_array_equal(start[k], expected[k], err_msg=k)
 
 
-def test_init_from_a_missing_or_classification_workdir_is_clear(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no checkpoint"):
-    ssast.init_from_ssast(str(tmp_path), ASTConfig())
-  os.makedirs(tmp_path / "checkpoints" / "3" / "state")
-  (tmp_path / "config.json").write_text(json.dumps({"family": "ast", "model": {"task": "classify"}}))
-  with pytest.raises(ValueError, match="not an SSAST pretraining run"):
-    ssast.init_from_ssast(str(tmp_path), ASTConfig())
+def test_init_from_a_missing_or_unfitting_workdir_is_clear(pretrained, corpus_path, tmp_path):
+  cfg = _finetune_cfg(corpus_path, str(tmp_path / "run"))
+  state = _fresh_state(cfg)
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    init_from.apply(state, family.FAMILY, cfg)
+  os.makedirs(tmp_path / "run")
+  (tmp_path / "run" / "config.json").write_text(json.dumps({"family": "ast", "model": {"task": "ssast"}}))
+  with pytest.raises(ValueError, match="has no checkpoint"):
+    init_from.apply(state, family.FAMILY, cfg)
+  # The SSAST run into a wider AST: the error names the params that do not fit.
+  cfg = _finetune_cfg(corpus_path, pretrained[0])
+  cfg.model.update(hidden=64, mlp=128)
+  with pytest.raises(ValueError, match=r"does not fit this model[\s\S]*shape mismatch patch_embed\.kernel"):
+    init_from.apply(_fresh_state(cfg), family.FAMILY, cfg)

@@ -254,7 +254,7 @@ SOURCES = {
 }
 TARGETS = {"hf": "an HF directory for ASTForAudioClassification.from_pretrained (ASTModel for an SSAST run)"}
 # `cfg.model` fields of the ast family that are not ASTConfig's (jaxspeech.ast.family.FAMILY_FIELDS).
-FAMILY_FIELDS = {"task": "classify", "init_from": ""}
+FAMILY_FIELDS = {"task": "classify"}
 # This converter's flags, their defaults, and the conversions they apply to.
 FLAGS = {"num_classes": None, "dtype": "float32", "input_fdim": None, "input_tdim": None, "fstride": None,
          "tstride": None, "heads": None, "pool": "cls", "layer_norm_eps": 1e-12, "generation": None, "labels": None}
@@ -409,7 +409,7 @@ def original_config(state_dict: dict, args, what: str = "original AST/SSAST chec
 
   if ssast and args.num_classes:
     raise ConversionError("--num-classes", ["an SSAST pretraining checkpoint has no classifier; import it, then "
-                                            "fine-tune with --config.model.init_from=WORKDIR"])
+                                            "fine-tune with --config.train.init_from=WORKDIR"])
   if ssast:
     num_classes = 0
   elif args.num_classes:

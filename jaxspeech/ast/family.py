@@ -31,7 +31,7 @@ WINDOW = 400   # 25 ms
 
 TASKS = ("classify", "ssast")
 # `cfg.model` fields that are the family's, not ASTConfig's.
-FAMILY_FIELDS = ("task", "init_from", "adapter")
+FAMILY_FIELDS = ("task", "adapter")
 
 
 def model_config(cfg) -> ASTConfig:
@@ -50,26 +50,18 @@ def petl_config(cfg) -> adapters.PETLConfig | None:
 
 
 def build_model(cfg, rngs):
-  """SSAST for pretraining, else an AST (a `PETLAST` with `model.adapter`); `model.init_from` (an SSAST workdir)
-  sets a plain AST's encoder params (`train.init_from` with `adapt_init` is the engine's way, for any model)."""
+  """SSAST for pretraining, else an AST (a `PETLAST` with `model.adapter`); a run starts from another
+  workdir's params with `train.init_from` (see `adapt_init`)."""
   petl = petl_config(cfg)
   if task(cfg) == "ssast":
     if petl is not None:
       raise ValueError("model.adapter is for fine-tuning (model.task='classify'), not SSAST pretraining")
     return ssast.SSAST(model_config(cfg), rngs)
   if petl is not None:
-    if cfg.model.get("init_from"):
-      raise ValueError("a PETL model starts from --config.train.init_from=WORKDIR, not model.init_from")
     model = PETLAST(model_config(cfg), petl, rngs)
     _report_trainable(petl.kind, *trainable_count(model))
     return model
-  model = AST(model_config(cfg), rngs)
-  if cfg.model.get("init_from"):
-    # Runs inside the trainer's jitted init: the loaded arrays become constants of that program.
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, ssast.init_from_ssast(cfg.model.init_from, model_config(cfg)))
-    nnx.update(model, state)
-  return model
+  return AST(model_config(cfg), rngs)
 
 
 def adapt_init(params: dict, source: dict, cfg) -> dict:

@@ -9,15 +9,13 @@ result. At each masked position two heads (D → D → ReLU → patch values) re
 The joint loss is `nce + 10 · mse`, as the reference's `pretrain_joint` (which draws separate masks for its two
 terms; here both terms share one mask and one encoder pass).
 
-Fine-tuning (`init_from_ssast`): the encoder's params go into a supervised `AST`; the patch kernel is reused
-as is under the new strides (e.g. 10×10 overlap), and the positional embeddings of the patch grid are cut
-(centre) or bilinearly interpolated to the new grid, per axis, as SSAST does.
+Fine-tuning (`train.init_from` of an SSAST run, mapped by `jaxspeech.ast.family.adapt_init`): the encoder's
+params go into a supervised `AST`; the patch kernel is reused as is under the new strides (e.g. 10×10 overlap),
+and the positional embeddings of the patch grid are cut (centre) or bilinearly interpolated to the new grid,
+per axis, as SSAST does (`resize_positions`).
 """
 
 import dataclasses
-import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -116,82 +114,3 @@ def resize_positions(pos_1xNxD: np.ndarray, source_grid: tuple[int, int], grid: 
   grid_FxTxD = pos_1xNxD[0, 2:].reshape(*source_grid, d)
   grid_FxTxD = resize_axis(resize_axis(grid_FxTxD, grid[1], axis=1), grid[0], axis=0)
   return np.concatenate([pos_1xNxD[:, :2], grid_FxTxD.reshape(1, -1, d)], axis=1).astype(pos_1xNxD.dtype)
-
-
-def _pure(tree):
-  """An Orbax-restored nnx.State (variables as {"value": array}) as a pure dict of numpy arrays."""
-  if isinstance(tree, dict):
-    if tree.keys() == {"value"}:
-      return np.asarray(tree["value"])
-    return {k: _pure(v) for k, v in tree.items()}
-  return np.asarray(tree)
-
-
-def load_workdir(workdir: str) -> tuple[dict, ASTConfig]:
-  """(SSAST params as a pure dict, the pretraining ASTConfig) from a jaxspeech workdir's newest checkpoint.
-
-  The EMA params are used when the run kept an EMA (they are what its evaluation used).
-  """
-  import orbax.checkpoint as ocp
-  root = os.path.join(os.path.abspath(workdir), "checkpoints")
-  steps = sorted(int(s) for s in (os.listdir(root) if os.path.isdir(root) else ())
-                 if s.isdigit() and os.path.isdir(os.path.join(root, s, "state")))
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {root} to initialise from; pretrain first, e.g. "
-                            f"jaxspeech train --config=configs/ast.py:ssast_patch_tiny --workdir={workdir}")
-  with open(os.path.join(workdir, "config.json")) as f:
-    saved = json.load(f)
-  if saved.get("family") != "ast" or saved["model"].get("task") != "ssast":
-    raise ValueError(f"{workdir} holds a {saved.get('family')!r} run with model.task="
-                     f"{saved['model'].get('task', 'classify')!r}, not an SSAST pretraining run")
-  path = os.path.join(root, str(steps[-1]), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  name = "ema" if tree.get("ema") is not None else "params"
-  item = {name: tree[name]}  # only these arrays are read, as numpy (also while the trainer traces its init)
-  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-  params = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True))[name]
-  fields = {f.name for f in dataclasses.fields(ASTConfig)}
-  return _pure(params), ASTConfig(**{k: v for k, v in saved["model"].items() if k in fields})
-
-
-def _source_config(params: dict, cfg: ASTConfig) -> ASTConfig:
-  """The pretraining config implied by SSAST params: non-overlapping patches over `cfg.num_mel_bins` bins."""
-  pf, pt, _, _ = params["encoder"]["patch_embed"]["kernel"].shape
-  f = cfg.num_mel_bins // pf
-  t = (params["encoder"]["pos_embed"].shape[1] - 2) // f
-  return dataclasses.replace(cfg, patch=pf, time_patch=pt, fstride=pf, tstride=pt, max_frames=t * pt)
-
-
-@functools.lru_cache(maxsize=2)
-def _load_cached(workdir: str) -> tuple[dict, ASTConfig]:
-  return load_workdir(workdir)
-
-
-def init_from_ssast(source: str | dict, cfg: ASTConfig, source_cfg: ASTConfig | None = None) -> dict:
-  """AST params (a pure dict of float32 numpy, every param but the head) from a pretrained SSAST.
-
-  `source` is a jaxspeech SSAST workdir (its newest checkpoint and config.json are read) or SSAST params as
-  a pure dict (`nnx.to_pure_dict(nnx.state(ssast, nnx.Param))`; its pretraining grid is then inferred from
-  the shapes, with `cfg.num_mel_bins`, unless `source_cfg` is given). `cfg` is the fine-tuning AST's config:
-  same width, depth and patch shape; any strides, frame count, pooling and classes. Apply with
-  `nnx.replace_by_pure_dict(nnx.state(ast, nnx.Param), params)`.
-  """
-  if isinstance(source, str):
-    params, source_cfg = _load_cached(os.path.abspath(source))
-  else:
-    params = source
-    source_cfg = source_cfg or _source_config(params, cfg)
-  if "encoder" not in params:
-    raise ValueError(f"SSAST params have no 'encoder' (keys {sorted(params)}); is this an SSAST checkpoint?")
-  from jaxspeech.ast import convert  # pylint: disable=import-outside-toplevel
-  from jaxspeech.convert import mapping  # pylint: disable=import-outside-toplevel
-  flat = mapping.flatten(params["encoder"])
-  flat["pos_embed"] = resize_positions(np.asarray(flat["pos_embed"]), source_cfg.grid(), cfg.grid())
-  shapes = convert.param_shapes(dataclasses.replace(cfg, num_classes=0))
-  problems = sorted(f"{k}: SSAST {np.shape(flat.get(k))} vs AST {shape}" for k, shape in shapes.items()
-                    if k not in flat or tuple(np.shape(flat[k])) != tuple(shape))
-  if problems:
-    raise ValueError(f"the SSAST encoder does not fit the AST of {cfg}: {problems}")
-  return mapping.unflatten({k: np.asarray(flat[k], np.float32) for k in shapes})
