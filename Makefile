@@ -8,6 +8,8 @@ DATA_DIR ?= data
 CORPUS := $(DATA_DIR)/synth_speech/1.0.0
 REFERENCE := .cache/reference
 PYTEST_ARGS ?=
+# pytest-xdist workers; each test file runs in one worker (its module fixtures are built once)
+PYTEST_WORKERS ?= 2
 
 .PHONY: venv corpus train test bench constraints clean
 
@@ -34,7 +36,7 @@ $(REFERENCE)/torchaudio/compliance/kaldi.py: | venv
 	$(BIN)/python tests/fetch_reference.py $(REFERENCE)
 
 test: venv corpus $(REFERENCE)/torchaudio/compliance/kaldi.py
-	JAXSPEECH_CORPUS=$(CORPUS) JAXSPEECH_REFERENCE=$(REFERENCE) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	JAXSPEECH_CORPUS=$(CORPUS) JAXSPEECH_REFERENCE=$(REFERENCE) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: venv corpus
 	$(BIN)/python benchmarks/data_pipeline.py --dataset $(CORPUS)
