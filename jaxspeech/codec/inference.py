@@ -19,7 +19,8 @@ from jaxspeech.codec import losses
 from jaxspeech.convert import mapping, workdir as workdir_lib
 
 
-def restore(workdir: str, family: str, build: Callable[..., nnx.Module]) -> tuple[nnx.Module, ml_collections.ConfigDict]:
+def restore(workdir: str, family: str, build: Callable[..., nnx.Module]
+            ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
   """(`build(model_config, rngs=...)` with `workdir`'s params, the model config)."""
   checkpoint = workdir_lib.read(workdir, family)
   model_cfg = ml_collections.ConfigDict(checkpoint.model)
