@@ -3,7 +3,6 @@ stop-gradient split that lets one value_and_grad train the generator and the dis
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import torch
