@@ -172,7 +172,7 @@ def optimizer_part(tx):
   from jaxspeech.train import optim
 
   def run(state, grads, loss):
-    grad_norm = optim.global_norm(grads)
+    grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     def update(_):
@@ -297,27 +297,6 @@ def _patch_conv_as_matmul():
   return _patched(nnx.Conv, "__call__", call)
 
 
-def _fused_qkv():
-  """Attention with one (embed → 3·heads·kv) projection instead of three (different params, same FLOPs)."""
-  import jax.numpy as jnp
-  from flax import nnx
-  from jaxspeech.ast import model
-  from jaxspeech.nn import layers
-
-  class Attention(nnx.Module):
-    def __init__(self, cfg, rngs):
-      d, h, dtype = cfg.hidden, cfg.heads, jnp.dtype(cfg.dtype)
-      self.qkv = layers.dense(d, (3, h, d // h), ("embed", None, "heads", "kv"), rngs=rngs, dtype=dtype)
-      self.out = layers.dense((h, d // h), d, ("heads", "kv", "embed"), rngs=rngs, dtype=dtype)
-
-    def __call__(self, x_BxLxD):
-      qkv_BxLx3xHxK = self.qkv(x_BxLxD)
-      q, k, v = (qkv_BxLx3xHxK[:, :, i] for i in range(3))
-      return self.out(layers.dot_product_attention(q, k, v))
-
-  return _patched(model, "Attention", Attention)
-
-
 def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_shardings):
   """make_train_step with the non-finite guard as a select on the new state instead of lax.cond."""
   import jax
@@ -334,7 +313,7 @@ def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_sh
   def train_step(state, batch):
     key = jax.random.fold_in(state.rng, state.step)
     (loss, aux), grads = grad_fn(state.params, state.rest, batch, key)
-    grad_norm = optim.global_norm(grads)
+    grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -351,7 +330,6 @@ VARIANTS = {  # name → context manager factory active while the model is trace
     "library": _no_patch,
     "select guard": _no_patch,
     "attention bhlk": lambda: _patched(layers_module(), "dot_product_attention", _attention_bhlk)(),
-    "fused qkv": lambda: _fused_qkv()(),
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
@@ -589,7 +567,6 @@ VARIANT_NOTES = {
     "library": "`make_train_step` as is (the same executable as the table above)",
     "select guard": "the non-finite guard as `jnp.where` on the new params and optimizer state instead of `lax.cond`",
     "attention bhlk": "`dot_product_attention` transposing q, k, v to (b, h, l, k) before the einsums",
-    "fused qkv": "one embed → (3, heads, kv) projection instead of three",
     "patch conv as matmul": "the 16×16/16 patch embedding as reshape + matmul instead of `nnx.Conv`",
 }
 

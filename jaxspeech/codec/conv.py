@@ -7,6 +7,11 @@ from flax import nnx
 import jaxspeech.nn  # noqa: F401  (turns flax's eager sharding off before any param is made)
 
 INIT = nnx.initializers.truncated_normal(0.02)   # xcodec2's init_weights: trunc_normal(std=0.02), zero bias
+# xcodec2's init_weights writes trunc_normal into `m.weight`, which under torch's weight-norm parametrization is
+# a tensor recomputed from (g, v) on every access: the write is lost and v keeps torch's default Conv1d init,
+# kaiming_uniform(a=√5) = U(±1/√fan_in). Starting weight-normed convs at std 0.02 instead shrinks the encoder's
+# output to ~1e-6: every frame then gets FSQ's zero code and the first step's gradient overflows.
+WN_INIT = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def conv1d(x_BxLxI: jax.Array, kernel_KxIxO: jax.Array, *, stride: int = 1, dilation: int = 1,
@@ -30,7 +35,7 @@ class Conv1d(nnx.Module):
     self.stride, self.dilation, self.weight_norm, self.dtype = stride, dilation, weight_norm, jnp.dtype(dtype)
     self.padding = (kernel_size - 1) * dilation // 2 if padding is None else padding
     axes = (None, None, "embed")
-    kernel_KxIxO = INIT(rngs.params(), (kernel_size, in_channels, out_channels))
+    kernel_KxIxO = (WN_INIT if weight_norm else INIT)(rngs.params(), (kernel_size, in_channels, out_channels))
     if weight_norm:
       self.weight_v = nnx.Param(kernel_KxIxO, out_sharding=axes)
       # torch's weight_norm starts with g = ‖v‖, so the first kernel is v itself.

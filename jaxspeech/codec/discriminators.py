@@ -19,13 +19,13 @@ from flax import nnx
 import jaxspeech.nn  # noqa: F401  (turns flax's eager sharding off before any param is made)
 from jaxspeech.audio import features
 from jaxspeech.audio.istft import hann_window
+from jaxspeech.codec.conv import WN_INIT
 
 LRELU_SLOPE = 0.1
 MPD_CHANNELS = (32, 128, 512, 1024, 1024)
 # DAC's bands, as fractions of the n_fft // 2 + 1 bins.
 BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
-# torch's default Conv init (kaiming_uniform with a = √5): U(±1 / √fan_in).
-INIT = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+INIT = WN_INIT  # torch's default Conv init, which its weight-normed convs keep
 
 Outputs = tuple[list[jax.Array], list[list[jax.Array]]]
 

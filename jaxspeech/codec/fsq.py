@@ -29,8 +29,8 @@ def bound(h: jax.Array, levels: np.ndarray, eps: float = 1e-3) -> jax.Array:
 class FSQ(nnx.Module):
   def __init__(self, dim: int, levels, *, rngs: nnx.Rngs):
     self.levels = tuple(int(l) for l in levels)
-    self.project_in = layers.dense(dim, len(self.levels), ("embed", None), rngs=rngs)
-    self.project_out = layers.dense(len(self.levels), dim, (None, "embed"), rngs=rngs)
+    self.project_in = layers.dense(dim, len(self.levels), ("embed", None), rngs=rngs, torch_init=True)
+    self.project_out = layers.dense(len(self.levels), dim, (None, "embed"), rngs=rngs, torch_init=True)
 
   @property
   def codebook_size(self) -> int:

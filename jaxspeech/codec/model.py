@@ -32,13 +32,14 @@ class Codec(nnx.Module):
     sem, vq_dim, dtype = cfg.semantic, cfg.fsq.dim, jnp.dtype(cfg.dtype)
     self.encoder = Encoder(cfg.encoder, dtype=dtype, rngs=rngs)
     prior_in = cfg.encoder.dim + (sem.dim if self.semantic else 0)
-    self.fc_prior = layers.dense(prior_in, vq_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs)
+    self.fc_prior = layers.dense(prior_in, vq_dim, ("embed", "mlp"), dtype=dtype, rngs=rngs, torch_init=True)
     self.quantizer = FSQ(vq_dim, cfg.fsq.levels, rngs=rngs)
-    self.fc_post_a = layers.dense(vq_dim, cfg.decoder.input_channels, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+    self.fc_post_a = layers.dense(vq_dim, cfg.decoder.input_channels, ("mlp", "embed"), dtype=dtype, rngs=rngs,
+                                  torch_init=True)
     self.decoder = VocosDecoder(cfg.decoder, dtype=dtype, rngs=rngs)
     if self.semantic:
       self.semantic_encoder = SemanticConv(sem.features, sem.dim, sem.dim, dtype=dtype, rngs=rngs)
-      self.fc_post_s = layers.dense(vq_dim, sem.dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+      self.fc_post_s = layers.dense(vq_dim, sem.dim, ("mlp", "embed"), dtype=dtype, rngs=rngs, torch_init=True)
       self.semantic_decoder = SemanticConv(sem.dim, sem.dim, sem.features, dtype=dtype, rngs=rngs)
 
   def pad(self, wav_BxS: jax.Array) -> jax.Array:
