@@ -9,7 +9,8 @@ lr 7.5e-5, 20k warmup then linear decay, clip 1.0, 38,400 frames per device × 8
 a released checkpoint by importing it first (see docs/dit.md):
 
   jaxspeech convert dit --from f5 --src model_1250000.safetensors --dst workdirs/f5_base --vocab vocab.txt
-  jaxspeech train --config=configs/dit.py:base --workdir=workdirs/f5_base --config.model.vocab_file=vocab.txt
+  jaxspeech train --config=configs/dit.py:base --workdir=workdirs/f5_finetune \
+      --config.train.init_from=workdirs/f5_base --config.model.vocab_file=vocab.txt
 
 `e2_tiny` / `e2_base` are the E2-TTS UNetT. The character vocabulary is the dataset's (built from its train
 transcripts into <data.path>/vocab_char.txt) unless `model.vocab_file` names an F5 vocab.txt.

@@ -16,8 +16,9 @@ weight decay 0.01, clip 1.0, 2048-token rows) with layers scanned and FSDP over 
 
 `150m` is a 146M-param model with Llasa's full vocabulary; `1b`, `3b` and `8b` are the Llama 3.2-1B / 3.2-3B /
 3.1-8B shapes of Llasa-1B / 3B / 8B (193,800 ids; 1B tied, 3B and 8B untied). To continue from a released
-checkpoint, import it (`jaxspeech convert llasa --from hf --src DIR --dst WORKDIR --scan-layers`) and train with
-`--workdir=WORKDIR`: the 128,256 Llama text ids are then the text vocabulary (`llasa.text_vocab_size`).
+checkpoint, import it (`jaxspeech convert llasa --from hf --src DIR --dst IMPORTED --scan-layers`) and start a run
+from it with `--config.train.init_from=IMPORTED`: the 128,256 Llama text ids are then the text vocabulary
+(`llasa.text_vocab_size`).
 """
 
 import dataclasses
