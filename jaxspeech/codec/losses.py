@@ -6,10 +6,8 @@ simultaneously from
 
     total = G_loss(generator; discriminators under stop_gradient) + D_loss(discriminators; stop_gradient(wav_hat))
 
-G_loss reaches the generator only, D_loss the discriminators only. Both take X-codec2's AdamW β (0.8, 0.9); the
-engine cannot yet give them separate optimizer groups (two AdamW groups leave optax MaskedNodes in the optimizer
-state, which its sharding code rejects), so they share one AdamW, whose moments are per param anyway, and one
-clipping norm.
+G_loss reaches the generator only, D_loss the discriminators only. Both take X-codec2's AdamW β (0.8, 0.9) in one
+optimizer group (AdamW's moments are per param anyway), so they share one clipping norm.
 """
 
 import jax
