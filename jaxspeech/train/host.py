@@ -13,8 +13,6 @@ import os
 import platform
 import sys
 
-import jax
-
 MALLOC_TUNABLES = "glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
 
 
@@ -35,6 +33,7 @@ def reexec_with_malloc_tuning(args: list[str]) -> None:
 
 def enable_compilation_cache(path: str) -> None:
   """XLA's persistent compilation cache in `path` for every compile that takes over a second."""
+  import jax  # not at module level: `jaxspeech train` reads this module before it re-executes itself
   if path:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
