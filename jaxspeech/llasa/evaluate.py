@@ -1,55 +1,8 @@
-"""Synthesis metrics against ground-truth audio: mel-cepstral distortion after DTW alignment, duration ratio.
-
-MCD (Kubichek 1993) between aligned frames x, y of mel-cepstra c_1..c_D (c_0, the energy, left out):
-    MCD = (10 / ln 10) · sqrt(2 · Σ_d (c_d(x) − c_d(y))²)   in dB, averaged over the DTW path.
-Mel-cepstra here are the orthonormal DCT-II of the natural-log mel magnitude spectrum
-(`jaxspeech.audio.features.log_mel`), so a gain change moves c_0 only.
-"""
+"""Llasa synthesis on held-out corpus sentences, scored against the recordings (`jaxspeech.audio.quality`)."""
 
 import numpy as np
-import scipy.fft
 
-from jaxspeech.audio import features
-
-MCD_SCALE = 10.0 / np.log(10.0) * np.sqrt(2.0)
-
-
-def mel_cepstrum(wav_S: np.ndarray, sample_rate: int, num_coefficients: int = 24, num_mels: int = 80) -> np.ndarray:
-  """(T, num_coefficients) mel-cepstra c_1..c_D, 25 ms windows every 10 ms."""
-  hop, window = sample_rate // 100, sample_rate // 40
-  log_mel_TxM = np.asarray(features.log_mel(np.asarray(wav_S, np.float32)[None], sample_rate=sample_rate,
-                                            n_fft=window, win_length=window, hop_length=hop, n_mels=num_mels)[0])
-  return scipy.fft.dct(log_mel_TxM, type=2, norm="ortho", axis=-1)[:, 1:num_coefficients + 1]
-
-
-def dtw_path(cost_TxU: np.ndarray) -> tuple[float, np.ndarray]:
-  """(accumulated cost, path (P, 2) of index pairs) of the cheapest monotone alignment with steps (1,1), (0,1), (1,0)."""
-  t, u = cost_TxU.shape
-  acc = np.full((t + 1, u + 1), np.inf)
-  acc[0, 0] = 0.0
-  for i in range(1, t + 1):
-    row, above, diagonal = acc[i], acc[i - 1, 1:], acc[i - 1, :-1]
-    best_from_above = np.minimum(above, diagonal) + cost_TxU[i - 1]
-    for j in range(1, u + 1):  # the left neighbour is in this row: sequential
-      row[j] = min(best_from_above[j - 1], row[j - 1] + cost_TxU[i - 1, j - 1])
-  path, i, j = [], t, u
-  while i > 0 and j > 0:
-    path.append((i - 1, j - 1))
-    step = np.argmin([acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]])
-    i, j = (i - 1, j - 1) if step == 0 else (i - 1, j) if step == 1 else (i, j - 1)
-  return float(acc[t, u]), np.asarray(path[::-1])
-
-
-def mcd_dtw(reference_S: np.ndarray, synthesized_S: np.ndarray, sample_rate: int) -> float:
-  """Mean MCD (dB) over the DTW alignment of the two clips' mel-cepstra."""
-  ref_TxD, syn_UxD = mel_cepstrum(reference_S, sample_rate), mel_cepstrum(synthesized_S, sample_rate)
-  distance_TxU = MCD_SCALE * np.sqrt(((ref_TxD[:, None] - syn_UxD[None]) ** 2).sum(-1))
-  _, path = dtw_path(distance_TxU)
-  return float(distance_TxU[path[:, 0], path[:, 1]].mean())
-
-
-def duration_ratio(reference_S: np.ndarray, synthesized_S: np.ndarray) -> float:
-  return len(synthesized_S) / max(len(reference_S), 1)
+from jaxspeech.audio import quality
 
 
 def evaluate_synthesis(lm, codec, tokenizer, vocab, data_path: str, split: str, key, *, count: int = 16,
@@ -71,10 +24,10 @@ def evaluate_synthesis(lm, codec, tokenizer, vocab, data_path: str, split: str, 
     result = synthesis.synthesize(lm, codec, tokenizer, vocab, record["text"].decode(), jax.random.fold_in(key, i),
                                   max_seconds=max_seconds, sampling=sampling or generate.Sampling(),
                                   sample_rate=sample_rate)
-    rows["duration_ratio"].append(duration_ratio(truth_S, result.wav))
+    rows["duration_ratio"].append(quality.duration_ratio(truth_S, result.wav))
     if len(result.wav) == 0:
       continue
-    rows["mcd_dtw"].append(mcd_dtw(truth_S, result.wav, sample_rate))
+    rows["mcd_dtw"].append(quality.mcd_dtw(truth_S, result.wav, sample_rate))
     if embed is not None:
       a, b = embed(truth_S), embed(result.wav)
       rows["speaker_similarity"].append(float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))

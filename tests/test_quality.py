@@ -4,7 +4,7 @@ import librosa
 import numpy as np
 import pytest
 
-from jaxspeech.llasa import evaluate
+from jaxspeech.audio import quality
 
 SR = 16_000
 
@@ -18,7 +18,7 @@ def tone(freqs, seconds: float, seed: int = 0) -> np.ndarray:
 @pytest.mark.parametrize("shape", [(7, 7), (12, 5), (4, 9)])
 def test_dtw_matches_librosa(shape):
   cost = np.random.default_rng(sum(shape)).random(shape)
-  total, path = evaluate.dtw_path(cost)
+  total, path = quality.dtw_path(cost)
   accumulated, reference_path = librosa.sequence.dtw(C=cost, backtrack=True)
   np.testing.assert_allclose(total, accumulated[-1, -1], rtol=1e-12)  # same recurrence, float64
   np.testing.assert_allclose(cost[path[:, 0], path[:, 1]].sum(), total, rtol=1e-12)
@@ -28,10 +28,10 @@ def test_dtw_matches_librosa(shape):
 
 def test_mcd_is_zero_for_the_same_clip_small_for_a_stretch_and_large_for_another_sound():
   voice = tone([220, 440, 660], 1.0)
-  same = evaluate.mcd_dtw(voice, voice, SR)
-  louder = evaluate.mcd_dtw(voice, 2.0 * voice, SR)  # gain moves c_0 only, which MCD leaves out
-  slower = evaluate.mcd_dtw(voice, librosa.effects.time_stretch(voice, rate=0.8), SR)
-  other = evaluate.mcd_dtw(voice, tone([1500, 3100], 1.0, seed=1), SR)
+  same = quality.mcd_dtw(voice, voice, SR)
+  louder = quality.mcd_dtw(voice, 2.0 * voice, SR)  # gain moves c_0 only, which MCD leaves out
+  slower = quality.mcd_dtw(voice, librosa.effects.time_stretch(voice, rate=0.8), SR)
+  other = quality.mcd_dtw(voice, tone([1500, 3100], 1.0, seed=1), SR)
   assert same == 0.0 and louder < 0.05
   assert slower < other / 3, (slower, other)
-  assert evaluate.duration_ratio(voice, voice[:8000]) == 0.5
+  assert quality.duration_ratio(voice, voice[:8000]) == 0.5
