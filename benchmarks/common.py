@@ -42,3 +42,32 @@ def write_section(section: str, text: str, path: str = RESULTS) -> None:
   with open(path + ".tmp", "w") as f:
     f.write(body.rstrip("\n") + "\n")
   os.replace(path + ".tmp", path)
+
+
+class EngineStep:
+  """The trainer's own compiled train step for `family` (a registry family, or one with a benchmark's loss) on a
+  1-device mesh, with its initial state and `batch` (host arrays) placed as the trainer places them."""
+
+  def __init__(self, family, cfg, batch: dict):
+    import time
+    import jax
+    from jaxspeech import sharding
+    from jaxspeech.train import state as state_lib, trainer
+
+    cfg.train.compilation_cache = ""   # compile times are figures here
+    self.run = trainer.Trainer(cfg, "", jax.devices()[:1], family=family)
+    with sharding.use_rules(self.run.mesh, self.run.rules):
+      self.state, _ = state_lib.create(family, cfg, self.run.tx, self.run.mesh)
+      self.batch = {k: jax.device_put(v, self.run.batch_shardings[k]) for k, v in batch.items()}
+      t0 = time.perf_counter()
+      self.step = self.run.train_step.lower(self.state, self.batch).compile()
+      self.compile_s = time.perf_counter() - t0
+
+  def train_step(self) -> float:
+    """Seconds for one step, state donated and replaced."""
+    import time
+    import jax
+    t0 = time.perf_counter()
+    self.state, metrics = self.step(self.state, self.batch)
+    jax.block_until_ready(metrics["loss"])
+    return time.perf_counter() - t0

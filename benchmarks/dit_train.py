@@ -71,31 +71,9 @@ def mel_family():
   return dataclasses.replace(family.FAMILY, loss=loss, batch_axes=batch_axes)
 
 
-class JaxSide:
-  def __init__(self):
-    import jax
-    from jax.sharding import NamedSharding
-    from jaxspeech import sharding
-    from jaxspeech.train import optim, state as state_lib, step as step_lib
-    cfg, fam = config(), mel_family()
-    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    with sharding.use_rules(mesh, [tuple(r) for r in cfg.axis_rules]):
-      graphdef, abstract_params, _ = state_lib.abstract_model(fam, cfg)
-      tx, schedules = optim.make(cfg.optim, cfg.train.steps, abstract_params, fam.param_groups)
-      self.state, shardings = state_lib.create(fam, cfg, tx, mesh)
-      batch_shardings = {k: NamedSharding(mesh, sharding.logical_spec(a)) for k, a in fam.batch_axes(cfg).items()}
-      step = step_lib.make_train_step(fam, cfg, graphdef, tx, schedules, shardings, batch_shardings)
-      mel, text = inputs()
-      self.batch = {"mel": jax.device_put(mel, batch_shardings["mel"]),
-                    "text": jax.device_put(text, batch_shardings["text"])}
-      self.step = step.lower(self.state, self.batch).compile()
-
-  def train_step(self) -> float:
-    import jax
-    t0 = time.perf_counter()
-    self.state, metrics = self.step(self.state, self.batch)
-    jax.block_until_ready(metrics["loss"])
-    return time.perf_counter() - t0
+def jax_side() -> common.EngineStep:
+  mel, text = inputs()
+  return common.EngineStep(mel_family(), config(), {"mel": mel, "text": text})
 
 
 class TorchSide:
@@ -148,12 +126,12 @@ def main():
   parser.add_argument("--blocks", type=int, default=5)
   parser.add_argument("--steps", type=int, default=3, help="steps per block")
   args = parser.parse_args()
-  jax_side, torch_side = JaxSide(), TorchSide()
-  for side in (jax_side, torch_side):
+  engine, torch_side = jax_side(), TorchSide()
+  for side in (engine, torch_side):
     side.train_step()
   times = {"jaxspeech": [], "f5-tts (torch)": []}
   for _ in range(args.blocks):
-    times["jaxspeech"] += [jax_side.train_step() for _ in range(args.steps)]
+    times["jaxspeech"] += [engine.train_step() for _ in range(args.steps)]
     times["f5-tts (torch)"] += [torch_side.train_step() for _ in range(args.steps)]
   frames = BATCH * FRAMES
   fps = {name: frames / statistics.median(t) for name, t in times.items()}

@@ -49,30 +49,9 @@ def packed_batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
           "weights": ones.astype(np.float32), "valid": np.ones(rows, bool)}
 
 
-class JaxSide:
-  """The engine's compiled train step for `cfg` (the llasa family) on one device."""
-
-  def __init__(self, cfg):
-    import jax
-    from jax.sharding import NamedSharding
-    from jaxspeech import sharding
-    from jaxspeech.llasa import family
-    from jaxspeech.train import optim, state as state_lib, step as step_lib
-
-    fam = family.FAMILY
-    mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
-    with sharding.use_rules(mesh, [tuple(r) for r in cfg.axis_rules]):
-      graphdef, abstract_params, _ = state_lib.abstract_model(fam, cfg)
-      tx, schedules = optim.make(cfg.optim, cfg.train.steps, abstract_params, fam.param_groups)
-      self.state, shardings = state_lib.create(fam, cfg, tx, mesh)
-      batch_shardings = {k: NamedSharding(mesh, sharding.logical_spec(a)) for k, a in fam.batch_axes(cfg).items()}
-      step = step_lib.make_train_step(fam, cfg, graphdef, tx, schedules, shardings, batch_shardings)
-      self.batch = {k: jax.device_put(v, batch_shardings[k]) for k, v in packed_batch(cfg).items()}
-      t0 = time.perf_counter()
-      self.step = step.lower(self.state, self.batch).compile()
-      self.compile_s = time.perf_counter() - t0
-
-  train_step = ast_train.JaxSide.train_step  # times `self.step(self.state, self.batch)`, as for AST
+def jax_side(cfg) -> common.EngineStep:
+  from jaxspeech.llasa import family
+  return common.EngineStep(family.FAMILY, cfg, packed_batch(cfg))
 
 
 class TorchSide:
@@ -107,7 +86,7 @@ def main():
   parser.add_argument("--max-other", type=float, default=0.25, help="CPU share of other processes that reruns a block")
   parser.add_argument("--write", action="store_true", help=f"write the figures to {common.RESULTS}")
   args = parser.parse_args()
-  sides = {"jaxspeech": JaxSide(jax_config(args.seq)), "transformers": TorchSide(args.seq)}
+  sides = {"jaxspeech": jax_side(jax_config(args.seq)), "transformers": TorchSide(args.seq)}
   for side in sides.values():
     side.train_step()
   times, worst = timed_blocks(sides, "train_step", args.blocks, args.steps, args.max_other, retries=2)

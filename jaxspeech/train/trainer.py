@@ -25,6 +25,7 @@ from jaxspeech.data import pipeline
 from jaxspeech.train import checkpoint, goodput, host, init_from, metrics as metrics_lib, optim, profile
 from jaxspeech.train import state as state_lib
 from jaxspeech.train import step as step_lib
+from jaxspeech.train.family import Family
 
 
 class TrainingError(RuntimeError):
@@ -75,10 +76,12 @@ class _StopRequest:
 
 
 class Trainer:
-  def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None):
+  def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None,
+               family: Family | None = None):
+    """`family` replaces the registry's `cfg.family` (benchmarks time a family with a changed loss)."""
     self.cfg, self.workdir = cfg, workdir
     host.enable_compilation_cache(cfg.train.compilation_cache)
-    self.family = registry.get(cfg.family)
+    self.family = family or registry.get(cfg.family)
     self.mesh = sharding.make_mesh(cfg.mesh, devices)
     self.rules = [tuple(r) for r in cfg.axis_rules]
     with sharding.use_rules(self.mesh, self.rules):
