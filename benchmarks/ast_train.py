@@ -420,6 +420,10 @@ FLAG_SETS = {  # name → XLA_FLAGS for a child process (XLA reads them once per
     "default flags": "",
     "XLA's own dots instead of YNNPACK's": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot",
     "no YNNPACK": "--xla_cpu_experimental_ynn_fusion_type=-individual_dot,-individual_convolution,-reduce",
+    "oneDNN matmuls (as torch)": "--xla_cpu_use_onednn=true",
+    "memory-optimized scheduler": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED",
+    "concurrency-optimized scheduler": "--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED",
+    "FAST_RUNTIME preset": "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME",
 }
 
 
@@ -460,7 +464,7 @@ def child(args) -> None:
     out.pop("jax_side")
     print(json.dumps(out))
     return
-  sides = {"jax": JaxSide(16, "library", heads=args.heads, with_optimizer=False)}
+  sides = {"jax": JaxSide(args.flags_stride, "library", heads=args.heads, with_optimizer=False)}
   train, fwd, other = compare(sides, args, args.variant_steps)
   print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": other}))
 
@@ -468,7 +472,8 @@ def child(args) -> None:
 def run_child(kind: str, env: dict, args, *extra: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--heads", str(args.heads), "--blocks",
          str(args.blocks), "--steps", str(args.steps), "--other-steps", str(args.other_steps), "--variant-steps",
-         str(args.variant_steps), "--max-other", str(args.max_other), "--retries", str(args.retries), *extra]
+         str(args.variant_steps), "--flags-stride", str(args.flags_stride), "--max-other", str(args.max_other),
+         "--retries", str(args.retries), *extra]
   env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
@@ -661,6 +666,7 @@ def main():
   parser.add_argument("--variant-steps", type=int, default=3, help="steps per block for variants and flags")
   parser.add_argument("--no-variants", dest="variants", action="store_false", help="skip the candidate changes")
   parser.add_argument("--flags", action="store_true", help="also time XLA CPU flags (one process each)")
+  parser.add_argument("--flags-stride", type=int, default=16, choices=(16, 10), help="patch stride the flags run at")
   parser.add_argument("--no-malloc", dest="malloc", action="store_false",
                       help="skip the stride-16 comparison rerun in a process with glibc's default malloc")
   parser.add_argument("--max-other", type=float, default=0.1)

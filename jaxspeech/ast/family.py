@@ -185,6 +185,13 @@ def batch_axes(cfg):
   return axes if task(cfg) == "ssast" else {**axes, "speaker_id": rows}
 
 
+def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  rows, spec = cfg.train.batch_size, jax.ShapeDtypeStruct
+  shapes = {"audio": spec((rows, crop_samples(cfg)), jnp.float32), "audio_lengths": spec((rows,), jnp.int32),
+            "valid": spec((rows,), jnp.bool_)}
+  return shapes if task(cfg) == "ssast" else {**shapes, "speaker_id": spec((rows,), jnp.int32)}
+
+
 def train_flops(cfg) -> float:
   """Forward + backward (3× forward) matmul FLOPs of one global batch."""
   m, petl = model_config(cfg), petl_config(cfg)
@@ -208,4 +215,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="ast", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, param_groups=param_groups, adapt_init=adapt_init)
+    train_flops=train_flops, units=units, param_groups=param_groups, adapt_init=adapt_init, batch_shapes=batch_shapes)

@@ -34,3 +34,6 @@ class Family:
   # (params read from train.init_from as {dotted path: array}, that workdir's config.json, config) -> params
   # in this model's paths; e.g. SSAST pretraining params into an AST classifier. None keeps them as they are.
   adapt_init: Callable[[dict, dict, ml_collections.ConfigDict], dict] | None = None
+  # config -> {field: jax.ShapeDtypeStruct} of one global train batch, without reading data (`jaxspeech plan`
+  # on a laptop for a pod's dataset). None: the planner reads one batch of the config's dataset.
+  batch_shapes: Callable[[ml_collections.ConfigDict], dict[str, jax.ShapeDtypeStruct]] | None = None

@@ -11,7 +11,7 @@ batch shardings as `jaxspeech train`), lowers it on fake CPU devices laid out as
 compiles it and reads `compiled.memory_analysis()`. The fake devices are made in a child process whose
 XLA_FLAGS ask for as many as the mesh needs, so a laptop plans a 256-chip mesh. On a host that has
 the mesh's accelerators (an 8-GPU node), `--native` compiles for them instead, with their own compiler.
-Batch shapes come from one batch of the config's dataset. The same figures are estimated analytically
+Batch shapes come from the family's `batch_shapes` (no data needed), else from one batch of the config's dataset. The same figures are estimated analytically
 (every param split over fsdp × tensor, AdamW's two moments, fp32 gradients in the params' layout); a
 gap above DISAGREE_PCT % is reported, since it means params that the rules leave replicated.
 
@@ -87,12 +87,8 @@ def measure(cfg, mesh: dict[str, int]) -> Plan:
   cfg = cfg.copy_and_resolve_references()
   cfg.mesh.update(mesh)
   run = trainer.Trainer(cfg, workdir="", devices=jax.devices()[:math.prod(mesh.values())])
-  data = run.family.make_data(cfg, cfg.data.train_split, train=True, shard_index=0, shard_count=1)
-  iterator = pipeline.make_iterator(data)
-  batch = next(iterator)
-  iterator.close()
-  abstract_batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype, sharding=run.batch_shardings[k])
-                    for k, v in batch.items() if k in run.batch_shardings}
+  abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_shardings[k])
+                    for k, v in batch_shapes(run.family, cfg).items() if k in run.batch_shardings}
   with sharding.use_rules(run.mesh, run.rules):
     stats = run.train_step.lower(run.target, abstract_batch).compile().memory_analysis()
   xla = dict(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
@@ -107,6 +103,17 @@ def measure(cfg, mesh: dict[str, int]) -> Plan:
   return Plan(family=cfg.family, platform=run.mesh.devices.flat[0].platform, mesh=dict(mesh), params=count,
               per_device=per_device, xla=xla, analytic=analytic(count, mesh, bool(cfg.train.ema_decay)),
               flops_per_step=run.flops_per_step)
+
+
+def batch_shapes(family, cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """The family's `batch_shapes`, or the shapes of one batch of the config's dataset."""
+  if family.batch_shapes is not None:
+    return family.batch_shapes(cfg)
+  iterator = pipeline.make_iterator(family.make_data(cfg, cfg.data.train_split, train=True, shard_index=0,
+                                                     shard_count=1))
+  batch = next(iterator)
+  iterator.close()
+  return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
 
 
 def param_count(params) -> int:
