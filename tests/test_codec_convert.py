@@ -76,7 +76,7 @@ def cli(*args) -> subprocess.CompletedProcess:
                         env=ENV, capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow   # the import initialises and saves the discriminators' training state beside the codec
+@pytest.mark.slow   # two CLI runs, each compiling the codec's train state
 def test_cli_round_trip_is_identical_and_loads_strictly(tmp_path):
   """xcodec2 safetensors → workdir → xcodec2 safetensors with the real CLI; the export loads into the
   xcodec2 modules with load_state_dict(strict=True) and decodes the same audio."""

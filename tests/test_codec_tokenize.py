@@ -11,7 +11,7 @@ import soundfile
 from flax import nnx
 
 from jaxspeech import cli
-from jaxspeech.codec import inference, sizes, tokenize
+from jaxspeech.codec import family, inference, losses, sizes, tokenize
 from jaxspeech.codec.model import Codec
 from jaxspeech.convert import mapping, workdir as workdir_lib
 from jaxspeech.data import schema, tfds_io
@@ -26,7 +26,7 @@ def small_codec_config() -> ml_collections.ConfigDict:
 
 @pytest.fixture(scope="module")
 def codec_workdir(tmp_path_factory) -> str:
-  """A codec workdir as `jaxspeech convert` writes one: these params at step 0, discriminators initialised."""
+  """A codec workdir as `jaxspeech convert` writes one: these params at step 0."""
   cfg = small_codec_config()
   params = mapping.flatten(nnx.to_pure_dict(nnx.state(Codec(cfg, rngs=nnx.Rngs(3)), nnx.Param)))
   dst = str(tmp_path_factory.mktemp("codec") / "workdir")
@@ -53,12 +53,25 @@ def test_restore_gives_the_saved_codec(codec_workdir):
   np.testing.assert_array_equal(np.asarray(codec.encode(wav)), np.asarray(expected.encode(wav)))
 
 
+def test_converted_workdir_holds_the_codec_for_train_init_from(codec_workdir):
+  """No discriminators (X-codec2's release has none): `train.init_from` starts GAN training from the codec's
+  params, which must be a subset of the GAN model's in the same shapes; the discriminators keep their init."""
+  params = workdir_lib.read(codec_workdir, "codec").params
+  assert params and not any(losses.is_discriminator(tuple(k.split("."))) for k in params)
+  cfg = ml_collections.ConfigDict({"model": small_codec_config(), "gan": losses.defaults()})
+  gan = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0))), nnx.Param))
+  assert {k: tuple(v.shape) for k, v in params.items()} == {k: v for k, v in gan.items() if k in params}
+  assert all(losses.is_discriminator(tuple(k.split("."))) for k in gan.keys() - params.keys())
+
+
 def test_encode_writes_codes_with_metadata_and_skips_finished_chunks(codec_workdir, small_corpus, tmp_path):
   out = str(tmp_path / "codes" / "1.0.0")
   parts = out + ".parts"
-  # A chunk finished by an earlier (killed) run is kept as it is, not encoded again.
+  # A chunk finished by an earlier (killed) run is kept as it is, not encoded again. Its codes span the codebook:
+  # the dataset must keep those past int16's 32,767 exactly.
+  saved = np.array([0, 32_767, 32_768, 40_000, 65_534, 65_535, 7], np.int32)
   os.makedirs(parts)
-  np.savez(os.path.join(parts, "train-00000.npz"), codes=np.arange(7, dtype=np.int32), counts=np.array([3, 4]),
+  np.savez(os.path.join(parts, "train-00000.npz"), codes=saved, counts=np.array([3, 4]),
            durations=np.array([0.06, 0.08], np.float32))
   assert cli.main(["codec", "encode", "--workdir", codec_workdir, "--data-dir", small_corpus, "--out", out,
                    "--chunk", "2", "--per-device", "1"]) == 0
@@ -72,7 +85,8 @@ def test_encode_writes_codes_with_metadata_and_skips_finished_chunks(codec_workd
       for key in tokenize.KEPT:
         assert row[key] == record[key]
       if split == "train" and i < 2:   # the pre-existing chunk
-        np.testing.assert_array_equal(row["codes"], np.arange(7)[:3] if i == 0 else np.arange(3, 7))
+        assert row["codes"].dtype == np.int32
+        np.testing.assert_array_equal(row["codes"], saved[:3] if i == 0 else saved[3:])
         continue
       wav = inference.decode_audio(record, 16000)
       assert row["duration"] == pytest.approx(len(wav) / 16000)

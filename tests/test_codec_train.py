@@ -109,6 +109,33 @@ def test_each_player_learns_only_from_its_own_loss(name):
   assert d["generator"] == 0.0 and d["discriminator"] > 0.0, d
 
 
+@pytest.mark.parametrize("name", ["codec", "vocoder"])
+def test_generator_and_discriminators_have_separate_optimizers(name):
+  """Each player is clipped by its own gradient norm: the generator's update is the same, bit for bit, whether the
+  discriminators' gradients are 1 or 1e6 (one shared norm would scale the generator's gradients below AdamW's eps,
+  and its first update from ~lr to ~1e-4 lr)."""
+  fam, cfg = {"codec": family, "vocoder": vocoder_family}[name], _small_cfg(name)
+  cfg.optim.warmup_steps = 0   # a nonzero first update
+  assert (cfg.optim.b1, cfg.optim.b2) == (0.8, 0.9) and set(cfg.optim.groups) == {"discriminator"}
+  params = nnx.state(nnx.eval_shape(lambda: fam.build_model(cfg, nnx.Rngs(0))), nnx.Param)
+  params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params)
+  tx, schedules = optim.make(cfg.optim, cfg.train.steps, params, fam.FAMILY.param_groups)
+  assert set(schedules) == {"default", "discriminator"}
+
+  def grads(d_scale):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.full(x.shape, d_scale if losses.is_discriminator(optim.param_path(path)) else 1.0),
+        params)
+
+  def generator_update(g):
+    updates, _ = tx.update(g, tx.init(params), params)
+    return [u for path, u in jax.tree_util.tree_leaves_with_path(updates)
+            if not losses.is_discriminator(optim.param_path(path))]
+
+  jax.tree.map(np.testing.assert_array_equal, generator_update(grads(1.0)), generator_update(grads(1e6)))
+  assert max(float(jnp.max(jnp.abs(u))) for u in generator_update(grads(1.0))) > 0
+
+
 def test_generator_only_warmup_leaves_the_discriminators_alone():
   cfg = _small_cfg("codec")
   cfg.gan.warmup_steps = 3

@@ -25,13 +25,12 @@ class CodecGAN(Codec):
     losses.add_discriminators(self, gan, rngs)
 
 
-def gan_config(cfg) -> ml_collections.ConfigDict:
-  """`cfg.gan`, or the defaults for a config without one (a converted workdir's)."""
-  return cfg.gan if "gan" in cfg else losses.defaults()
-
-
 def build_model(cfg, rngs):
-  return CodecGAN(cfg.model, gan_config(cfg), rngs=rngs)
+  """The codec with its discriminators; the codec alone for a config without `gan` (`jaxspeech convert`'s, whose
+  workdirs hold the generator's params: training starts from them with `train.init_from`)."""
+  if "gan" not in cfg:
+    return Codec(cfg.model, rngs=rngs)
+  return CodecGAN(cfg.model, cfg.gan, rngs=rngs)
 
 
 def hop(cfg) -> int:
@@ -40,18 +39,18 @@ def hop(cfg) -> int:
 
 def adversarial_on(batch, cfg) -> jax.Array:
   """1.0 once the generator-only warm-up (`gan.warmup_steps`) is over, read from the batch's `step`."""
-  return (batch["step"][0] >= gan_config(cfg).warmup_steps).astype(jnp.float32)
+  return (batch["step"][0] >= cfg.gan.warmup_steps).astype(jnp.float32)
 
 
 def loss(model, batch, key, cfg):
   del key
   wav_BxS = batch["audio"]
   out = model(wav_BxS, batch.get("semantic_features"))
-  total, metrics = losses.gan_loss(model, wav_BxS, out["wav"][:, :wav_BxS.shape[1]], gan_config(cfg),
+  total, metrics = losses.gan_loss(model, wav_BxS, out["wav"][:, :wav_BxS.shape[1]], cfg.gan,
                                    cfg.model.sample_rate, adversarial_on(batch, cfg))
   if model.semantic:
     semantic = jnp.mean((out["semantic_pred"] - out["semantic_target"]) ** 2)
-    total += gan_config(cfg).semantic_weight * semantic
+    total += cfg.gan.semantic_weight * semantic
     metrics["semantic"] = semantic
   return total, metrics
 
@@ -153,4 +152,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="codec", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units)
+    train_flops=train_flops, units=units, param_groups=losses.param_group)

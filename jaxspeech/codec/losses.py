@@ -6,8 +6,8 @@ simultaneously from
 
     total = G_loss(generator; discriminators under stop_gradient) + D_loss(discriminators; stop_gradient(wav_hat))
 
-G_loss reaches the generator only, D_loss the discriminators only. Both take X-codec2's AdamW β (0.8, 0.9) in one
-optimizer group (AdamW's moments are per param anyway), so they share one clipping norm.
+G_loss reaches the generator only, D_loss the discriminators only. The two players are two optimizer groups
+(`param_group`: "default" and "discriminator"), each with its own AdamW state, schedule and clipping norm.
 """
 
 import jax
@@ -18,8 +18,9 @@ from flax import nnx
 from jaxspeech.audio import features
 from jaxspeech.codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 
-# X-codec2's AdamW for the generator and the discriminators (one group, see above): `config.optim` overrides.
-OPTIM = dict(b1=0.8, b2=0.9, clip_norm=1.0, schedule="cosine")
+# X-codec2's AdamW (`config.optim` overrides), for the generator (group "default") and the discriminators, whose
+# group overrides nothing: the same recipe, with its own moments, schedule and clipping norm.
+OPTIM = dict(b1=0.8, b2=0.9, clip_norm=1.0, schedule="cosine", groups=dict(discriminator={}))
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -45,6 +46,12 @@ def add_discriminators(model: nnx.Module, gan: ml_collections.ConfigDict, rngs: 
 
 def is_discriminator(path: tuple[str, ...]) -> bool:
   return path[0] in ("discriminator", "spec_discriminator")
+
+
+def param_group(path: tuple[str, ...], leaf) -> str:
+  """The optimizer group (`optim.groups`) of a param: the discriminators' own AdamW, or the generator's."""
+  del leaf
+  return "discriminator" if is_discriminator(path) else "default"
 
 
 def lsgan_discriminator(real_logits, fake_logits) -> jax.Array:

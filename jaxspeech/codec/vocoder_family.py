@@ -19,7 +19,7 @@ class VocoderGAN(Vocoder):
 
 
 def build_model(cfg, rngs):
-  return VocoderGAN(cfg.model, codec_family.gan_config(cfg), rngs=rngs)
+  return VocoderGAN(cfg.model, cfg.gan, rngs=rngs)
 
 
 def _reconstruct(model, wav_BxS):
@@ -29,7 +29,7 @@ def _reconstruct(model, wav_BxS):
 def loss(model, batch, key, cfg):
   del key
   wav_BxS = batch["audio"]
-  return losses.gan_loss(model, wav_BxS, _reconstruct(model, wav_BxS), codec_family.gan_config(cfg),
+  return losses.gan_loss(model, wav_BxS, _reconstruct(model, wav_BxS), cfg.gan,
                          cfg.model.sample_rate, codec_family.adversarial_on(batch, cfg))
 
 
@@ -53,4 +53,5 @@ def train_flops(cfg) -> float:
 
 FAMILY = Family(
     name="vocoder", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
-    batch_axes=codec_family.batch_axes, train_flops=train_flops, units=codec_family.units)
+    batch_axes=codec_family.batch_axes, train_flops=train_flops, units=codec_family.units,
+    param_groups=losses.param_group)
