@@ -1,4 +1,5 @@
-"""Batched, jittable audio features: log-mels (F5-TTS/Vocos, DAC codec losses) and Kaldi fbank (AST).
+"""Batched, jittable audio features: log-mels (F5-TTS/Vocos, DAC codec losses), Kaldi fbank (AST) and
+w2v-BERT 2.0's stacked, normalised fbank (the codec's semantic branch).
 
 Each feature takes float audio `wav_BxS` (or one `wav_S`, giving unbatched output). For a zero-padded
 batch, pass `lengths_B` (valid samples per example): the result becomes `(features, frames_B)`, and each
@@ -171,10 +172,11 @@ def multi_res_log_mel(wav_BxS, sample_rate: int, configs=DAC_MEL_CONFIGS, *, len
   return mels, [lengths_B // hop + 1 for _, hop, _, _ in configs]
 
 
-@functools.partial(jax.jit, static_argnames=("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms"))
+@functools.partial(jax.jit, static_argnames=("sample_rate", "num_mel_bins", "frame_length_ms", "frame_shift_ms",
+                                             "window_type"))
 @_batched
 def kaldi_fbank(wav_BxS, sample_rate: int = 16000, num_mel_bins: int = 128, frame_length_ms: float = 25.0,
-                frame_shift_ms: float = 10.0, *, lengths_B=None):
+                frame_shift_ms: float = 10.0, window_type: str = "hanning", *, lengths_B=None):
   """AST's features: `torchaudio.compliance.kaldi.fbank(wav, htk_compat=True, sample_frequency=sample_rate,
   use_energy=False, window_type='hanning', num_mel_bins=num_mel_bins, dither=0.0, frame_shift=frame_shift_ms)`.
 
@@ -182,14 +184,18 @@ def kaldi_fbank(wav_BxS, sample_rate: int = 16000, num_mel_bins: int = 128, fram
   mean, pre-emphasis 0.97, symmetric Hann window, FFT size rounded up to a power of two, power spectrum,
   Kaldi mel banks from 20 Hz to Nyquist, ln floored at float32 epsilon. (B, 1 + (S - window) // shift,
   num_mel_bins). AST subtracts the waveform's mean first; per-frame mean removal makes that a no-op.
+  window_type="povey" is Kaldi's default window, the Hann window to the power 0.85.
   """
+  if window_type not in ("hanning", "povey"):
+    raise ValueError(f"window_type must be 'hanning' or 'povey', got {window_type!r}")
   window_size = int(sample_rate * frame_length_ms * 0.001)  # Kaldi's truncation, in this order
   window_shift = int(sample_rate * frame_shift_ms * 0.001)
   n_fft = 1 << (window_size - 1).bit_length()
   frames_BxTxN = _frames(wav_BxS, window_size, window_shift)
   frames_BxTxN = frames_BxTxN - frames_BxTxN.mean(-1, keepdims=True)
   frames_BxTxN = frames_BxTxN - 0.97 * jnp.concatenate([frames_BxTxN[..., :1], frames_BxTxN[..., :-1]], -1)
-  frames_BxTxN = frames_BxTxN * jnp.asarray(_hann(window_size, periodic=False), wav_BxS.dtype)
+  window_N = _hann(window_size, periodic=False) ** (0.85 if window_type == "povey" else 1.0)
+  frames_BxTxN = frames_BxTxN * jnp.asarray(window_N, wav_BxS.dtype)
   spectrum_BxTxF = jnp.fft.rfft(frames_BxTxN, n=n_fft, axis=-1)
   power_BxTxF = jnp.real(spectrum_BxTxF) ** 2 + jnp.imag(spectrum_BxTxF) ** 2
   banks_FxM = jnp.asarray(kaldi_mel_banks(num_mel_bins, n_fft, sample_rate), wav_BxS.dtype)
@@ -197,6 +203,33 @@ def kaldi_fbank(wav_BxS, sample_rate: int = 16000, num_mel_bins: int = 128, fram
   if lengths_B is None:
     return fbank_BxTxM
   return fbank_BxTxM, jnp.maximum(0, (lengths_B - window_size) // window_shift + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("stride",))
+@_batched
+def w2vbert_features(wav_BxS, stride: int = 2, *, lengths_B=None):
+  """w2v-BERT 2.0's input, as transformers' `SeamlessM4TFeatureExtractor` computes it from 16 kHz audio in [-1, 1].
+
+  Kaldi fbank (80 bins, povey window, 25/10 ms) of the audio scaled to 16-bit integers, each bin normalised over
+  the utterance's frames (mean, unbiased variance + 1e-7), zero frames appended up to a multiple of `stride`
+  (its `pad_to_multiple_of=2`), then each `stride` consecutive frames concatenated: (B, ceil(T / stride),
+  80 · stride), T = 1 + (S - 400) // 160. With `lengths_B`, statistics use each example's own frames and its
+  later frames are zero, as the extractor pads a batch; the second output is frames // stride (the
+  stacked frames its attention mask keeps).
+  """
+  fbank_BxTxM = kaldi_fbank(wav_BxS * 32768.0, 16000, 80, window_type="povey")
+  B, T, M = fbank_BxTxM.shape
+  frames_B = jnp.full((B,), T) if lengths_B is None else jnp.maximum(0, (lengths_B - 400) // 160 + 1)
+  valid_BxTx1 = (jnp.arange(T) < frames_B[:, None])[..., None]
+  count_Bx1x1 = frames_B[:, None, None].astype(fbank_BxTxM.dtype)
+  mean_Bx1xM = jnp.sum(jnp.where(valid_BxTx1, fbank_BxTxM, 0.0), 1, keepdims=True) / count_Bx1x1
+  centred_BxTxM = jnp.where(valid_BxTx1, fbank_BxTxM - mean_Bx1xM, 0.0)
+  var_Bx1xM = jnp.sum(centred_BxTxM ** 2, 1, keepdims=True) / (count_Bx1x1 - 1)
+  normed_BxTxM = jnp.pad(centred_BxTxM / jnp.sqrt(var_Bx1xM + 1e-7), ((0, 0), (0, -T % stride), (0, 0)))
+  stacked_BxNxF = normed_BxTxM.reshape(B, -1, M * stride)
+  if lengths_B is None:
+    return stacked_BxNxF
+  return stacked_BxNxF, frames_B // stride
 
 
 def pad_or_crop_frames(fbank_BxTxM, num_frames: int = 1024, frames_B=None):

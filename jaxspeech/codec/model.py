@@ -5,8 +5,11 @@
     h_BxNxD = fc_prior(cat[semantic, acoustic])  →  FSQ  →  codes_BxN, z_q_BxNxD
     wav_hat = VocosDecoder(fc_post_a(z_q));  semantic_pred = SemanticDecoder(fc_post_s(z_q))
 
-w2v-BERT itself is not part of this model: the semantic branch takes its features as an argument
-(`semantic_features_BxNxF`, F = `semantic.features`, one frame per code).
+With `semantic.w2vbert` configured, the model runs w2v-BERT itself (`semantic_model`, X-codec2's name) on its
+input padded by 160 samples each side, as X-codec2 does: `features.w2vbert_features` → hidden_states[layers],
+one frame per code. The teacher is frozen: its output is under stop_gradient, and `frozen(path)` names its params
+for the optimizer. Without it the semantic branch takes the features as an argument (`semantic_features_BxNxF`,
+F = `semantic.features`, one frame per code).
 """
 
 import jax
@@ -15,11 +18,21 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from jaxspeech.audio import features
 from jaxspeech.codec.decoder import VocosDecoder
 from jaxspeech.codec.encoder import Encoder
 from jaxspeech.codec.fsq import FSQ
 from jaxspeech.codec.semantic import SemanticConv
+from jaxspeech.codec.w2vbert import W2VBert
 from jaxspeech.nn import layers
+
+W2VBERT_HOP = 320   # w2v-BERT's frames: a 10 ms fbank stacked in pairs, 20 ms at 16 kHz
+TEACHER = "semantic_model"
+
+
+def frozen(path: tuple[str, ...]) -> bool:
+  """True for the params of the frozen w2v-BERT teacher (they belong in no optimizer group that updates)."""
+  return path[0] == TEACHER
 
 
 class Codec(nnx.Module):
@@ -41,6 +54,17 @@ class Codec(nnx.Module):
       self.semantic_encoder = SemanticConv(sem.features, sem.dim, sem.dim, dtype=dtype, rngs=rngs)
       self.fc_post_s = layers.dense(vq_dim, sem.dim, ("mlp", "embed"), dtype=dtype, rngs=rngs, torch_init=True)
       self.semantic_decoder = SemanticConv(sem.dim, sem.dim, sem.features, dtype=dtype, rngs=rngs)
+    teacher = sem.get("w2vbert") if self.semantic else None
+    if teacher and (self.hop != W2VBERT_HOP or teacher.dim != sem.features):
+      raise ValueError(f"w2v-BERT gives {teacher.dim} features every {W2VBERT_HOP} samples; this codec has "
+                       f"hop {self.hop} and semantic.features {sem.features}")
+    self.semantic_model = nnx.data(W2VBert(teacher, dtype=dtype, rngs=rngs) if teacher else None)
+
+  def teacher(self, wav_BxS: jax.Array) -> jax.Array:
+    """w2v-BERT hidden_states[layers] (B, ceil(S / hop), features) of the audio, float32, under stop_gradient."""
+    padded_BxS = jnp.pad(self.pad(wav_BxS).astype(jnp.float32), ((0, 0), (W2VBERT_HOP // 2, W2VBERT_HOP // 2)))
+    hidden_BxNxF = self.semantic_model(features.w2vbert_features(padded_BxS))[-1]
+    return jax.lax.stop_gradient(hidden_BxNxF.astype(jnp.float32))
 
   def pad(self, wav_BxS: jax.Array) -> jax.Array:
     """Zero-pads the end to a multiple of hop (xcodec2's wrapper always pads, by a full hop if S already is one)."""
@@ -48,9 +72,13 @@ class Codec(nnx.Module):
 
   def quantize(self, wav_BxS: jax.Array, semantic_features_BxNxF: jax.Array | None = None) -> dict:
     """{"codes": (B, N) int32, "z_q": (B, N, D) straight-through, and with the semantic branch
-    "semantic_target" (the given features) and "semantic_pred"}; N = ceil(S / hop)."""
+    "semantic_target" (the given or computed features) and "semantic_pred"}; N = ceil(S / hop)."""
     acoustic_BxNxA = self.encoder(self.pad(wav_BxS))
     x_BxNxC = acoustic_BxNxA
+    if self.semantic_model is not None:
+      if semantic_features_BxNxF is not None:
+        raise ValueError("this codec computes its semantic features with its own w2v-BERT; pass none")
+      semantic_features_BxNxF = self.teacher(wav_BxS)
     if self.semantic:
       frames = acoustic_BxNxA.shape[1]
       if semantic_features_BxNxF is None or semantic_features_BxNxF.shape[1] != frames:

@@ -1,6 +1,17 @@
-"""Codec model configs (`config.model` of the codec family): `base` is the released X-codec2 shape."""
+"""Codec model configs (`config.model` of the codec family): `base` is the released X-codec2 shape.
+
+`semantic.w2vbert` is the frozen w2v-BERT encoder the codec runs on its own input (`jaxspeech.codec.w2vbert`);
+None: the semantic branch takes its features as an argument (`semantic_features_BxNxF`).
+"""
 
 import ml_collections
+
+
+def w2vbert_2_0() -> ml_collections.ConfigDict:
+  """facebook/w2v-bert-2.0 (HF `Wav2Vec2BertConfig` defaults) up to hidden_states[16], the layer X-codec2 uses."""
+  return ml_collections.ConfigDict(dict(
+      input_dim=160, dim=1024, layers=16, heads=16, intermediate=4096, conv_kernel=31,
+      position="relative_key", left_max=64, right_max=8, rotary_base=10000, eps=1e-5))
 
 
 def base() -> ml_collections.ConfigDict:
@@ -9,11 +20,18 @@ def base() -> ml_collections.ConfigDict:
       sample_rate=16000,
       encoder=dict(channels=48, strides=[2, 2, 4, 4, 5], dilations=[1, 3, 9], dim=1024),
       # w2v-BERT 2.0 hidden_states[16] (`features` wide, 50 Hz) → SemanticEncoder → `dim`, fused by fc_prior.
-      semantic=dict(enabled=True, features=1024, dim=1024),
+      semantic=dict(enabled=True, features=1024, dim=1024, w2vbert=None),
       fsq=dict(levels=[4] * 8, dim=2048),
       decoder=dict(input_channels=1024, dim=1024, depth=12, heads=16, n_fft=1280, hop=320, norm_groups=32),
       dtype="float32",   # compute dtype ("bfloat16" on TPU/GPU); params, FSQ and the ISTFT stay float32
   ))
+
+
+def base_w2vbert() -> ml_collections.ConfigDict:
+  """`base` running w2v-BERT 2.0 itself (import its weights with `jaxspeech convert codec ... --w2vbert DIR`)."""
+  cfg = base()
+  cfg.semantic.w2vbert = w2vbert_2_0()
+  return cfg
 
 
 def tiny() -> ml_collections.ConfigDict:
@@ -26,4 +44,13 @@ def tiny() -> ml_collections.ConfigDict:
   return cfg
 
 
-SIZES = {"tiny": tiny, "base": base}
+def tiny_semantic() -> ml_collections.ConfigDict:
+  """`tiny` with the semantic branch over a 2-layer, 32-wide random w2v-BERT (the code path, not its features)."""
+  cfg = tiny()
+  w2vbert = w2vbert_2_0()
+  w2vbert.update(dim=32, layers=2, heads=4, intermediate=64, conv_kernel=7)
+  cfg.semantic.update(enabled=True, features=w2vbert.dim, w2vbert=w2vbert)
+  return cfg
+
+
+SIZES = {"tiny": tiny, "tiny_semantic": tiny_semantic, "base": base, "base_w2vbert": base_w2vbert}
