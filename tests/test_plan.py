@@ -5,14 +5,16 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 import transformers
 
-from jaxspeech import sharding
+from jaxspeech import registry, sharding
 from jaxspeech.ast import convert, family as ast_family
 from jaxspeech.data import pipeline
 from jaxspeech.train import plan as plan_lib, state as state_lib, trainer
 from tests.ast_config import OVERRIDES, ROOT, load_config, tiny_ast
+from tests.test_llasa_family import code_data, tiny_config as tiny_llasa  # noqa: F401 (code_data: a fixture)
 
 STEP_AND_RNG = 4 + 8  # int32 step and a uint32[2] key, replicated
 
@@ -129,12 +131,15 @@ def test_cli_plans_a_mesh_larger_than_this_process(corpus_path):
   assert lines[-1].startswith("fits in 0.001 GiB HBM? NO")
 
 
-def test_ast_batch_shapes_are_a_real_batch(corpus_path):
+@pytest.mark.parametrize("name", ["ast", "llasa"])
+def test_batch_shapes_are_a_real_batch(corpus_path, code_data, name):
   """The planner's data-free shapes (`Family.batch_shapes`) are those of a batch the pipeline really makes."""
-  cfg = tiny_ast(corpus_path)
-  iterator = pipeline.make_iterator(ast_family.make_data(cfg, "train", train=True, shard_index=0, shard_count=1))
+  cfg = tiny_ast(corpus_path) if name == "ast" else tiny_llasa(code_data)
+  fam = registry.get(name)
+  iterator = pipeline.make_iterator(fam.make_data(cfg, "train", train=True, shard_index=0, shard_count=1))
   batch = next(iterator)
   iterator.close()
-  shapes = ast_family.batch_shapes(cfg)
-  assert set(shapes) == set(ast_family.batch_axes(cfg))
-  assert {k: (v.shape, v.dtype) for k, v in shapes.items()} == {k: (batch[k].shape, batch[k].dtype) for k in shapes}
+  shapes = fam.batch_shapes(cfg)
+  assert set(shapes) == set(fam.batch_axes(cfg))
+  real = {k: (np.shape(batch[k]), jax.dtypes.canonicalize_dtype(np.asarray(batch[k]).dtype)) for k in shapes}
+  assert {k: (v.shape, v.dtype) for k, v in shapes.items()} == real

@@ -9,6 +9,7 @@ HF `tokenizer.json` (the Llama tokenizer of an imported checkpoint). Its ids are
 import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -136,6 +137,13 @@ def batch_axes(cfg):
           "valid": rows}
 
 
+def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """A packed batch (`packing.Packing`): `train.batch_size` rows of `llasa.seq_len` tokens."""
+  tokens, spec = (cfg.train.batch_size, cfg.llasa.seq_len), jax.ShapeDtypeStruct
+  return {**{k: spec(tokens, jnp.int32) for k in ("inputs", "targets", "segment_ids", "positions")},
+          "weights": spec(tokens, jnp.float32), "valid": spec(tokens[:1], jnp.bool_)}
+
+
 def train_flops(cfg) -> float:
   """Forward + backward (3× forward) matmul FLOPs of one global batch, attention scores over the full row."""
   m, seq = model_config(cfg), cfg.llasa.seq_len
@@ -151,4 +159,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="llasa", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, adapt_init=adapt_init)
+    train_flops=train_flops, units=units, adapt_init=adapt_init, batch_shapes=batch_shapes)
