@@ -277,6 +277,40 @@ def _attention_bhlk(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS=None):
   return jnp.swapaxes(jnp.einsum("bhls,bhsk->bhlk", probs, v), 1, 2)
 
 
+def _attention_flash_vjp(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS=None):
+  """Heads-major attention with FlashAttention's backward as a custom VJP: dS = P ∘ (dP − δ), δ = rowsum(dO ∘ O)
+  (Dao et al. 2022, eq. 4), so the softmax backward needs no reduction over the L×S probabilities."""
+  import jax
+  import jax.numpy as jnp
+  if mask_BxHxLxS is not None:
+    return _attention_bhlk(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS)
+  scale = q_BxLxHxK.shape[-1] ** -0.5
+
+  def forward(q, k, v):
+    probs = jax.nn.softmax(jnp.einsum("bhlk,bhsk->bhls", q * scale, k), axis=-1)
+    return jnp.einsum("bhls,bhsk->bhlk", probs, v), probs
+
+  @jax.custom_vjp
+  def attend(q, k, v):
+    return forward(q, k, v)[0]
+
+  def attend_fwd(q, k, v):
+    out, probs = forward(q, k, v)
+    return out, (q, k, v, probs, out)
+
+  def attend_bwd(res, d_out):
+    q, k, v, probs, out = res
+    d_probs = jnp.einsum("bhlk,bhsk->bhls", d_out, v)
+    delta = jnp.einsum("bhlk,bhlk->bhl", d_out, out)
+    d_logits = probs * (d_probs - delta[..., None]) * scale
+    return (jnp.einsum("bhls,bhsk->bhlk", d_logits, k), jnp.einsum("bhls,bhlk->bhsk", d_logits, q),
+            jnp.einsum("bhls,bhlk->bhsk", probs, d_out))
+
+  attend.defvjp(attend_fwd, attend_bwd)
+  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q_BxLxHxK, k_BxSxHxK, v_BxSxHxK))
+  return jnp.swapaxes(attend(q, k, v), 1, 2)
+
+
 def _patch_conv_as_matmul():
   """nnx.Conv with stride == kernel and VALID padding computed as reshape + matmul (same params)."""
   from flax import nnx
@@ -330,6 +364,7 @@ VARIANTS = {  # name → context manager factory active while the model is trace
     "library": _no_patch,
     "select guard": _no_patch,
     "attention bhlk": lambda: _patched(layers_module(), "dot_product_attention", _attention_bhlk)(),
+    "attention flash VJP": lambda: _patched(layers_module(), "dot_product_attention", _attention_flash_vjp)(),
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
@@ -464,7 +499,7 @@ def child(args) -> None:
     out.pop("jax_side")
     print(json.dumps(out))
     return
-  sides = {"jax": JaxSide(args.flags_stride, "library", heads=args.heads, with_optimizer=False)}
+  sides = {"jax": JaxSide(args.probe_stride, "library", heads=args.heads, with_optimizer=False)}
   train, fwd, other = compare(sides, args, args.variant_steps)
   print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": other}))
 
@@ -472,7 +507,7 @@ def child(args) -> None:
 def run_child(kind: str, env: dict, args, *extra: str) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--heads", str(args.heads), "--blocks",
          str(args.blocks), "--steps", str(args.steps), "--other-steps", str(args.other_steps), "--variant-steps",
-         str(args.variant_steps), "--flags-stride", str(args.flags_stride), "--max-other", str(args.max_other),
+         str(args.variant_steps), "--probe-stride", str(args.probe_stride), "--max-other", str(args.max_other),
          "--retries", str(args.retries), *extra]
   env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -525,7 +560,7 @@ def compare(sides: dict, args, steps: int) -> tuple[dict, dict, float]:
 
 def run(args) -> dict:
   result = {"main": [], "malloc": [], "variants": [], "flags": [], "other": 0.0, "compile": {}, "temp": {}}
-  library16 = None
+  library = None
   for stride in args.strides:
     figures = compare_main(stride, args)
     result.update(torch_threads=figures["torch_threads"], torch_attention=figures["torch_attention"])
@@ -533,8 +568,8 @@ def run(args) -> dict:
     result["compile"][stride], result["temp"][stride] = figures["compile_s"], figures["temp_mb"]
     result["main"] += main_rows(stride, figures)
     print(main_table(result["main"]), file=sys.stderr, flush=True)
-    if stride == 16:
-      library16 = figures["jax_side"]
+    if stride == args.probe_stride:
+      library = figures["jax_side"]
     del figures
 
   if args.malloc:
@@ -543,11 +578,12 @@ def run(args) -> dict:
     result["malloc"] = main_rows(16, figures, " (default glibc malloc)")
     print(main_table(result["malloc"]), file=sys.stderr, flush=True)
 
-  if args.variants and library16 is not None:
-    sides = {"library": library16}
+  if args.variants:
+    library = library or JaxSide(args.probe_stride, "library", heads=args.heads, with_optimizer=False)
+    sides = {"library": library}
     for name in VARIANTS:
       if name != "library":
-        sides[name] = JaxSide(16, name, heads=args.heads, with_optimizer=False, like=library16)
+        sides[name] = JaxSide(args.probe_stride, name, heads=args.heads, with_optimizer=False, like=library)
     train, fwd, other = compare(sides, args, args.variant_steps)
     result["other"] = max(result["other"], other)
     result["variants"] = [{"name": name, "step": train[name], "fwd": fwd[name], "base_step": train["library"],
@@ -572,6 +608,7 @@ VARIANT_NOTES = {
     "library": "`make_train_step` as is (the same executable as the table above)",
     "select guard": "the non-finite guard as `jnp.where` on the new params and optimizer state instead of `lax.cond`",
     "attention bhlk": "`dot_product_attention` transposing q, k, v to (b, h, l, k) before the einsums",
+    "attention flash VJP": "heads-major attention whose backward is FlashAttention's (custom VJP, δ = rowsum(dO ∘ O))",
     "patch conv as matmul": "the 16×16/16 patch embedding as reshape + matmul instead of `nnx.Conv`",
 }
 
@@ -619,14 +656,15 @@ with a fresh `mmap` and `munmap`s it on free, so every step page-faults the whol
 {main_table(result['malloc'])}"""
   if result["variants"]:
     text += f"""
-Candidate changes at stride 16/16, each implemented in the benchmark only (the library is untouched), timed in
+Candidate changes at stride {args.probe_stride}/{args.probe_stride}, each implemented in the benchmark only (the library is untouched), timed in
 blocks of {args.variant_steps} alternating with the library step ({args.blocks} rounds):
 
 {variant_table(result['variants'], 'variant')}
 """ + "\n".join(f"- {name}: {note}" for name, note in VARIANT_NOTES.items()) + "\n"
   if result["flags"]:
     text += f"""
-XLA CPU flags, each in its own process running the library step at stride 16/16 ({args.blocks}×{args.variant_steps} steps):
+XLA CPU flags, each in its own process running the library step at stride {args.probe_stride}/{args.probe_stride}
+({args.blocks}×{args.variant_steps} steps):
 
 {variant_table(result['flags'], 'XLA_FLAGS')}"""
   return text + NOTES
@@ -666,7 +704,7 @@ def main():
   parser.add_argument("--variant-steps", type=int, default=3, help="steps per block for variants and flags")
   parser.add_argument("--no-variants", dest="variants", action="store_false", help="skip the candidate changes")
   parser.add_argument("--flags", action="store_true", help="also time XLA CPU flags (one process each)")
-  parser.add_argument("--flags-stride", type=int, default=16, choices=(16, 10), help="patch stride the flags run at")
+  parser.add_argument("--probe-stride", type=int, default=16, choices=(16, 10), help="patch stride the flags run at")
   parser.add_argument("--no-malloc", dest="malloc", action="store_false",
                       help="skip the stride-16 comparison rerun in a process with glibc's default malloc")
   parser.add_argument("--max-other", type=float, default=0.1)
