@@ -45,6 +45,7 @@ def get_config(variant: str = "tiny"):
       num_speech_tokens=NUM_SPEECH_TOKENS,
       tokenizer="data/llasa_spm256.model",
       train_text=False,                 # True: the transcript's tokens are trained too
+      loss_chunk=0,                     # >0: head + cross-entropy this many positions at a time (saves memory)
       seq_len=2048))
   size = {"vocab_size": text_vocab + len(SPECIAL_TOKENS) + NUM_SPEECH_TOKENS, **SIZES[variant]}
   cfg.model = ml_collections.ConfigDict(dataclasses.asdict(LlamaConfig(**size)))

@@ -13,6 +13,7 @@
   jaxspeech convert ast --to hf --src WORKDIR --dst DIR
   jaxspeech codec encode|decode|eval --workdir CODEC ...    (see jaxspeech/codec/cli.py)
   jaxspeech synthesize --lm WORKDIR --codec WORKDIR --tokenizer FILE --text "..." --out out.wav   (Llasa)
+  jaxspeech llasa eval --lm WORKDIR --codec WORKDIR --tokenizer FILE [--split test]    (see jaxspeech/llasa/cli.py)
   jaxspeech synthesize --dit WORKDIR [--vocoder WORKDIR] --ref-audio ref.wav --ref-text "..." --text "..." --out out.wav
 """
 
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
   p.set_defaults(run=_text_train)
   convert_cli.add_parser(groups)
   codec_cli.add_parser(groups)
+  llasa_cli.add_parser(groups)
   p = groups.add_parser("synthesize", help="text to speech: --lm (Llasa LM + codec workdirs)")
   p.add_argument("--text", required=True)
   p.add_argument("--out", required=True, help="the wav file to write")

@@ -1,5 +1,6 @@
 """Synthesis: verifiers and best-of-N, text → codes → wav with a voice prompt, and `jaxspeech synthesize`."""
 
+import json
 import os
 import subprocess
 import sys
@@ -71,22 +72,29 @@ def test_voice_prompted_best_of_n_synthesis(tokenizer):
   assert 0 < len(result.codes) <= 10 and len(result.wav) == 320 * len(result.codes)
 
 
-@pytest.mark.slow
-def test_synthesize_cli(tokenizer, tmp_path):
-  """`jaxspeech synthesize` as a user runs it, on an LM and a codec workdir (random weights)."""
-  lm = Llama(LM, nnx.Rngs(0))
+@pytest.fixture(scope="module")
+def workdirs(tmp_path_factory):
+  """(LM workdir, codec workdir) of random-init tiny models, as `jaxspeech convert` writes them."""
   import dataclasses  # pylint: disable=import-outside-toplevel
-  workdir.write(str(tmp_path / "lm"), "llasa", workdir.Imported(
-      model=dataclasses.asdict(LM), params=mapping.flatten(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))), {})
   from jaxspeech import registry  # pylint: disable=import-outside-toplevel
+  root = tmp_path_factory.mktemp("workdirs")
+  lm = Llama(LM, nnx.Rngs(0))
+  workdir.write(str(root / "lm"), "llasa", workdir.Imported(
+      model=dataclasses.asdict(LM), params=mapping.flatten(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))), {})
   codec_model = codec_sizes.tiny().to_dict()
   codec = registry.get("codec").build_model(workdir.train_config("codec", codec_model), nnx.Rngs(1))
-  workdir.write(str(tmp_path / "codec"), "codec", workdir.Imported(
+  workdir.write(str(root / "codec"), "codec", workdir.Imported(
       model=codec_model, params=mapping.flatten(nnx.to_pure_dict(nnx.state(codec, nnx.Param)))), {})
+  return str(root / "lm"), str(root / "codec")
+
+
+@pytest.mark.slow
+def test_synthesize_cli(tokenizer, workdirs, tmp_path):
+  """`jaxspeech synthesize` as a user runs it, on an LM and a codec workdir (random weights)."""
   soundfile.write(tmp_path / "ref.wav", 0.3 * np.sin(2 * np.pi * 220 * np.arange(4000) / 8000), 8000)
   result = subprocess.run(
-      [sys.executable, "-m", "jaxspeech.cli", "synthesize", "--lm", str(tmp_path / "lm"), "--codec",
-       str(tmp_path / "codec"), "--tokenizer", tokenizer, "--num-speech-tokens", "65536", "--text", "hello there.",
+      [sys.executable, "-m", "jaxspeech.cli", "synthesize", "--lm", workdirs[0], "--codec", workdirs[1], "--tokenizer",
+       tokenizer, "--num-speech-tokens", "65536", "--text", "hello there.",
        "--ref-audio", str(tmp_path / "ref.wav"), "--ref-text", "a reference.", "--best-of", "2",
        "--max-seconds", "0.2", "--out", str(tmp_path / "out.wav")],
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
@@ -134,3 +142,35 @@ def test_evaluation_against_the_corpus_recordings(tokenizer, corpus_path):
   assert set(scores) == {"mcd_dtw", "duration_ratio", "speaker_similarity"}
   assert scores["mcd_dtw"] > 0 and 0 < scores["duration_ratio"] < 1  # ≤ 0.2 s against whole sentences
   assert 0 <= scores["speaker_similarity"] <= 1
+
+
+@pytest.mark.slow
+def test_llasa_eval_cli(tokenizer, workdirs, corpus_path, tmp_path, capsys):
+  """`jaxspeech llasa eval` on held-out sentences: a table, a JSON of every utterance, the audio; and
+  `--resynthesis`, whose codec round trip keeps each recording's length to within one code (320 samples)."""
+  from jaxspeech import cli  # pylint: disable=import-outside-toplevel
+  data = ["--codec", workdirs[1], "--data-dir", corpus_path, "--split", "test"]
+  assert cli.main(["llasa", "eval", "--lm", workdirs[0], "--tokenizer", tokenizer, *data, "--limit", "2",
+                   "--max-seconds", "0.2", "--out", str(tmp_path / "lm.json"), "--wav-dir", str(tmp_path / "wavs")]) == 0
+  with open(tmp_path / "lm.json") as f:
+    result = json.load(f)
+  rows = result["utterances"]
+  assert [r["index"] for r in rows] == [0, 1] and result["settings"]["split"] == "test"
+  assert all(r["mcd_dtw"] > 0 and 0 < r["duration_ratio"] < 1 and r["seconds"] <= 0.2 for r in rows)
+  assert result["means"]["mcd_dtw"] == pytest.approx(np.mean([r["mcd_dtw"] for r in rows]), rel=1e-12)
+  wav, rate = soundfile.read(tmp_path / "wavs" / "test_001.wav")
+  assert rate == 16000 and len(wav) == round(rows[1]["seconds"] * rate)
+  table = capsys.readouterr().out
+  assert table.splitlines()[0].split()[:4] == ["#", "speaker", "truth", "s"]
+  assert rows[0]["speaker"] in table and "mean" in table
+
+  assert cli.main(["llasa", "eval", "--resynthesis", *data, "--limit", "1", "--out", str(tmp_path / "codec.json")]) == 0
+  with open(tmp_path / "codec.json") as f:
+    rows = json.load(f)["utterances"]
+  assert all(abs(r["seconds"] - r["truth_seconds"]) < 320 / 16000 and r["mcd_dtw"] > 0 for r in rows)
+
+
+def test_llasa_eval_names_missing_flags(tmp_path, capsys):
+  from jaxspeech import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(["llasa", "eval", "--lm", str(tmp_path)]) == 2
+  assert "llasa eval needs --codec and --tokenizer" in capsys.readouterr().err

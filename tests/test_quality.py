@@ -15,7 +15,7 @@ def tone(freqs, seconds: float, seed: int = 0) -> np.ndarray:
   return (sum(np.sin(2 * np.pi * f * t) for f in freqs) / len(freqs) * 0.5 + noise).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape", [(7, 7), (12, 5), (4, 9)])
+@pytest.mark.parametrize("shape", [(7, 7), (12, 5), (4, 9), (60, 170)])
 def test_dtw_matches_librosa(shape):
   cost = np.random.default_rng(sum(shape)).random(shape)
   total, path = quality.dtw_path(cost)

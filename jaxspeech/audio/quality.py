@@ -8,6 +8,7 @@ Mel-cepstra here are the orthonormal DCT-II of the natural-log mel magnitude spe
 
 import numpy as np
 import scipy.fft
+import scipy.spatial
 
 from jaxspeech.audio import features
 
@@ -27,11 +28,10 @@ def dtw_path(cost_TxU: np.ndarray) -> tuple[float, np.ndarray]:
   t, u = cost_TxU.shape
   acc = np.full((t + 1, u + 1), np.inf)
   acc[0, 0] = 0.0
-  for i in range(1, t + 1):
-    row, above, diagonal = acc[i], acc[i - 1, 1:], acc[i - 1, :-1]
-    best_from_above = np.minimum(above, diagonal) + cost_TxU[i - 1]
-    for j in range(1, u + 1):  # the left neighbour is in this row: sequential
-      row[j] = min(best_from_above[j - 1], row[j - 1] + cost_TxU[i - 1, j - 1])
+  for k in range(2, t + u + 1):  # one anti-diagonal i + j = k at a time: its cells depend on earlier ones only
+    i = np.arange(max(1, k - u), min(t, k - 1) + 1)
+    j = k - i
+    acc[i, j] = np.minimum(np.minimum(acc[i - 1, j - 1], acc[i - 1, j]), acc[i, j - 1]) + cost_TxU[i - 1, j - 1]
   path, i, j = [], t, u
   while i > 0 and j > 0:
     path.append((i - 1, j - 1))
@@ -43,7 +43,7 @@ def dtw_path(cost_TxU: np.ndarray) -> tuple[float, np.ndarray]:
 def mcd_dtw(reference_S: np.ndarray, synthesized_S: np.ndarray, sample_rate: int) -> float:
   """Mean MCD (dB) over the DTW alignment of the two clips' mel-cepstra."""
   ref_TxD, syn_UxD = mel_cepstrum(reference_S, sample_rate), mel_cepstrum(synthesized_S, sample_rate)
-  distance_TxU = MCD_SCALE * np.sqrt(((ref_TxD[:, None] - syn_UxD[None]) ** 2).sum(-1))
+  distance_TxU = MCD_SCALE * scipy.spatial.distance.cdist(ref_TxD, syn_UxD)
   _, path = dtw_path(distance_TxU)
   return float(distance_TxU[path[:, 0], path[:, 1]].mean())
 

@@ -4,32 +4,68 @@ The Llasa LM writes codec codes for the text (continuing the reference clip's co
 prompting), the codec decodes them. `--best-of N` samples N candidates in one batch and keeps the one the
 verifiers score best (length/repetition sanity, plus speaker similarity to --ref-audio with --speaker-ast);
 `--beams B` runs chunk-wise beam search instead (B beams × --expand samples per --chunk-seconds, same verifiers).
+
+`jaxspeech llasa eval --lm WORKDIR --codec WORKDIR --tokenizer FILE [--split test] [--speaker-ast AST] [--limit N]`
+speaks held-out corpus sentences and scores them against their recordings (`jaxspeech.llasa.evaluate`): a table
+on stdout, every utterance's scores in a JSON. `--resynthesis` scores the codec's encode → decode instead.
 """
 
 PROG = "jaxspeech synthesize"
 
 
-def add_arguments(parser) -> None:
-  """The Llasa flags of `jaxspeech synthesize` (light: imports nothing heavy)."""
-  g = parser.add_argument_group("Llasa LM (--lm)")
+def _model_flags(g) -> None:
   g.add_argument("--lm", default=None, help="a llasa workdir (trained, or imported with `jaxspeech convert llasa`)")
   g.add_argument("--codec", default=None, help="a codec workdir whose codes the LM was trained on")
   g.add_argument("--tokenizer", default=None,
                  help="the LM's text tokenizer: a sentencepiece .model or an HF tokenizer.json")
   g.add_argument("--num-speech-tokens", type=int, default=65_536, help="codec codebook size (the LM's speech ids)")
-  g.add_argument("--ref-audio", default=None, help="a reference clip (16 kHz wav) to continue: voice prompting")
-  g.add_argument("--ref-text", default="", help="the reference clip's transcript")
-  g.add_argument("--max-seconds", type=float, default=30.0)
+
+
+def _sampling_flags(g, max_seconds: float) -> None:
+  g.add_argument("--max-seconds", type=float, default=max_seconds)
   g.add_argument("--temperature", type=float, default=0.8)
   g.add_argument("--top-k", type=int, default=0)
   g.add_argument("--top-p", type=float, default=1.0)
   g.add_argument("--repetition-penalty", type=float, default=1.2)
   g.add_argument("--best-of", type=int, default=1, help="candidates to sample; the verifiers keep the best")
+  g.add_argument("--seed", type=int, default=0)
+
+
+def add_arguments(parser) -> None:
+  """The Llasa flags of `jaxspeech synthesize` (light: imports nothing heavy)."""
+  g = parser.add_argument_group("Llasa LM (--lm)")
+  _model_flags(g)
+  g.add_argument("--ref-audio", default=None, help="a reference clip (16 kHz wav) to continue: voice prompting")
+  g.add_argument("--ref-text", default="", help="the reference clip's transcript")
+  _sampling_flags(g, max_seconds=30.0)
   g.add_argument("--beams", type=int, default=0, help="chunk-wise beam search with this many beams (0 = off)")
   g.add_argument("--expand", type=int, default=2, help="beam search: samples per beam and chunk")
   g.add_argument("--chunk-seconds", type=float, default=1.0, help="beam search: seconds of codes per chunk")
   g.add_argument("--speaker-ast", default=None, help="an AST workdir: adds the speaker-similarity verifier")
-  g.add_argument("--seed", type=int, default=0)
+
+
+def _sampling(args):
+  from jaxspeech.llasa import generate  # pylint: disable=import-outside-toplevel
+  return generate.Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           repetition_penalty=args.repetition_penalty)
+
+
+def _load(args, command: str, lm: bool = True):
+  """(lm, codec, codec sample rate, vocab, tokenizer) of the flags; with `lm=False` the codec's only."""
+  from jaxspeech.llasa import family, synthesis  # pylint: disable=import-outside-toplevel
+  from jaxspeech.text.llasa_vocab import LlasaVocab, SPECIAL_TOKENS  # pylint: disable=import-outside-toplevel
+  needed = (("--lm", args.lm), ("--codec", args.codec), ("--tokenizer", args.tokenizer)) if lm else (
+      ("--codec", args.codec),)
+  missing = [flag for flag, value in needed if not value]
+  if missing:
+    raise ValueError(f"{command} needs {' and '.join(missing)}")
+  codec, codec_cfg = synthesis.load_workdir_model(args.codec, "codec")
+  sample_rate = int(codec_cfg.model.sample_rate)
+  if not lm:
+    return None, codec, sample_rate, None, None
+  model, _ = synthesis.load_workdir_model(args.lm, "llasa")
+  vocab = LlasaVocab(model.cfg.vocab_size - len(SPECIAL_TOKENS) - args.num_speech_tokens, args.num_speech_tokens)
+  return model, codec, sample_rate, vocab, family.load_tokenizer(args.tokenizer)
 
 
 def synthesize(args) -> None:
@@ -37,17 +73,9 @@ def synthesize(args) -> None:
   import numpy as np  # pylint: disable=import-outside-toplevel
   import soundfile  # pylint: disable=import-outside-toplevel
   from jaxspeech.audio import io as audio_io  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa import family, generate, synthesis, verify  # pylint: disable=import-outside-toplevel
-  from jaxspeech.text.llasa_vocab import LlasaVocab, SPECIAL_TOKENS  # pylint: disable=import-outside-toplevel
+  from jaxspeech.llasa import synthesis, verify  # pylint: disable=import-outside-toplevel
 
-  missing = [flag for flag, value in (("--codec", args.codec), ("--tokenizer", args.tokenizer)) if not value]
-  if missing:
-    raise ValueError(f"synthesize with --lm needs {' and '.join(missing)}")
-  lm, _ = synthesis.load_workdir_model(args.lm, "llasa")
-  codec, codec_cfg = synthesis.load_workdir_model(args.codec, "codec")
-  sample_rate = int(codec_cfg.model.sample_rate)
-  vocab = LlasaVocab(lm.cfg.vocab_size - len(SPECIAL_TOKENS) - args.num_speech_tokens, args.num_speech_tokens)
-  tokenizer = family.load_tokenizer(args.tokenizer)
+  lm, codec, sample_rate, vocab, tokenizer = _load(args, "synthesize with --lm")
   ref_wav = None
   if args.ref_audio:
     wav, rate = soundfile.read(args.ref_audio, dtype="float32", always_2d=True)
@@ -57,9 +85,7 @@ def synthesize(args) -> None:
     if ref_wav is None:
       raise ValueError("--speaker-ast compares with --ref-audio: give both")
     verifiers.append(verify.SpeakerSimilarity(verify.ast_embedder(args.speaker_ast), ref_wav))
-  sampling = generate.Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               repetition_penalty=args.repetition_penalty)
-  common = dict(ref_wav=ref_wav, ref_text=args.ref_text, max_seconds=args.max_seconds, sampling=sampling,
+  common = dict(ref_wav=ref_wav, ref_text=args.ref_text, max_seconds=args.max_seconds, sampling=_sampling(args),
                 sample_rate=sample_rate)
   key = jax.random.PRNGKey(args.seed)
   if args.beams:
@@ -71,3 +97,62 @@ def synthesize(args) -> None:
   soundfile.write(args.out, np.clip(result.wav, -1, 1), sample_rate, subtype="PCM_16")
   print(f"wrote {args.out}: {len(result.wav) / sample_rate:.2f} s, {len(result.codes)} codes"
         + (f", candidate {result.chosen} of {args.best_of} ({result.scores[result.chosen]})" if result.scores else ""))
+
+
+def add_parser(groups) -> None:
+  """`jaxspeech llasa eval` (light: imports nothing heavy)."""
+  llasa = groups.add_parser("llasa", help="Llasa jobs: evaluate synthesis").add_subparsers(dest="command",
+                                                                                           required=True)
+  p = llasa.add_parser("eval", help="speak held-out corpus sentences; MCD-DTW, duration ratio, speaker similarity "
+                                    "against their recordings")
+  _model_flags(p)
+  p.add_argument("--data-dir", default="data/synth_speech/1.0.0", help="a speech dataset (`jaxspeech data synth`)")
+  p.add_argument("--split", default="test", help="test: unseen sentences; test_unseen: unseen speakers too")
+  p.add_argument("--limit", type=int, default=16, help="only the first N utterances")
+  p.add_argument("--speaker-ast", default=None, help="an AST workdir: adds speaker similarity (embedding cosine)")
+  p.add_argument("--resynthesis", action="store_true",
+                 help="score the codec's encode → decode of each recording instead (no --lm): what an LM can reach")
+  _sampling_flags(p, max_seconds=20.0)
+  p.add_argument("--out", default=None, help="the JSON to write (default: WORKDIR/synthesis_eval_SPLIT.json)")
+  p.add_argument("--wav-dir", default=None, help="also write each utterance's audio here")
+  p.set_defaults(run=evaluate)
+
+
+def evaluate(args) -> None:
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxspeech.llasa import evaluate as evaluation, verify  # pylint: disable=import-outside-toplevel
+
+  lm, codec, sample_rate, vocab, tokenizer = _load(args, "llasa eval", lm=not args.resynthesis)
+  common = dict(count=args.limit, embed=verify.ast_embedder(args.speaker_ast) if args.speaker_ast else None,
+                sample_rate=sample_rate, wav_dir=args.wav_dir)
+  if args.resynthesis:
+    rows = evaluation.resynthesis_rows(codec, args.data_dir, args.split, **common)
+  else:
+    rows = evaluation.synthesis_rows(lm, codec, tokenizer, vocab, args.data_dir, args.split,
+                                     jax.random.PRNGKey(args.seed), max_seconds=args.max_seconds,
+                                     sampling=_sampling(args), best_of=args.best_of, **common)
+  means = evaluation.means(rows)
+  print(table(rows, means))
+  out = args.out or os.path.join(args.codec if args.resynthesis else args.lm, f"synthesis_eval_{args.split}.json")
+  settings = {k: v for k, v in vars(args).items() if k not in ("run", "group", "command")}
+  with open(out, "w") as f:
+    json.dump({"settings": settings, "means": means, "utterances": rows}, f, indent=1)
+  print(f"wrote {out}")
+
+
+def table(rows: list[dict], means: dict[str, float]) -> str:
+  """One line per utterance, then the means."""
+  def cell(value, width):
+    return f"{value:>{width}.2f}" if value is not None else " " * (width - 1) + "-"
+
+  lines = [f"{'#':>3} {'speaker':<10} {'truth s':>7} {'synth s':>7} {'MCD dB':>7} {'dur':>5} {'spk sim':>7} "
+           f"{'wall s':>6}  text"]
+  for r in rows:
+    lines.append(f"{r['index']:>3} {r['speaker']:<10} {r['truth_seconds']:>7.2f} {r['seconds']:>7.2f} "
+                 f"{cell(r.get('mcd_dtw'), 7)} {r['duration_ratio']:>5.2f} {cell(r.get('speaker_similarity'), 7)} "
+                 f"{r['wall_seconds']:>6.1f}  {r['text'][:40]}")
+  lines.append(f"{'mean':<30} {cell(means.get('mcd_dtw'), 7)} {cell(means.get('duration_ratio'), 5)} "
+               f"{cell(means.get('speaker_similarity'), 7)}   (n={len(rows)})")
+  return "\n".join(lines)

@@ -37,21 +37,23 @@ def build_model(cfg, rngs):
   return Llama(model_cfg, rngs)
 
 
-def _train_text(cfg) -> bool:
-  return bool(cfg.get("llasa", {}).get("train_text", False))
+def _token_terms(model, batch, cfg):
+  llasa = cfg.get("llasa", {})
+  return objective.token_terms(model, batch, vocab(cfg), bool(llasa.get("train_text", False)),
+                               int(llasa.get("loss_chunk", 0)))
 
 
 def loss(model, batch, key, cfg):
   """Mean cross-entropy over the trained targets of the batch (`key` unused: no dropout)."""
   del key
-  ce_BxL, correct_BxL, weights_BxL = objective.token_terms(model, batch, vocab(cfg), _train_text(cfg))
+  ce_BxL, correct_BxL, weights_BxL = _token_terms(model, batch, cfg)
   n = jnp.maximum(weights_BxL.sum(), 1.0)
   return (ce_BxL * weights_BxL).sum() / n, {"accuracy": (correct_BxL * weights_BxL).sum() / n,
                                              "trained_tokens": weights_BxL.sum()}
 
 
 def evaluate(model, batch, cfg):
-  ce_BxL, correct_BxL, weights_BxL = objective.token_terms(model, batch, vocab(cfg), _train_text(cfg))
+  ce_BxL, correct_BxL, weights_BxL = _token_terms(model, batch, cfg)
   n = weights_BxL.sum()
   return {"loss": ((ce_BxL * weights_BxL).sum(), n), "accuracy": ((correct_BxL * weights_BxL).sum(), n)}
 

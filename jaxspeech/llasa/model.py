@@ -222,6 +222,23 @@ class Llama(nnx.Module):
                segment_ids_BxL: jax.Array | None = None, cache: Cache | None = None
                ) -> tuple[jax.Array, Cache | None]:
     """(logits (B, L, vocab_size) float32, the cache with this call's keys/values, or None without one)."""
+    x_BxLxD, cache = self.hidden_states(ids_BxL, positions_BxL, segment_ids_BxL, cache)
+    return self.logits(x_BxLxD), cache
+
+  def logits(self, x_BxLxD: jax.Array) -> jax.Array:
+    """float32 logits (B, L, vocab_size) of final hidden states (any L: the loss may take a chunk of a row)."""
+    if self.cfg.tie_embeddings:
+      logits_BxLxV = self.embed.attend(x_BxLxD)
+    else:
+      logits_BxLxV = self.lm_head(x_BxLxD)
+    logits_BxLxV = constrain(logits_BxLxV.astype(jnp.float32),
+                             ("activation_batch", "activation_length", "activation_vocab"))
+    return logits_BxLxV[..., :self.cfg.vocab_size]
+
+  def hidden_states(self, ids_BxL: jax.Array, positions_BxL: jax.Array | None = None,
+                    segment_ids_BxL: jax.Array | None = None, cache: Cache | None = None
+                    ) -> tuple[jax.Array, Cache | None]:
+    """(final-norm hidden states (B, L, D), the cache with this call's keys/values, or None without one)."""
     b, length = ids_BxL.shape
     if segment_ids_BxL is None:
       segment_ids_BxL = jnp.ones((b, length), jnp.int32)
@@ -236,15 +253,8 @@ class Llama(nnx.Module):
     x_BxLxD = constrain(self.embed(ids_BxL), BLOCK_AXES)
     x_BxLxD, new_kv = self._run_blocks(x_BxLxD, positions_BxL, mask_BxLxS, cache)
     x_BxLxD = self.norm(x_BxLxD)
-    if self.cfg.tie_embeddings:
-      logits_BxLxV = self.embed.attend(x_BxLxD)
-    else:
-      logits_BxLxV = self.lm_head(x_BxLxD)
-    logits_BxLxV = constrain(logits_BxLxV.astype(jnp.float32),
-                             ("activation_batch", "activation_length", "activation_vocab"))
-    logits_BxLxV = logits_BxLxV[..., :self.cfg.vocab_size]
     if cache is None:
-      return logits_BxLxV, None
+      return x_BxLxD, None
     k_NxBxSxGxK, v_NxBxSxGxK = (jax.lax.dynamic_update_slice_in_dim(c, n, cache.index, axis=2) for c, n in
                                 zip((cache.k_NxBxSxGxK, cache.v_NxBxSxGxK), new_kv))
-    return logits_BxLxV, Cache(k_NxBxSxGxK, v_NxBxSxGxK, cache_segments_BxS, cache.index + length)
+    return x_BxLxD, Cache(k_NxBxSxGxK, v_NxBxSxGxK, cache_segments_BxS, cache.index + length)

@@ -10,10 +10,13 @@ and, as in Llasa's training (labels -100 before the speech start), only targets 
 segment boundary, and the block-diagonal attention keeps segments from seeing each other.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from jaxspeech.text.llasa_vocab import LlasaVocab
 
@@ -46,11 +49,38 @@ def speech_targets(targets_BxL: jax.Array, vocab: LlasaVocab) -> jax.Array:
       ids == vocab.special("SPEECH_GENERATION_END"))
 
 
-def token_terms(model, batch, vocab: LlasaVocab, train_text: bool):
-  """(cross-entropy_BxL, correct_BxL, weights_BxL) of a packed batch; weights are 0 where no loss is taken."""
-  logits_BxLxV, _ = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-  ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, batch["targets"])
-  correct_BxL = (jnp.argmax(logits_BxLxV, -1) == batch["targets"]).astype(jnp.float32)
+def _terms(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
+  ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
+  return ce_BxL, (jnp.argmax(logits_BxLxV, -1) == targets_BxL).astype(jnp.float32)
+
+
+def chunked_terms(model, x_BxLxD: jax.Array, targets_BxL: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
+  """`_terms` of the head's logits, `chunk` positions of every row at a time (`lax.map` over the chunks, each
+  rematerialised), so at most (B, chunk, V) float32 logits exist at once, in the forward and the backward pass."""
+  b, length, d = x_BxLxD.shape
+  n = -(-length // chunk)
+  pad = n * chunk - length
+  x_NxBxCxD = jnp.pad(x_BxLxD, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d).swapaxes(0, 1)
+  targets_NxBxC = jnp.pad(targets_BxL, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+  graphdef, state = nnx.split(model)
+
+  @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
+  def chunk_terms(state, x_BxCxD, targets_BxC):
+    return _terms(nnx.merge(graphdef, state).logits(x_BxCxD), targets_BxC)
+
+  ce_NxBxC, correct_NxBxC = jax.lax.map(lambda xs: chunk_terms(state, *xs), (x_NxBxCxD, targets_NxBxC))
+  return tuple(t.swapaxes(0, 1).reshape(b, n * chunk)[:, :length] for t in (ce_NxBxC, correct_NxBxC))
+
+
+def token_terms(model, batch, vocab: LlasaVocab, train_text: bool, loss_chunk: int = 0):
+  """(cross-entropy_BxL, correct_BxL, weights_BxL) of a packed batch; weights are 0 where no loss is taken.
+
+  `loss_chunk` > 0 computes the head and the loss that many positions at a time (`chunked_terms`)."""
+  x_BxLxD, _ = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
+  if loss_chunk:
+    ce_BxL, correct_BxL = chunked_terms(model, x_BxLxD, batch["targets"], loss_chunk)
+  else:
+    ce_BxL, correct_BxL = _terms(model.logits(x_BxLxD), batch["targets"])
   weights_BxL = batch["weights"]
   if not train_text:
     weights_BxL = weights_BxL * speech_targets(batch["targets"], vocab)
