@@ -220,17 +220,21 @@ def test_bfloat16_compute_stays_close_to_float32():
 @pytest.mark.parametrize("size", sorted(sizes.SIZES))
 def test_sizes_run_at_50_codes_per_second(size):
   """Abstract forward passes (no compile): 1 s + 7 samples at 16 kHz → 51 codes (the end is zero-padded to a
-  hop) → 51 hops of audio; codes decode to N · hop samples; the semantic branch asks for its features."""
+  hop) → 51 hops of audio; codes decode to N · hop samples; the semantic branch asks for its features unless it
+  runs its own w2v-BERT, which gives them one frame per code."""
   cfg = sizes.SIZES[size]()
+  teacher = cfg.semantic.enabled and cfg.semantic.w2vbert is not None
   model = nnx.eval_shape(lambda: Codec(cfg, rngs=nnx.Rngs(0)))
   wav = jax.ShapeDtypeStruct((2, cfg.sample_rate + 7), jnp.float32)
-  features = jax.ShapeDtypeStruct((2, 51, cfg.semantic.features), jnp.float32) if cfg.semantic.enabled else None
-  out = nnx.eval_shape(lambda m, w, s: m(w, s), model, wav, features)
+  features = jax.ShapeDtypeStruct((2, 51, cfg.semantic.features), jnp.float32)
+  out = nnx.eval_shape(lambda m, w, s: m(w, s), model, wav, features if cfg.semantic.enabled and not teacher else None)
   assert out["codes"].shape == (2, 51) and out["codes"].dtype == jnp.int32
   assert out["wav"].shape == (2, 51 * 320) and out["z_q"].shape == (2, 51, cfg.fsq.dim)
   assert ("semantic_pred" in out) == cfg.semantic.enabled
   assert nnx.eval_shape(lambda m, c: m.decode(c), model, jax.ShapeDtypeStruct((2, 50), jnp.int32)).shape == (2, 16000)
-  if cfg.semantic.enabled:
+  if teacher:
+    assert out["semantic_target"].shape == (2, 51, cfg.semantic.features)
+  elif cfg.semantic.enabled:
     with pytest.raises(ValueError, match="semantic branch"):
       nnx.eval_shape(lambda m, w: m(w), model, wav)
     with pytest.raises(ValueError, match=r"\(B, 51, semantic.features\), one frame per code"):

@@ -6,22 +6,24 @@ variance (measured ~1e-4: HF computes the spectrum in complex64 from float64 fra
 """
 
 import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 from flax import nnx
 from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Vec2BertModel
 
+from jaxspeech import sharding
 from jaxspeech.audio import features
-from jaxspeech.codec import family, model as model_lib, sizes, w2vbert_convert
+from jaxspeech.codec import convert, family, model as model_lib, sizes, w2vbert_convert
 from jaxspeech.codec.w2vbert import W2VBert
-from jaxspeech.convert import mapping
+from jaxspeech.convert import cli as convert_cli, mapping, workdir
 from jaxspeech.convert.mapping import ConversionError
 from jaxspeech.train import optim, state as state_lib, step as step_lib
-from jaxspeech import sharding
 from tests.ast_config import load_config
 
 HIDDEN_ATOL = 1e-4
@@ -157,3 +159,34 @@ def test_train_step_trains_the_semantic_branch_and_leaves_the_teacher_alone():
   jax.tree.map(np.testing.assert_array_equal, before["semantic_model"], after["semantic_model"])
   kernel = ("semantic_encoder", "initial_conv", "kernel")
   assert not np.array_equal(before[kernel[0]][kernel[1]][kernel[2]], after[kernel[0]][kernel[1]][kernel[2]])
+
+
+@pytest.mark.slow
+def test_convert_codec_imports_w2vbert_alongside_and_exports_without_it(tmp_path, capsys):
+  """`jaxspeech convert codec --from xcodec2 ... --w2vbert DIR`: the workdir's model runs that w2v-BERT (its params
+  bit for bit under semantic_model.*); `--to xcodec2` writes the xcodec2 keys alone and a config without it."""
+  cfg = sizes.tiny_semantic()
+  cfg.semantic.w2vbert = None
+  params = mapping.flatten(nnx.to_pure_dict(nnx.state(model_lib.Codec(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
+  state_dict = convert.to_state_dict(params, cfg)
+  safetensors.numpy.save_file(state_dict, str(tmp_path / "xcodec2.safetensors"))
+  ref = reference("relative_key")
+  ref.save_pretrained(tmp_path / "w2v-bert")
+  capsys.readouterr()
+  assert convert_cli.run("codec", ["--from", "xcodec2", "--src", str(tmp_path / "xcodec2.safetensors"), "--dst",
+                                   str(tmp_path / "wd"), "--heads", "4", "--norm-groups", "16", "--w2vbert",
+                                   str(tmp_path / "w2v-bert"), "--w2vbert-layers", "2"]) == 0
+  assert "semantic_model" not in capsys.readouterr().err
+  imported = workdir.read(str(tmp_path / "wd"), "codec")
+  assert imported.model["semantic"]["w2vbert"]["layers"] == 2
+  hf = ref.state_dict()
+  for ours, theirs in [("layers.1.self_attn.distance_embedding", "encoder.layers.1.self_attn.distance_embedding"),
+                       ("feature_projection.layer_norm.scale", "feature_projection.layer_norm")]:
+    np.testing.assert_array_equal(imported.params[f"semantic_model.{ours}"], hf[f"{theirs}.weight"].numpy())
+  np.testing.assert_array_equal(imported.params["fc_prior.kernel"], params["fc_prior.kernel"])
+
+  assert convert_cli.run("codec", ["--to", "xcodec2", "--src", str(tmp_path / "wd"), "--dst",
+                                   str(tmp_path / "out")]) == 0
+  assert safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors")).keys() == state_dict.keys()
+  with open(tmp_path / "out" / "config.json") as f:
+    assert json.load(f)["jaxspeech_model"]["semantic"]["w2vbert"] is None

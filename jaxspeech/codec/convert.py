@@ -1,6 +1,6 @@
 """X-codec2 checkpoints (the `xcodec2` package's module names) in and out of codec workdirs.
 
-    jaxspeech convert codec --from xcodec2 --src CKPT --dst WORKDIR
+    jaxspeech convert codec --from xcodec2 --src CKPT --dst WORKDIR [--w2vbert W2V_BERT_DIR]
     jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR        (DIR/model.safetensors)
 
 CKPT is a safetensors file, or a directory holding `model.safetensors` (HKUSTAudio/xcodec2's release).
@@ -8,7 +8,9 @@ Keys: `CodecEnc.*` (CodecEncoder_Transformer), `generator.{quantizer,backbone,he
 `fc_prior`, `fc_post_a`, and with the semantic branch `SemanticEncoder_module`, `fc_post_s`,
 `SemanticDecoder_module` (the last two only in training checkpoints; the released XCodec2Model has neither,
 so they keep their initialisation). `semantic_model.*` (w2v-BERT 2.0), `discriminator.*` and
-`spec_discriminator.*` are not imported, and the output says so.
+`spec_discriminator.*` are not imported, and the output says so. `--w2vbert DIR` imports w2v-BERT 2.0 from a
+Hugging Face `Wav2Vec2BertModel` directory (`w2vbert_convert`) as the codec's frozen `semantic_model`, so the
+workdir computes its semantic features itself; an export leaves it out.
 
 Weight-normalised convs keep g and v as params (`weight_g` (O,), `weight_v` (K, I, O)): imported from either
 `parametrizations.weight.original0/1` (torch's parametrizations, what the package builds) or the older
@@ -53,7 +55,7 @@ GAIN = Transform(gain_to_torch, gain_from_torch)
 # Weight-norm key suffixes: (g, v) as torch.nn.utils.parametrizations.weight_norm, and as the older weight_norm.
 WEIGHT_NORM = {"parametrizations": ("parametrizations.weight.original0", "parametrizations.weight.original1"),
                "legacy": ("weight_g", "weight_v")}
-NOT_IMPORTED = {"semantic_model.": "w2v-BERT 2.0 (not part of jaxspeech's codec: its features are an input)",
+NOT_IMPORTED = {"semantic_model.": "w2v-BERT 2.0 (import it from its Hugging Face directory with --w2vbert)",
                 "discriminator.": "the multi-period discriminator (generator-only import)",
                 "spec_discriminator.": "the STFT discriminator (generator-only import)"}
 
@@ -172,9 +174,11 @@ def layouts(cfg) -> dict[str, Layout]:
 
 
 def param_shapes(cfg) -> dict[str, tuple[int, ...]]:
+  """The codec's params without its w2v-BERT teacher (`semantic_model`, not part of xcodec2's layout)."""
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from jaxspeech.codec.model import Codec  # pylint: disable=import-outside-toplevel
-  return mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: Codec(cfg, rngs=nnx.Rngs(0))), nnx.Param))
+  from jaxspeech.codec.model import TEACHER, Codec  # pylint: disable=import-outside-toplevel
+  shapes = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: Codec(cfg, rngs=nnx.Rngs(0))), nnx.Param))
+  return {k: v for k, v in shapes.items() if not k.startswith(TEACHER + ".")}
 
 
 def check_constants(state_dict, constants: dict[str, np.ndarray], what: str, atol: float = 1e-6) -> None:
@@ -222,6 +226,11 @@ def add_arguments(parser) -> None:
   g.add_argument("--dilations", default="1,3,9", help="encoder residual-unit dilations (default 1,3,9)")
   g.add_argument("--levels", default="4,4,4,4,4,4,4,4", help="FSQ levels (default [4]*8: 65,536 codes)")
   g.add_argument("--norm-groups", type=int, default=32, help="decoder GroupNorm groups (xcodec2: 32)")
+  g.add_argument("--w2vbert", metavar="DIR", default=None,
+                 help="also import w2v-BERT 2.0 (a Hugging Face Wav2Vec2BertModel directory: config.json and "
+                      "*.safetensors, e.g. facebook/w2v-bert-2.0) as the codec's frozen semantic teacher")
+  g.add_argument("--w2vbert-layers", type=int, default=16,
+                 help="w2v-BERT layers to run: the semantic features are hidden_states[N] (X-codec2: 16)")
 
 
 def _ints(text: str) -> list[int]:
@@ -310,11 +319,29 @@ def import_checkpoint(source: str, src: str, args):
     cfg = config_from_state_dict(state_dict, args)
   name, params = from_state_dict(state_dict, cfg, f"xcodec2 checkpoint {path}")
   skipped = {prefix: why for prefix, why in NOT_IMPORTED.items() if any(k.startswith(prefix) for k in state_dict)}
+  if args.w2vbert:
+    params.update(_import_w2vbert(cfg, args.w2vbert, args.w2vbert_layers))
+    skipped.pop("semantic_model.", None)
   notes = [f"not imported: {prefix}* ({why})" for prefix, why in skipped.items()]
   if name.startswith("XCodec2Model"):
     notes.append("XCodec2Model has no fc_post_s or SemanticDecoder_module: they start from their initialisation")
-  provenance = {"layout": name, "file": os.path.basename(path), "not_imported": sorted(skipped)}
+  provenance = {"layout": name, "file": os.path.basename(path), "not_imported": sorted(skipped),
+                **({"w2vbert": os.path.abspath(args.w2vbert)} if args.w2vbert else {})}
   return Imported(model=cfg.to_dict(), params=params, provenance=provenance, notes=notes)
+
+
+def _import_w2vbert(cfg, src: str, layers: int) -> dict[str, np.ndarray]:
+  """Sets `cfg.semantic.w2vbert` from the HF directory `src`; its params under the codec's `semantic_model.`."""
+  from jaxspeech.codec import w2vbert_convert  # pylint: disable=import-outside-toplevel
+  from jaxspeech.codec.model import TEACHER  # pylint: disable=import-outside-toplevel
+  if not cfg.semantic.enabled:
+    raise ConversionError("--w2vbert", ["this checkpoint has no semantic branch (SemanticEncoder_module)"])
+  w2vbert, params = w2vbert_convert.read(src, layers, ours=TEACHER + ".")
+  if w2vbert.dim != cfg.semantic.features:
+    raise ConversionError("--w2vbert", [f"{src} is {w2vbert.dim} wide; the SemanticEncoder takes "
+                                        f"{cfg.semantic.features} features"])
+  cfg.semantic.w2vbert = w2vbert
+  return params
 
 
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
@@ -323,6 +350,8 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   import safetensors.numpy  # pylint: disable=import-outside-toplevel
   del target, args
   cfg = ml_collections.ConfigDict(checkpoint.model)
+  if cfg.semantic.get("w2vbert"):   # left out: a re-import takes it with --w2vbert again
+    cfg.semantic.w2vbert = None
   ours = param_shapes(cfg)
   left_out = sorted({k.split(".")[0] for k in checkpoint.params if k not in ours})
   state_dict = to_state_dict({k: v for k, v in checkpoint.params.items() if k in ours}, cfg)
@@ -330,7 +359,7 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   # BigCodecConfig's fields, for XCodec2Model.from_pretrained; the full model config for a re-import.
   config = {"model_type": "xcodec", "architectures": ["XCodec2Model"], "use_vocos": True,
             "semantic_hidden_size": cfg.semantic.dim, "codec_encoder_hidden_size": cfg.encoder.dim,
-            "codec_decoder_hidden_size": cfg.decoder.dim, "jaxspeech_model": checkpoint.model}
+            "codec_decoder_hidden_size": cfg.decoder.dim, "jaxspeech_model": cfg.to_dict()}
   with open(os.path.join(dst, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
   lines = [f"{len(state_dict)} tensors in xcodec2 names (parametrizations weight norm, buffers included)"]
