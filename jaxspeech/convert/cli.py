@@ -4,7 +4,7 @@
   jaxspeech convert ast --to hf --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
   jaxspeech convert dit --from f5 --src CKPT.pt|.safetensors --dst WORKDIR [--config=configs/dit.py:base ...]
   jaxspeech convert dit --to f5 --src WORKDIR --dst OUT.safetensors
-  jaxspeech convert codec --from xcodec2 --src CKPT.safetensors|DIR --dst WORKDIR [--heads N ...]
+  jaxspeech convert codec --from xcodec2 --src CKPT.safetensors|DIR --dst WORKDIR [--heads N ...] [--w2vbert HF_DIR]
   jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
 
 A family's converter sits next to the module the registry names (`codec/family.py` → `codec/convert.py`,
