@@ -226,9 +226,10 @@ def add_arguments(parser) -> None:
   g.add_argument("--dilations", default="1,3,9", help="encoder residual-unit dilations (default 1,3,9)")
   g.add_argument("--levels", default="4,4,4,4,4,4,4,4", help="FSQ levels (default [4]*8: 65,536 codes)")
   g.add_argument("--norm-groups", type=int, default=32, help="decoder GroupNorm groups (xcodec2: 32)")
+  g = parser.add_argument_group("w2v-BERT 2.0, the semantic branch's frozen teacher")
   g.add_argument("--w2vbert", metavar="DIR", default=None,
                  help="also import w2v-BERT 2.0 (a Hugging Face Wav2Vec2BertModel directory: config.json and "
-                      "*.safetensors, e.g. facebook/w2v-bert-2.0) as the codec's frozen semantic teacher")
+                      "*.safetensors, e.g. facebook/w2v-bert-2.0): the workdir's codec computes its semantic features")
   g.add_argument("--w2vbert-layers", type=int, default=16,
                  help="w2v-BERT layers to run: the semantic features are hidden_states[N] (X-codec2: 16)")
 
