@@ -1,7 +1,7 @@
 """Text to speech with a Llasa LM workdir and a codec workdir: prompt, generate codes, decode, pick the best.
 
     lm, _ = load_workdir_model("workdirs/llasa_tiny", "llasa")
-    codec, _ = load_workdir_model("workdirs/codec_tiny", "codec")
+    codec, _ = codec.inference.restore("workdirs/codec_tiny", "codec", Codec)   # the generator only
     result = synthesize(lm, codec, tokenizer, vocab, "Hello there.", jax.random.PRNGKey(0), best_of=4,
                         verifiers=[verify.LengthRepetition()])
 """
