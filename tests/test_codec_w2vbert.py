@@ -74,7 +74,7 @@ def test_hidden_states_match_transformers(name):
 
 
 def test_reads_a_save_pretrained_directory_and_refuses_bad_keys(tmp_path):
-  """The later layers and masked_spec_embed are skipped; a missing or misshaped tensor is named."""
+  """The later layers, masked_spec_embed and the adapter are skipped; a missing or misshaped tensor is named."""
   ref = reference("relative_key")
   ref.save_pretrained(tmp_path / "hf")
   cfg, params = w2vbert_convert.read(str(tmp_path / "hf"), layers=2, ours="semantic_model.")
@@ -82,6 +82,11 @@ def test_reads_a_save_pretrained_directory_and_refuses_bad_keys(tmp_path):
   assert params.keys() == w2vbert_convert.param_shapes(cfg, "semantic_model.").keys()
   np.testing.assert_array_equal(params["semantic_model.layers.1.self_attn.distance_embedding"],
                                 ref.state_dict()["encoder.layers.1.self_attn.distance_embedding.weight"].numpy())
+
+  with_adapter = Wav2Vec2BertModel(Wav2Vec2BertConfig(**CONFIGS["relative_key"][0], add_adapter=True,
+                                                      use_intermediate_ffn_before_adapter=True)).state_dict()
+  assert any(k.startswith(("adapter.", "intermediate_ffn.")) for k in with_adapter)
+  assert w2vbert_convert.from_state_dict(with_adapter, cfg, ours="semantic_model.").keys() == params.keys()
 
   bad = {k: v.numpy() for k, v in ref.state_dict().items() if k != "encoder.layers.1.ffn2.output_dense.bias"}
   bad["encoder.layers.0.self_attn.linear_q.weight"] = np.zeros((32, 16), np.float32)

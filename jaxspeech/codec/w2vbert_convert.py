@@ -1,7 +1,8 @@
 """transformers' `Wav2Vec2BertModel` state dict (facebook/w2v-bert-2.0) → `jaxspeech.codec.w2vbert.W2VBert` params.
 
-Only the first `cfg.layers` conformer layers are read (X-codec2 uses hidden_states[16] of 24); the later layers and
-`masked_spec_embed` (SpecAugment's mask vector, training only) are skipped. The codec holds the encoder as
+Only the first `cfg.layers` conformer layers are read (X-codec2 uses hidden_states[16] of 24); the later layers,
+`masked_spec_embed` (SpecAugment's mask vector, training only) and what runs after the encoder (`adapter`,
+`intermediate_ffn`, if the model has them) are skipped. The codec holds the encoder as
 `semantic_model` (X-codec2's attribute name), so an xcodec2 training checkpoint's `semantic_model.*` keys are
 this layout under that prefix.
 """
@@ -28,7 +29,7 @@ def pointwise_from_hf(weight_OxIx1: np.ndarray, shape: tuple[int, ...]) -> np.nd
 
 
 POINTWISE = Transform(pointwise_to_hf, pointwise_from_hf)
-SKIPPED = ("masked_spec_embed",)
+SKIPPED = ("masked_spec_embed", "adapter.", "intermediate_ffn.")   # key prefixes no hidden state depends on
 
 
 def _layer(ours: str, theirs: str, transform: Transform = LINEAR, bias: bool = True) -> list[Rule]:
@@ -80,9 +81,9 @@ def param_shapes(cfg: ml_collections.ConfigDict, ours: str = "") -> dict[str, tu
 
 
 def unused(key: str, cfg: ml_collections.ConfigDict, theirs: str = "") -> bool:
-  """A key this import skips on purpose: a layer past cfg.layers, or SpecAugment's mask vector."""
+  """A key this import skips on purpose: a layer past cfg.layers, or one of SKIPPED."""
   key = key[len(theirs):]
-  if key in SKIPPED:
+  if key.startswith(SKIPPED):
     return True
   parts = key.split(".")
   return parts[:2] == ["encoder", "layers"] and parts[2].isdigit() and int(parts[2]) >= cfg.layers
