@@ -27,7 +27,7 @@ def get_config(variant: str = "tiny"):
   cfg.family = "dit"
   cfg.model.update(backbone="dit", dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2, mel_dim=100,
                    text_num_embeds=256, text_dim=512, conv_layers=4, text_mask_padding=True, rope_heads=0,
-                   key_mask=False, skip_connect="concat", dtype="float32", vocab_file="")
+                   key_mask=False, skip_connect="concat", dtype="float32", remat="none", vocab_file="")
   cfg.model.update(**SIZES[variant])
   cfg.objective = dict(frac_lengths=(0.7, 1.0), audio_drop_prob=0.3, cond_drop_prob=0.2)
   cfg.data.update(frame_budget=38_400 * 8, bucket_seconds=(4, 8, 16, 30), max_text=1024)

@@ -17,6 +17,12 @@ from jaxspeech.dit.modules import BLOCK_AXES
 from jaxspeech.nn import layers
 from jaxspeech.sharding import constrain
 
+REMAT_POLICIES = {  # what a block keeps for the backward pass; the rest is recomputed
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
@@ -35,8 +41,11 @@ class DiTConfig:
   key_mask: bool = False           # F5's attn_mask_enabled: mask padded keys (its released models do not)
   skip_connect: str = "concat"     # UNetT skips: "concat", "add" or "none"
   dtype: str = "float32"           # compute dtype; params stay float32
+  remat: str = "none"              # "none", "full" or "save_dots": REMAT_POLICIES
 
   def __post_init__(self):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
     if self.backbone not in ("dit", "unett"):
       raise ValueError(f"backbone={self.backbone!r}; choose 'dit' or 'unett'")
     if self.backbone == "unett" and (self.depth % 2 or self.skip_connect not in ("concat", "add", "none")):
@@ -47,6 +56,15 @@ def config_from(model) -> DiTConfig:
   """The DiTConfig of a config's `model` section; the family's own fields there (`vocab_file`) are left out."""
   fields = {f.name for f in dataclasses.fields(DiTConfig)}
   return DiTConfig(**{k: v for k, v in dict(model).items() if k in fields})
+
+
+def run_block(block: nnx.Module, remat: str, *args):
+  """`block(*args)`, rematerialised under `remat`'s policy."""
+  if remat == "none":
+    return block(*args)
+  graphdef, state = nnx.split(block)
+  apply = jax.checkpoint(lambda state, *a: nnx.merge(graphdef, state)(*a), policy=REMAT_POLICIES[remat])
+  return apply(state, *args)
 
 
 class Embeddings(nnx.Module):
@@ -105,7 +123,7 @@ class DiT(nnx.Module):
     x_BxLxD = constrain(x_BxLxD, BLOCK_AXES)
     angles_LxK = jnp.asarray(modules.rope_angles(n, self.cfg.dim_head))
     for block in self.blocks:
-      x_BxLxD = block(x_BxLxD, t_BxD, valid_BxL, angles_LxK)
+      x_BxLxD = run_block(block, self.cfg.remat, x_BxLxD, t_BxD, valid_BxL, angles_LxK)
     scale_BxD, shift_BxD = jnp.moveaxis(self.norm_out(jax.nn.silu(t_BxD)), 1, 0)  # F5's final order: scale, shift
     h = (modules.layer_norm(x_BxLxD) * (1 + scale_BxD[:, None]) + shift_BxD[:, None]).astype(x_BxLxD.dtype)
     return self.proj_out(h).astype(jnp.float32)
@@ -155,7 +173,7 @@ class UNetT(nnx.Module):
         x_BxLxD = layer.skip_proj(jnp.concatenate([x_BxLxD, skips.pop()], -1))
       elif self.cfg.skip_connect == "add":
         x_BxLxD = x_BxLxD + skips.pop()
-      x_BxLxD = layer(x_BxLxD, valid_BxL, angles_LxK)
+      x_BxLxD = run_block(layer, self.cfg.remat, x_BxLxD, valid_BxL, angles_LxK)
     return self.proj_out(self.norm_out(x_BxLxD)[:, 1:]).astype(jnp.float32)
 
 
