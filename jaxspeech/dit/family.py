@@ -2,8 +2,8 @@
 
 Audio is resampled to 24 kHz in the input pipeline and grouped into frame-budget batches (about
 `data.frame_budget` mel frames each, similar lengths together, one compile per bucket of
-`data.bucket_seconds`); transcripts become character ids of the vocabulary (`jaxspeech.dit.vocab`), padded
-to `data.max_text`. The step computes F5's Vocos log-mel (100 bins, hop 256) and the flow-matching loss.
+`data.bucket_seconds`); transcripts become character ids of the run's vocabulary (`jaxspeech.dit.vocab`, kept
+in the workdir), padded to `data.max_text`. The step computes F5's Vocos log-mel (100 bins, hop 256) and the flow-matching loss.
 """
 
 import jax
@@ -112,4 +112,4 @@ def units(batch) -> dict[str, float]:
 
 
 FAMILY = Family(name="dit", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
-                batch_axes=batch_axes, train_flops=train_flops, units=units)
+                batch_axes=batch_axes, train_flops=train_flops, units=units, prepare=vocab.prepare)

@@ -1,10 +1,12 @@
 """F5-TTS's character vocabulary: `vocab.txt`, one token a line, index = line number, " " at index 0.
 
-F5 maps each character of a transcript to its index and an unknown character to 0 (the space). A dataset's
-vocabulary is built from its train transcripts the first time it is asked for, and kept next to the dataset
-(`<dataset>/vocab_char.txt`), so every run and the sampler read the same indices.
+F5 maps each character of a transcript to its index and an unknown character to 0 (the space). A run keeps its
+vocabulary in its workdir (`<workdir>/vocab_char.txt`, written by `prepare` before training starts: a copy of
+`model.vocab_file`, or built from the dataset's train transcripts), so a resumed run and the sampler read the
+indices the model was trained with, and the dataset directory is only read.
 """
 
+import copy
 import os
 
 import numpy as np
@@ -33,18 +35,42 @@ def build(transcripts) -> list[str]:
   return [" "] + sorted(set("".join(transcripts)) - {" "})
 
 
-def for_dataset(data_path: str, split: str = "train") -> list[str]:
-  path = os.path.join(data_path, FILENAME)
-  if not os.path.exists(path):
-    from jaxspeech.data import tfds_io  # pylint: disable=import-outside-toplevel
-    source = tfds_io.data_source(data_path, split)
-    write(path, build(source[i]["text"].decode() for i in range(len(source))))
-  return read(path)
+def of_dataset(data_path: str, split: str = "train") -> list[str]:
+  from jaxspeech.data import tfds_io  # pylint: disable=import-outside-toplevel
+  source = tfds_io.data_source(data_path, split)
+  return build(source[i]["text"].decode() for i in range(len(source)))
 
 
 def of_config(cfg) -> list[str]:
-  """`cfg.model.vocab_file`, or the vocabulary of `cfg.data.path` when that is empty."""
-  return read(cfg.model.vocab_file) if cfg.model.get("vocab_file") else for_dataset(cfg.data.path)
+  """`data.vocab_file` (the workdir's copy, set by `prepare`), else `model.vocab_file`, else built from the
+  train transcripts of `data.path`."""
+  for path in (cfg.data.get("vocab_file"), cfg.model.get("vocab_file")):
+    if path:
+      return read(path)
+  return of_dataset(cfg.data.path)
+
+
+def in_workdir(workdir: str) -> str:
+  return os.path.join(workdir, FILENAME)
+
+
+def prepare(cfg, workdir: str):
+  """The config a run in `workdir` uses: its vocabulary copied into the workdir on the first run and
+  `data.vocab_file` pointing there (no workdir, "": the config as given). A resumed run given another
+  `model.vocab_file` is refused."""
+  if not workdir:
+    return cfg
+  path = in_workdir(workdir)
+  if not os.path.exists(path):
+    os.makedirs(workdir, exist_ok=True)
+    write(path, of_config(cfg))
+  elif cfg.model.get("vocab_file") and read(cfg.model.vocab_file) != read(path):
+    raise ValueError(f"model.vocab_file={cfg.model.vocab_file} differs from the vocabulary this workdir was "
+                     f"trained with ({path}); use a new --workdir")
+  cfg = copy.deepcopy(cfg)
+  with cfg.unlocked():
+    cfg.data.vocab_file = path
+  return cfg
 
 
 def encode(text: str, tokens: list[str]) -> np.ndarray:

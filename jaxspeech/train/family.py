@@ -34,6 +34,10 @@ class Family:
   # (params read from train.init_from as {dotted path: array}, that workdir's config.json, config) -> params
   # in this model's paths; e.g. SSAST pretraining params into an AST classifier. None keeps them as they are.
   adapt_init: Callable[[dict, dict, ml_collections.ConfigDict], dict] | None = None
+  # (config, workdir) -> the config the run uses, called first on every host: e.g. the dit family copies the
+  # vocabulary it builds from the data into the workdir and points the config there. The workdir is "" where
+  # there is none (`jaxspeech plan`, benchmarks). None: the config as given.
+  prepare: Callable[[ml_collections.ConfigDict, str], ml_collections.ConfigDict] | None = None
   # config -> {field: jax.ShapeDtypeStruct} of one global train batch, without reading data (`jaxspeech plan`
   # on a laptop for a pod's dataset). None: the planner reads one batch of the config's dataset.
   batch_shapes: Callable[[ml_collections.ConfigDict], dict[str, jax.ShapeDtypeStruct]] | None = None

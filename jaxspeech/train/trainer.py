@@ -79,9 +79,11 @@ class Trainer:
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None,
                family: Family | None = None):
     """`family` replaces the registry's `cfg.family` (benchmarks time a family with a changed loss)."""
+    self.family = family or registry.get(cfg.family)
+    if self.family.prepare is not None:
+      cfg = self.family.prepare(cfg, workdir)
     self.cfg, self.workdir = cfg, workdir
     host.enable_compilation_cache(cfg.train.compilation_cache)
-    self.family = family or registry.get(cfg.family)
     self.mesh = sharding.make_mesh(cfg.mesh, devices)
     self.rules = [tuple(r) for r in cfg.axis_rules]
     with sharding.use_rules(self.mesh, self.rules):
