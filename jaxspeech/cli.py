@@ -15,6 +15,7 @@
   jaxspeech synthesize --lm WORKDIR --codec WORKDIR --tokenizer FILE --text "..." --out out.wav   (Llasa)
   jaxspeech llasa eval --lm WORKDIR --codec WORKDIR --tokenizer FILE [--split test]    (see jaxspeech/llasa/cli.py)
   jaxspeech synthesize --dit WORKDIR [--vocoder WORKDIR] --ref-audio ref.wav --ref-text "..." --text "..." --out out.wav
+  jaxspeech dit eval --dit WORKDIR [--vocoder WORKDIR] [--split test_unseen]    (see jaxspeech/dit/cli.py)
 """
 
 import argparse
@@ -114,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
   convert_cli.add_parser(groups)
   codec_cli.add_parser(groups)
   llasa_cli.add_parser(groups)
+  dit_cli.add_parser(groups)
   p = groups.add_parser("synthesize", help="text to speech: --lm (Llasa LM + codec workdirs)")
   p.add_argument("--text", required=True)
   p.add_argument("--out", required=True, help="the wav file to write")

@@ -26,25 +26,45 @@ FAST = ["--config.model.depth=2", "--config.data.bucket_seconds=(4,)", "--config
         "--config.train.eval_every=0", "--config.train.checkpoint_every=30"]
 
 
+def listing(path: str) -> dict[str, float]:
+  return {name: os.path.getmtime(os.path.join(path, name)) for name in os.listdir(path)}
+
+
 @pytest.fixture(scope="module")
-def trained(corpus_path, tmp_path_factory):
+def training(corpus_path, tmp_path_factory):
+  """(workdir, the corpus directory's files and mtimes before training, after)."""
   workdir = str(tmp_path_factory.mktemp("dit") / "run")
+  before = listing(corpus_path)
   result = subprocess.run(
       [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/dit.py:tiny", f"--workdir={workdir}",
        f"--config.data.path={corpus_path}", "--config.train.steps=30", *FAST],
       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  return workdir
+  return workdir, before, listing(corpus_path)
+
+
+@pytest.fixture(scope="module")
+def trained(training):
+  return training[0]
 
 
 @pytest.mark.slow
-def test_tiny_trains_and_loss_falls(trained, corpus_path):
+def test_tiny_trains_and_loss_falls(trained):
   with open(os.path.join(trained, "metrics.jsonl")) as f:
     losses = [row["loss"] for row in map(json.loads, f) if "loss" in row]
   assert len(losses) >= 25 and np.isfinite(losses).all()
   assert np.mean(losses[-8:]) < 0.7 * np.mean(losses[:5]), losses
-  tokens = vocab.read(os.path.join(corpus_path, vocab.FILENAME))  # built from the train transcripts
+
+
+@pytest.mark.slow
+def test_vocabulary_goes_to_the_workdir_not_the_dataset(training, corpus_path):
+  workdir, before, after = training
+  assert after == before  # the input dataset is only read
+  tokens = vocab.read(vocab.in_workdir(workdir))
+  assert tokens == vocab.of_dataset(corpus_path)  # built from the train transcripts
   assert tokens[0] == " " and "a" in tokens and len(tokens) == len(set(tokens))
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["data"]["vocab_file"] == vocab.in_workdir(workdir)
 
 
 @pytest.mark.slow
@@ -63,6 +83,22 @@ def test_synthesize_writes_the_generated_part(trained, corpus_path, tmp_path, ca
   assert rate == 24000 and np.isfinite(wav).all()
   # 6 s in all, minus the reference (± the resampler's rounding of one frame)
   assert abs(len(wav) / 256 - (int(6 * 24000 / 256) - ref_frames - 1)) <= 1.5
+
+
+@pytest.mark.slow
+def test_zero_shot_eval_scores_unseen_speakers(trained, corpus_path, tmp_path, capsys):
+  out = tmp_path / "eval.json"
+  code = cli.main(["dit", "eval", "--dit", trained, "--data-dir", corpus_path, "--split", "test_unseen",
+                   "--limit", "2", "--nfe", "2", "--out", str(out)])
+  assert code == 0, capsys.readouterr().err
+  rows = json.loads(out.read_text())["utterances"]
+  source = tfds_io.data_source(corpus_path, "test_unseen")
+  for r in rows:
+    prompt = source[r["prompt"]]
+    assert prompt["speaker"].decode() == r["speaker"]
+    assert r["prompt"] != r["index"] or sum(source[i]["speaker"] == prompt["speaker"]
+                                            for i in range(len(source))) == 1
+    assert np.isfinite(r["mcd_dtw"]) and r["duration_ratio"] > 0 and r["rtf"] > 0
 
 
 @pytest.mark.parametrize("variant", list(SIZES))

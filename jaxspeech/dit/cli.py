@@ -1,14 +1,9 @@
 """`jaxspeech synthesize --dit WORKDIR [--vocoder WORKDIR] --ref-audio ref.wav --ref-text "..." --text "..."
---out out.wav`
+--out out.wav` and `jaxspeech dit eval --dit WORKDIR [--vocoder WORKDIR] [--split test_unseen]`
 
-Zero-shot TTS as F5-TTS's infer_process does it: the reference clip (24 kHz, RMS raised to 0.1 when
-quieter) prompts the DiT with its transcript followed by the new text; the duration comes from the
-reference's speaking rate (or --duration, total seconds with the reference); the sampled mel past the
-reference is vocoded. Without --vocoder, Griffin-Lim makes the audio (for listening, not quality).
+Zero-shot TTS as F5-TTS's infer_process does it (`jaxspeech.dit.speak`). Without --vocoder, Griffin-Lim makes
+the audio (for listening, not quality).
 """
-
-PROG = "jaxspeech synthesize"
-TARGET_RMS = 0.1
 
 
 def add_arguments(parser) -> None:
@@ -34,6 +29,57 @@ def add_arguments(parser) -> None:
   add("--seed", type=int, default=0)
 
 
+def add_parser(groups) -> None:
+  """`jaxspeech dit eval` (light: imports nothing heavy)."""
+  dit = groups.add_parser("dit", help="flow-matching DiT jobs: evaluate zero-shot synthesis").add_subparsers(
+      dest="command", required=True)
+  p = dit.add_parser("eval", help="speak a split's sentences in the voice of another clip of each speaker; "
+                                  "MCD-DTW, duration ratio and RTF against the recordings")
+  p.add_argument("--dit", default=None, help="a dit workdir")
+  p.add_argument("--vocoder", default=None, help="a vocoder workdir (default: Griffin-Lim)")
+  p.add_argument("--vocoder-only", action="store_true",
+                 help="score the vocoder on each recording's own mel instead (no --dit): what a DiT can reach")
+  p.add_argument("--data-dir", default="data/synth_speech/1.0.0", help="a speech dataset (`jaxspeech data synth`)")
+  p.add_argument("--split", default="test_unseen", help="test_unseen: unseen speakers and sentences; test: "
+                                                        "unseen sentences")
+  p.add_argument("--limit", type=int, default=8, help="only the first N utterances")
+  p.add_argument("--nfe", type=int, default=32)
+  p.add_argument("--cfg-strength", type=float, default=2.0)
+  p.add_argument("--sway", type=float, default=-1.0)
+  p.add_argument("--method", choices=("euler", "midpoint"), default="euler")
+  p.add_argument("--speed", type=float, default=1.0)
+  p.add_argument("--weights", choices=("auto", "params", "ema"), default="auto")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="the JSON to write (default: WORKDIR/zero_shot_eval_SPLIT.json)")
+  p.add_argument("--wav-dir", default=None, help="also write each utterance's audio here")
+  p.set_defaults(run=evaluate)
+
+
+def evaluate(args) -> None:
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxspeech.dit import evaluate as evaluation  # pylint: disable=import-outside-toplevel
+
+  if args.vocoder_only:
+    rows = evaluation.vocoder_rows(args.vocoder, args.data_dir, args.split, count=args.limit, wav_dir=args.wav_dir)
+  elif args.dit:
+    model, config = load(args.dit, args.weights)
+    rows = evaluation.synthesis_rows(model, tokens_of(args.dit, config), args.data_dir, args.split,
+                                     jax.random.PRNGKey(args.seed), count=args.limit, vocoder=args.vocoder,
+                                     sampling=sampling(args), wav_dir=args.wav_dir)
+  else:
+    raise ValueError("dit eval needs --dit WORKDIR (or --vocoder-only)")
+  means = evaluation.means(rows)
+  print(evaluation.table(rows, means))
+  workdir = args.vocoder if args.vocoder_only else args.dit
+  out = args.out or os.path.join(workdir or ".", f"zero_shot_eval_{args.split}.json")
+  settings = {k: v for k, v in vars(args).items() if k not in ("run", "group", "command")}
+  with open(out, "w") as f:
+    json.dump({"settings": settings, "means": means, "utterances": rows}, f, indent=1)
+  print(f"wrote {out}")
+
+
 def load(workdir: str, weights: str = "auto"):
   """(model holding the workdir's newest params, the workdir's config.json)."""
   import json  # pylint: disable=import-outside-toplevel
@@ -51,57 +97,39 @@ def load(workdir: str, weights: str = "auto"):
     return model, json.load(f)
 
 
-def tokens_of(config: dict) -> list[str]:
-  """The vocabulary a workdir's model reads: its `model.vocab_file`, else its dataset's."""
+def tokens_of(workdir: str, config: dict) -> list[str]:
+  """The vocabulary a workdir's model reads: the one its training kept there, else its `model.vocab_file` (an
+  imported F5 checkpoint's vocab.txt)."""
+  import os  # pylint: disable=import-outside-toplevel
   from jaxspeech.dit import vocab  # pylint: disable=import-outside-toplevel
+  if os.path.exists(vocab.in_workdir(workdir)):
+    return vocab.read(vocab.in_workdir(workdir))
   if config["model"].get("vocab_file"):
     return vocab.read(config["model"]["vocab_file"])
-  if config.get("data", {}).get("path"):
-    return vocab.for_dataset(config["data"]["path"])
-  raise ValueError("the dit workdir names no vocabulary: import it with --vocab vocab.txt")
+  raise ValueError(f"{workdir} holds no {vocab.FILENAME} and names no model.vocab_file: import it with "
+                   "--vocab vocab.txt")
 
 
-def vocode(vocoder: str | None, mel_TxM):
-  """Audio at 24 kHz from a log-mel: the vocoder workdir's, or Griffin-Lim."""
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  if vocoder is None:
-    from jaxspeech.audio.griffin_lim import griffin_lim  # pylint: disable=import-outside-toplevel
-    return griffin_lim(np.asarray(mel_TxM))
-  from jaxspeech.codec.vocoder import vocode as vocoder_vocode  # pylint: disable=import-outside-toplevel
-  return np.asarray(vocoder_vocode(vocoder, np.asarray(mel_TxM)[None])[0])
+def sampling(args):
+  from jaxspeech.dit.speak import Sampling  # pylint: disable=import-outside-toplevel
+  return Sampling(nfe=args.nfe, cfg_strength=args.cfg_strength, sway=args.sway, method=args.method,
+                  speed=args.speed)
 
 
 def synthesize(args) -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   import soundfile  # pylint: disable=import-outside-toplevel
-  from jaxspeech.audio import features, io as audio_io  # pylint: disable=import-outside-toplevel
-  from jaxspeech.dit import sample, vocab  # pylint: disable=import-outside-toplevel
-  from jaxspeech.dit.family import HOP, SAMPLE_RATE  # pylint: disable=import-outside-toplevel
+  from jaxspeech.dit import speak  # pylint: disable=import-outside-toplevel
+  from jaxspeech.dit.family import SAMPLE_RATE  # pylint: disable=import-outside-toplevel
 
   if not args.ref_audio:
     raise ValueError("synthesize with --dit needs --ref-audio (and --ref-text): the voice to clone")
   model, config = load(args.dit, args.weights)
   wav, rate = soundfile.read(args.ref_audio, dtype="float32", always_2d=True)
-  wav = audio_io.resample(wav.mean(1), rate, SAMPLE_RATE)
-  rms = float(np.sqrt(np.mean(np.square(wav))))
-  if rms < TARGET_RMS:
-    wav = wav * TARGET_RMS / max(rms, 1e-8)
-  ref_mel_TxM = np.asarray(features.log_mel(wav, SAMPLE_RATE, hop_length=HOP, n_mels=model.cfg.mel_dim))
-  ref_text = args.ref_text if args.ref_text.endswith(" ") else args.ref_text + " "
-  ref_frames = len(wav) // HOP
-  if args.duration:
-    duration = int(args.duration * SAMPLE_RATE / HOP)
-  else:
-    duration = sample.durations(ref_frames, ref_text, args.text, args.speed)
-  text = vocab.encode(ref_text + args.text, tokens_of(config))[None]
-  mel_BxLxM, duration_B = sample.sample(
-      model, ref_mel_TxM[None], [len(ref_mel_TxM)], text, [duration], jax.random.PRNGKey(args.seed), nfe=args.nfe,
-      cfg_strength=args.cfg_strength, sway=args.sway, method=args.method)
-  generated_TxM = np.asarray(mel_BxLxM[0, ref_frames:int(duration_B[0])])
-  out = vocode(args.vocoder, generated_TxM)
-  if rms < TARGET_RMS:
-    out = out * rms / TARGET_RMS
+  out, generated, ref_frames = speak.speak(
+      model, tokens_of(args.dit, config), wav.mean(1), rate, args.ref_text, args.text, jax.random.PRNGKey(args.seed),
+      vocoder=args.vocoder, duration_seconds=args.duration, sampling=sampling(args))
   soundfile.write(args.out, np.clip(out, -1, 1), SAMPLE_RATE, subtype="PCM_16")
-  print(f"wrote {args.out}: {len(out) / SAMPLE_RATE:.2f} s ({len(generated_TxM)} frames after the "
+  print(f"wrote {args.out}: {len(out) / SAMPLE_RATE:.2f} s ({generated} frames after the "
         f"{ref_frames}-frame reference, NFE {args.nfe}, {'Griffin-Lim' if args.vocoder is None else args.vocoder})")

@@ -1,0 +1,118 @@
+"""Zero-shot synthesis of a dataset split's sentences, scored against their recordings (`jaxspeech.audio.quality`).
+
+Each utterance is spoken by the DiT prompted with another utterance of the same speaker from the same split
+(the next one in the split, cyclically), as a user clones a voice from one clip: on `test_unseen` neither the
+voice nor the sentences were trained on. `vocoder_rows` vocodes each recording's own mel instead: what any mel
+model decoded by that vocoder can reach.
+"""
+
+import time
+
+import numpy as np
+
+from jaxspeech.audio import quality
+from jaxspeech.dit.family import SAMPLE_RATE
+
+METRICS = ("mcd_dtw", "duration_ratio", "rtf")
+
+
+def recordings(data_path: str, split: str, count: int) -> tuple[list[dict], list[dict]]:
+  """(the first `count` utterances of `split`, all of them): index, text, speaker and 24 kHz float audio."""
+  from jaxspeech.audio import io as audio_io  # pylint: disable=import-outside-toplevel
+  from jaxspeech.data import tfds_io  # pylint: disable=import-outside-toplevel
+  source = tfds_io.data_source(data_path, split)
+  out = []
+  for i in range(len(source)):
+    record = source[i]
+    out.append({"index": i, "speaker": record["speaker"].decode(), "text": record["text"].decode(),
+                "wav": audio_io.resample(audio_io.to_float(record["audio"]), int(record["sample_rate"]),
+                                         SAMPLE_RATE)})
+  return out[:count], out
+
+
+def prompt_for(utterance: dict, split: list[dict]) -> dict:
+  """The next utterance of the same speaker in the split, cyclically (the utterance itself if it is the only one)."""
+  same = [u for u in split if u["speaker"] == utterance["speaker"]]
+  return same[(same.index(utterance) + 1) % len(same)]
+
+
+def score(truth_S: np.ndarray, wav_S: np.ndarray, wall: float) -> dict[str, float]:
+  seconds = len(wav_S) / SAMPLE_RATE
+  row = {"truth_seconds": len(truth_S) / SAMPLE_RATE, "seconds": seconds, "wall_seconds": wall,
+         "duration_ratio": quality.duration_ratio(truth_S, wav_S)}
+  if len(wav_S):
+    row["mcd_dtw"] = quality.mcd_dtw(truth_S, wav_S, SAMPLE_RATE)
+  return row
+
+
+def synthesis_rows(model, tokens: list[str], data_path: str, split: str, key, *, count: int, vocoder=None,
+                   sampling=None, wav_dir: str | None = None) -> list[dict]:
+  """One scored row per utterance; `rtf` (wall / generated seconds) is taken from a second, compiled run of the
+  same sentence, since every new length compiles the sampler anew."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxspeech.dit import speak  # pylint: disable=import-outside-toplevel
+  chosen, everything = recordings(data_path, split, count)
+  rows = []
+  for u in chosen:
+    prompt = prompt_for(u, everything)
+
+    def run():
+      start = time.perf_counter()
+      wav_S, _, _ = speak.speak(model, tokens, prompt["wav"], SAMPLE_RATE, prompt["text"], u["text"],
+                                jax.random.fold_in(key, u["index"]), vocoder=vocoder,
+                                sampling=sampling or speak.Sampling())
+      return wav_S, time.perf_counter() - start
+
+    wav_S, first_wall = run()
+    _, wall = run()
+    row = {"index": u["index"], "speaker": u["speaker"], "prompt": prompt["index"], "text": u["text"],
+           "first_wall_seconds": first_wall, **score(u["wav"], wav_S, wall)}
+    row["rtf"] = wall / max(row["seconds"], 1e-9)
+    write(wav_dir, split, u["index"], wav_S)
+    rows.append(row)
+  return rows
+
+
+def vocoder_rows(vocoder: str | None, data_path: str, split: str, *, count: int,
+                 wav_dir: str | None = None) -> list[dict]:
+  """One scored row per utterance of its own log-mel vocoded (Griffin-Lim without a vocoder)."""
+  from jaxspeech.audio import features  # pylint: disable=import-outside-toplevel
+  from jaxspeech.dit import speak  # pylint: disable=import-outside-toplevel
+  from jaxspeech.dit.family import HOP  # pylint: disable=import-outside-toplevel
+  rows = []
+  for u in recordings(data_path, split, count)[0]:
+    start = time.perf_counter()
+    mel_TxM = features.log_mel(u["wav"], SAMPLE_RATE, hop_length=HOP, n_mels=100)
+    wav_S = speak.vocode(vocoder, mel_TxM)
+    rows.append({"index": u["index"], "speaker": u["speaker"], "text": u["text"],
+                 **score(u["wav"], wav_S, time.perf_counter() - start)})
+    write(wav_dir, split, u["index"], wav_S)
+  return rows
+
+
+def write(wav_dir: str | None, split: str, index: int, wav_S: np.ndarray) -> None:
+  if wav_dir:
+    import os  # pylint: disable=import-outside-toplevel
+    import soundfile  # pylint: disable=import-outside-toplevel
+    os.makedirs(wav_dir, exist_ok=True)
+    soundfile.write(os.path.join(wav_dir, f"{split}_{index:03d}.wav"), np.clip(wav_S, -1, 1), SAMPLE_RATE)
+
+
+def means(rows: list[dict]) -> dict[str, float]:
+  """The mean of each metric over the rows that have it."""
+  return {name: float(np.mean([r[name] for r in rows if name in r])) for name in METRICS
+          if any(name in r for r in rows)}
+
+
+def table(rows: list[dict], means_: dict[str, float]) -> str:
+  """One line per utterance, then the means."""
+  def cell(value, width):
+    return f"{value:>{width}.2f}" if value is not None else " " * (width - 1) + "-"
+
+  lines = [f"{'#':>3} {'speaker':<10} {'truth s':>7} {'synth s':>7} {'MCD dB':>7} {'dur':>5} {'RTF':>6}  text"]
+  for r in rows:
+    lines.append(f"{r['index']:>3} {r['speaker']:<10} {r['truth_seconds']:>7.2f} {r['seconds']:>7.2f} "
+                 f"{cell(r.get('mcd_dtw'), 7)} {r['duration_ratio']:>5.2f} {cell(r.get('rtf'), 6)}  {r['text'][:40]}")
+  lines.append(f"{'mean':<30} {cell(means_.get('mcd_dtw'), 7)} {cell(means_.get('duration_ratio'), 5)} "
+               f"{cell(means_.get('rtf'), 6)}   (n={len(rows)})")
+  return "\n".join(lines)
