@@ -162,10 +162,8 @@ MESHES = {  # (mesh, clip lengths of the batch)
     "fsdp8": (dict(data=1, fsdp=8, tensor=1), FULL),
     "data4-tensor2": (dict(data=4, fsdp=1, tensor=2), FULL),
     "data2-fsdp2-tensor2": (dict(data=2, fsdp=2, tensor=2), FULL),
-    # The same mesh with 4 rows (one per batch shard): rows 1 and 2 come out off by ~0.1 on XLA:CPU, with or
-    # without padding, while 8 rows match. Not yet explained (partitioner or ours); a strict xfail keeps it seen.
-    "data2-fsdp2-tensor2-4rows": pytest.param(dict(data=2, fsdp=2, tensor=2), FULL[:4], marks=pytest.mark.xfail(
-        strict=True, reason="4 rows over data × fsdp = 4 with 2-D param sharding differ on XLA:CPU")),
+    # one row per batch shard: rows used to mix when the AdaLN modulation kept its kernel's tensor sharding
+    "data2-fsdp2-tensor2-4rows": (dict(data=2, fsdp=2, tensor=2), FULL[:4]),
 }
 
 

@@ -17,6 +17,10 @@ from jaxspeech.dit.modules import BLOCK_AXES
 from jaxspeech.nn import layers
 from jaxspeech.sharding import constrain
 
+# AdaLN shifts, scales and gates (B, k, D): rows as the activations, D whole like theirs. Left to propagation,
+# D takes the kernel's tensor sharding, and XLA's SPMD partitioner then mixes up rows of a batch sharded over
+# data × fsdp (one row per shard, params sharded over fsdp and tensor; GSPMD and Shardy alike).
+MODULATION_AXES = ("activation_batch", None, "activation_embed")
 REMAT_POLICIES = {  # what a block keeps for the backward pass; the rest is recomputed
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -96,7 +100,7 @@ class DiTBlock(nnx.Module):
     self.ff = modules.FeedForward(cfg.dim, cfg.ff_mult, dtype, rngs)
 
   def __call__(self, x_BxLxD, t_BxD, valid_BxL, angles_LxK):
-    mod_Bx6x1xD = self.modulation(jax.nn.silu(t_BxD))[:, :, None]
+    mod_Bx6x1xD = constrain(self.modulation(jax.nn.silu(t_BxD)), MODULATION_AXES)[:, :, None]
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mod_Bx6x1xD[:, i] for i in range(6))
     dtype = x_BxLxD.dtype
     h = (modules.layer_norm(x_BxLxD) * (1 + scale_msa) + shift_msa).astype(dtype)
@@ -124,7 +128,8 @@ class DiT(nnx.Module):
     angles_LxK = jnp.asarray(modules.rope_angles(n, self.cfg.dim_head))
     for block in self.blocks:
       x_BxLxD = run_block(block, self.cfg.remat, x_BxLxD, t_BxD, valid_BxL, angles_LxK)
-    scale_BxD, shift_BxD = jnp.moveaxis(self.norm_out(jax.nn.silu(t_BxD)), 1, 0)  # F5's final order: scale, shift
+    mod_Bx2xD = constrain(self.norm_out(jax.nn.silu(t_BxD)), MODULATION_AXES)
+    scale_BxD, shift_BxD = jnp.moveaxis(mod_Bx2xD, 1, 0)  # F5's final order: scale, shift
     h = (modules.layer_norm(x_BxLxD) * (1 + scale_BxD[:, None]) + shift_BxD[:, None]).astype(x_BxLxD.dtype)
     return self.proj_out(h).astype(jnp.float32)
 
