@@ -12,8 +12,13 @@ a released checkpoint by importing it first (see docs/dit.md):
   jaxspeech train --config=configs/dit.py:base --workdir=workdirs/f5_finetune \
       --config.train.init_from=workdirs/f5_base --config.model.vocab_file=vocab.txt
 
-`e2_tiny` / `e2_base` are the E2-TTS UNetT. The character vocabulary is the dataset's (built from its train
-transcripts into <data.path>/vocab_char.txt) unless `model.vocab_file` names an F5 vocab.txt.
+`e2_tiny` / `e2_base` are the E2-TTS UNetT. The character vocabulary is built from the dataset's train
+transcripts unless `model.vocab_file` names an F5 vocab.txt; either way the run keeps it in WORKDIR/vocab_char.txt.
+`model.remat` (none, full, save_dots) trades recomputation for activation memory.
+
+Zero-shot evaluation on the corpus's unseen speakers (see docs/dit.md):
+
+  jaxspeech dit eval --dit workdirs/dit_tiny --vocoder workdirs/vocoder_tiny --split test_unseen
 """
 
 from jaxspeech.dit.sizes import SIZES
