@@ -26,6 +26,7 @@ def get_config(variant: str = "tiny"):
   cfg.gan = losses.defaults()
   cfg.data.update(crop_seconds=1.0, eval_crop_seconds=3.0)
   cfg.optim.update(**losses.OPTIM)
+  cfg.optim.groups.frozen = {}   # a w2v-BERT teacher's params (`semantic.w2vbert`), if the model runs one
   if variant == "tiny":
     cfg.gan.update(period_channels=(8, 16, 32, 32, 32), resolution_channels=8)
     cfg.data.update(crop_seconds=0.4, eval_crop_seconds=2.0)

@@ -116,7 +116,7 @@ def test_generator_and_discriminators_have_separate_optimizers(name):
   and its first update from ~lr to ~1e-4 lr)."""
   fam, cfg = {"codec": family, "vocoder": vocoder_family}[name], _small_cfg(name)
   cfg.optim.warmup_steps = 0   # a nonzero first update
-  assert (cfg.optim.b1, cfg.optim.b2) == (0.8, 0.9) and set(cfg.optim.groups) == {"discriminator"}
+  assert (cfg.optim.b1, cfg.optim.b2) == (0.8, 0.9) and not cfg.optim.groups.discriminator
   params = nnx.state(nnx.eval_shape(lambda: fam.build_model(cfg, nnx.Rngs(0))), nnx.Param)
   params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), params)
   tx, schedules = optim.make(cfg.optim, cfg.train.steps, params, fam.FAMILY.param_groups)
@@ -134,6 +134,19 @@ def test_generator_and_discriminators_have_separate_optimizers(name):
 
   jax.tree.map(np.testing.assert_array_equal, generator_update(grads(1.0)), generator_update(grads(1e6)))
   assert max(float(jnp.max(jnp.abs(u))) for u in generator_update(grads(1.0))) > 0
+
+
+def test_codec_param_groups_freeze_the_w2vbert_teacher():
+  cfg = _small_cfg("codec")
+  cfg.model = sizes.tiny_semantic()
+  params = nnx.state(nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0))), nnx.Param)
+  labels = {optim.param_path(p): family.FAMILY.param_groups(optim.param_path(p), x)
+            for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  assert {path[0] for path, group in labels.items() if group == "frozen"} == {"semantic_model"}
+  assert {path[0] for path, group in labels.items() if group == "discriminator"} == {"discriminator",
+                                                                                     "spec_discriminator"}
+  assert "semantic_encoder" in {path[0] for path, group in labels.items() if group == "default"}
+  optim.make(cfg.optim, cfg.train.steps, params, family.FAMILY.param_groups)   # every group is configured
 
 
 def test_generator_only_warmup_leaves_the_discriminators_alone():

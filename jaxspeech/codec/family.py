@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxspeech.codec import evaluate as metrics_lib, losses
+from jaxspeech.codec import evaluate as metrics_lib, losses, model as model_lib
 from jaxspeech.codec.model import Codec
 from jaxspeech.data import batching, pipeline, tfds_io
 from jaxspeech.train.family import Family
@@ -31,6 +31,11 @@ def build_model(cfg, rngs):
   if "gan" not in cfg:
     return Codec(cfg.model, rngs=rngs)
   return CodecGAN(cfg.model, cfg.gan, rngs=rngs)
+
+
+def param_group(path: tuple[str, ...], leaf) -> str:
+  """"frozen" for the w2v-BERT teacher's params (no update, no optimizer state), else the GAN player's group."""
+  return "frozen" if model_lib.frozen(path) else losses.param_group(path, leaf)
 
 
 def hop(cfg) -> int:
@@ -152,4 +157,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="codec", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, param_groups=losses.param_group)
+    train_flops=train_flops, units=units, param_groups=param_group)

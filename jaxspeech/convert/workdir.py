@@ -7,7 +7,8 @@ An imported workdir is what `jaxspeech train` would have written at step 0 for t
     WORKDIR/checkpoints/0/state         the TrainState (Orbax): imported params, fresh AdamW state, rng, step 0
 
 The state is built by the trainer's own code (`optim.make`, `state_lib.make_init`) from the shared defaults
-(`jaxspeech.train.config.defaults()`: AdamW with clipping, no parameter groups, no EMA): bit for bit what
+(`jaxspeech.train.config.defaults()`: AdamW with clipping, no EMA, no parameter groups but "frozen", the group
+of params a family keeps fixed, such as the codec's w2v-BERT teacher): bit for bit what
 `state_lib.create` makes, with the imported params in place of the initial ones. There is no `data` item:
 no data iterator has run yet.
 
@@ -29,7 +30,8 @@ import numpy as np
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import ConversionError
 
-STATE_CONFIG = "jaxspeech.train.config.defaults() (AdamW with clipping, no parameter groups, no EMA)"
+STATE_CONFIG = ("jaxspeech.train.config.defaults() (AdamW with clipping, no parameter groups but the optimizer-free "
+                "'frozen' one, no EMA)")
 
 
 @dataclasses.dataclass
@@ -95,6 +97,7 @@ def train_config(family: str, model: dict):
   cfg = config_lib.defaults()
   cfg.family = family
   cfg.model = ml_collections.ConfigDict(model)
+  cfg.optim.groups.frozen = {}   # params a family keeps fixed (a teacher) get no optimizer state
   return cfg
 
 
