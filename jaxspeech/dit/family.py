@@ -3,7 +3,8 @@
 Audio is resampled to 24 kHz in the input pipeline and grouped into frame-budget batches (about
 `data.frame_budget` mel frames each, similar lengths together, one compile per bucket of
 `data.bucket_seconds`); transcripts become character ids of the run's vocabulary (`jaxspeech.dit.vocab`, kept
-in the workdir), padded to `data.max_text`. The step computes F5's Vocos log-mel (100 bins, hop 256) and the flow-matching loss.
+in the workdir), padded to `data.max_text`. The step computes F5's Vocos log-mel (100 bins, hop 256) and the
+flow-matching loss.
 """
 
 import jax
