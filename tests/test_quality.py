@@ -35,3 +35,14 @@ def test_mcd_is_zero_for_the_same_clip_small_for_a_stretch_and_large_for_another
   assert same == 0.0 and louder < 0.05
   assert slower < other / 3, (slower, other)
   assert quality.duration_ratio(voice, voice[:8000]) == 0.5
+
+
+def test_cepstrum_has_the_real_cepstrum_scale_mcd_assumes():
+  """A log spectrum with one cosine ripple 2a·cos(π m (k+½)/M) has c_m = a, and MCD = (10/ln 10)·√2·|a|: the
+  scale of Kubichek's formula (SPTK's mel-cepstra), not the orthonormal DCT's √(2M)× larger one."""
+  m, a = 80, 0.3
+  ripple_1xM = 2 * a * np.cos(np.pi * 3 * (np.arange(m) + 0.5) / m)[None]
+  c = quality.cepstrum(ripple_1xM - 4.0, 24)
+  np.testing.assert_allclose(c[0], np.eye(24)[2] * a, atol=1e-12)
+  np.testing.assert_allclose(quality.MCD_SCALE * np.linalg.norm(c - quality.cepstrum(np.full((1, m), -4.0), 24)),
+                             10 / np.log(10) * np.sqrt(2) * a, rtol=1e-12)

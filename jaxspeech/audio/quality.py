@@ -2,8 +2,9 @@
 
 MCD (Kubichek 1993) between aligned frames x, y of mel-cepstra c_1..c_D (c_0, the energy, left out):
     MCD = (10 / ln 10) · sqrt(2 · Σ_d (c_d(x) − c_d(y))²)   in dB, averaged over the DTW path.
-Mel-cepstra here are the orthonormal DCT-II of the natural-log mel magnitude spectrum
-(`jaxspeech.audio.features.log_mel`), so a gain change moves c_0 only.
+The formula assumes the real cepstrum's scale: over the M bins of the natural-log mel magnitude spectrum L
+(`jaxspeech.audio.features.log_mel`), L(k) = c_0 + 2 Σ_m c_m cos(π m (k + ½) / M), i.e. c = DCT-II(L) / (2M).
+(The orthonormal DCT would be √(2M) times larger: 12.6× at 80 bins.) A gain change moves c_0 only.
 """
 
 import numpy as np
@@ -20,7 +21,13 @@ def mel_cepstrum(wav_S: np.ndarray, sample_rate: int, num_coefficients: int = 24
   hop, window = sample_rate // 100, sample_rate // 40
   log_mel_TxM = np.asarray(features.log_mel(np.asarray(wav_S, np.float32)[None], sample_rate=sample_rate,
                                             n_fft=window, win_length=window, hop_length=hop, n_mels=num_mels)[0])
-  return scipy.fft.dct(log_mel_TxM, type=2, norm="ortho", axis=-1)[:, 1:num_coefficients + 1]
+  return cepstrum(log_mel_TxM, num_coefficients)
+
+
+def cepstrum(log_spectrum_TxM: np.ndarray, num_coefficients: int) -> np.ndarray:
+  """c_1..c_D of each frame's log spectrum L: L(k) = c_0 + 2 Σ_m c_m cos(π m (k + ½) / M)."""
+  m = log_spectrum_TxM.shape[-1]
+  return scipy.fft.dct(log_spectrum_TxM, type=2, axis=-1)[:, 1:num_coefficients + 1] / (2 * m)
 
 
 def dtw_path(cost_TxU: np.ndarray) -> tuple[float, np.ndarray]:
