@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def train_command(args) -> list[str]:
   return ["nice", "-n", "5", os.path.join(ROOT, ".venv/bin/jaxspeech"), "train", "--config=configs/codec.py:tiny",
           f"--workdir={args.workdir}", f"--config.data.path={args.data_dir}", f"--config.train.steps={args.steps}",
-          "--config.train.log_every=10", "--config.train.eval_every=0", "--config.train.checkpoint_every=100"]
+          "--config.train.log_every=10", "--config.train.eval_every=0", "--config.train.checkpoint_every=100",
+          *([f"--config.optim.lr={args.lr}"] if args.lr else [])]
 
 
 def train(args) -> list[float]:
@@ -52,6 +53,7 @@ def main():
   parser.add_argument("--data-dir", default=os.path.join(ROOT, "data/synth_speech/1.0.0"))
   parser.add_argument("--split", default="test")
   parser.add_argument("--steps", type=int, default=500)
+  parser.add_argument("--lr", type=float, default=None, help="optim.lr (default: the config's)")
   parser.add_argument("--train-load", type=float, default=None,
                       help="mean load average of a training run this script did not start (for the report)")
   parser.add_argument("--note", default="", help="a closing remark for the report (e.g. what went wrong)")
@@ -73,8 +75,8 @@ def main():
       f"UTC. {common.machine()}, shared with other jobs (load average {load} while training, "
       f"{os.getloadavg()[0]:.1f} at evaluation).\n\n"
       f"Training: `{' '.join(['jaxspeech'] + train_command(args)[4:])}` — {last['step']} steps of batch "
-      f"{cfg.get('train', {}).get('batch_size', 8)} × 0.4 s crops (generator and discriminators in their own "
-      f"AdamW groups), {last['time/wall_s'] / 60:.0f} min wall time ({last['time/compile_s']:.0f} s compiling). "
+      f"{cfg['train']['batch_size']} × {cfg['data']['crop_seconds']} s crops at lr {cfg['optim']['lr']:g} (generator "
+      f"and discriminators in their own AdamW groups), {last['time/wall_s'] / 60:.0f} min wall time ({last['time/compile_s']:.0f} s compiling). "
       f"Multi-resolution mel L1 (training crops): {first['mel']:.2f} at step {first['step']} → {last['mel']:.2f} at "
       f"step {last['step']}.\n\n"
       f"Evaluation: `jaxspeech codec eval --workdir WORKDIR --split {args.split}` on {scores['utterances']} whole "
