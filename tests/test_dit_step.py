@@ -49,6 +49,7 @@ def fp32(params):
   return loss_and_grads(CFG, params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("remat", ["full", "save_dots"])
 def test_remat_keeps_loss_and_gradients(params, fp32, remat):
   ((want_loss, want_grads), _) = fp32
@@ -65,6 +66,7 @@ def test_unknown_remat_is_refused():
     DiTConfig(remat="everything")
 
 
+@pytest.mark.slow
 def test_bfloat16_step_is_finite_and_close_to_float32(params, fp32):
   ((want_loss, want_grads), _) = fp32
   ((got_loss, got_grads), jaxpr) = loss_and_grads(dataclasses.replace(CFG, dtype="bfloat16"), params)
