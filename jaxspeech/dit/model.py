@@ -21,13 +21,6 @@ from jaxspeech.sharding import constrain
 # D takes the kernel's tensor sharding, and XLA's SPMD partitioner then mixes up rows of a batch sharded over
 # data × fsdp (one row per shard, params sharded over fsdp and tensor; GSPMD and Shardy alike).
 MODULATION_AXES = ("activation_batch", None, "activation_embed")
-REMAT_POLICIES = {  # what a block keeps for the backward pass; the rest is recomputed
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
   backbone: str = "dit"            # "dit" (F5-TTS) or "unett" (E2-TTS)
@@ -45,11 +38,11 @@ class DiTConfig:
   key_mask: bool = False           # F5's attn_mask_enabled: mask padded keys (its released models do not)
   skip_connect: str = "concat"     # UNetT skips: "concat", "add" or "none"
   dtype: str = "float32"           # compute dtype; params stay float32
-  remat: str = "none"              # "none", "full" or "save_dots": REMAT_POLICIES
+  remat: str = "none"              # "none", "full" or "save_dots": layers.REMAT_POLICIES
 
   def __post_init__(self):
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    if self.remat not in layers.REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r}; choose one of {sorted(layers.REMAT_POLICIES)}")
     if self.backbone not in ("dit", "unett"):
       raise ValueError(f"backbone={self.backbone!r}; choose 'dit' or 'unett'")
     if self.backbone == "unett" and (self.depth % 2 or self.skip_connect not in ("concat", "add", "none")):
@@ -67,7 +60,7 @@ def run_block(block: nnx.Module, remat: str, *args):
   if remat == "none":
     return block(*args)
   graphdef, state = nnx.split(block)
-  apply = jax.checkpoint(lambda state, *a: nnx.merge(graphdef, state)(*a), policy=REMAT_POLICIES[remat])
+  apply = jax.checkpoint(lambda state, *a: nnx.merge(graphdef, state)(*a), policy=layers.REMAT_POLICIES[remat])
   return apply(state, *args)
 
 

@@ -25,13 +25,6 @@ from jaxspeech.nn import layers
 from jaxspeech.sharding import constrain
 
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
   vocab_size: int = 193_800
@@ -64,8 +57,8 @@ class LlamaConfig:
       problems.append(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
     if self.head_dim % 2:
       problems.append(f"head_dim={self.head_dim} must be even for RoPE")
-    if self.remat not in REMAT_POLICIES:
-      problems.append(f"remat={self.remat!r}; choose one of {sorted(REMAT_POLICIES)}")
+    if self.remat not in layers.REMAT_POLICIES:
+      problems.append(f"remat={self.remat!r}; choose one of {sorted(layers.REMAT_POLICIES)}")
     if problems:
       raise ValueError(f"LlamaConfig: {'; '.join(problems)}")
 
@@ -206,7 +199,7 @@ class Llama(nnx.Module):
       return nnx.merge(graphdef, state)(x_BxLxD, positions_BxL, mask_BxLxS, past, slot)
 
     if self.cfg.remat != "none":
-      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=0)
+      layer = jax.checkpoint(layer, policy=layers.REMAT_POLICIES[self.cfg.remat], static_argnums=0)
     past = None if cache is None else (cache.k_NxBxSxGxK, cache.v_NxBxSxGxK)
     if self.cfg.scan_layers:
       graphdef, state = nnx.split(self.blocks)

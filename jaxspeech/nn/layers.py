@@ -10,6 +10,14 @@ from flax import nnx
 Dtype = jnp.dtype | type
 
 
+# `model.remat` → what a block keeps for the backward pass (`jax.checkpoint` policy); the rest is recomputed.
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
 def dense(in_features: int | Sequence[int], out_features: int | Sequence[int], axes: Sequence[str | None], *,
           rngs: nnx.Rngs, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, use_bias: bool = True,
           stddev: float = 0.02, torch_init: bool = False) -> nnx.LinearGeneral:
