@@ -57,3 +57,37 @@ def mcd_dtw(reference_S: np.ndarray, synthesized_S: np.ndarray, sample_rate: int
 
 def duration_ratio(reference_S: np.ndarray, synthesized_S: np.ndarray) -> float:
   return len(synthesized_S) / max(len(reference_S), 1)
+
+
+def score(truth_S: np.ndarray, wav_S: np.ndarray, sample_rate: int, embed=None) -> dict[str, float]:
+  """One utterance's row: seconds of both, duration ratio, MCD-DTW (dB; none for empty audio) and, with `embed`
+  (audio → speaker embedding), `speaker_similarity`, the cosine of the two embeddings."""
+  row = {"truth_seconds": len(truth_S) / sample_rate, "seconds": len(wav_S) / sample_rate,
+         "duration_ratio": duration_ratio(truth_S, wav_S)}
+  if len(wav_S):
+    row["mcd_dtw"] = mcd_dtw(truth_S, wav_S, sample_rate)
+    if embed is not None:
+      a, b = embed(truth_S), embed(wav_S)
+      row["speaker_similarity"] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+  return row
+
+
+def means(rows: list[dict], metrics: tuple[str, ...]) -> dict[str, float]:
+  """The mean of each metric over the rows that have it."""
+  return {name: float(np.mean([r[name] for r in rows if name in r])) for name in metrics
+          if any(name in r for r in rows)}
+
+
+def table(rows: list[dict], row_means: dict[str, float], columns: tuple[tuple[str, str, int], ...]) -> str:
+  """One line per utterance (index, speaker, seconds, then each (key, header, width) column, text), then the means."""
+  def cell(value, width):
+    return f"{value:>{width}.2f}" if value is not None else " " * (width - 1) + "-"
+
+  lines = [f"{'#':>3} {'speaker':<10} {'truth s':>7} {'synth s':>7} "
+           + " ".join(f"{header:>{width}}" for _, header, width in columns) + "  text"]
+  for r in rows:
+    lines.append(f"{r['index']:>3} {r['speaker']:<10} {r['truth_seconds']:>7.2f} {r['seconds']:>7.2f} "
+                 + " ".join(cell(r.get(key), width) for key, _, width in columns) + f"  {r['text'][:40]}")
+  lines.append(f"{'mean':<30} " + " ".join(cell(row_means.get(key), width) for key, _, width in columns)
+               + f"   (n={len(rows)})")
+  return "\n".join(lines)

@@ -37,12 +37,7 @@ def prompt_for(utterance: dict, split: list[dict]) -> dict:
 
 
 def score(truth_S: np.ndarray, wav_S: np.ndarray, wall: float) -> dict[str, float]:
-  seconds = len(wav_S) / SAMPLE_RATE
-  row = {"truth_seconds": len(truth_S) / SAMPLE_RATE, "seconds": seconds, "wall_seconds": wall,
-         "duration_ratio": quality.duration_ratio(truth_S, wav_S)}
-  if len(wav_S):
-    row["mcd_dtw"] = quality.mcd_dtw(truth_S, wav_S, SAMPLE_RATE)
-  return row
+  return {**quality.score(truth_S, wav_S, SAMPLE_RATE), "wall_seconds": wall}
 
 
 def synthesis_rows(model, tokens: list[str], data_path: str, split: str, key, *, count: int, vocoder=None,
@@ -99,20 +94,8 @@ def write(wav_dir: str | None, split: str, index: int, wav_S: np.ndarray) -> Non
 
 
 def means(rows: list[dict]) -> dict[str, float]:
-  """The mean of each metric over the rows that have it."""
-  return {name: float(np.mean([r[name] for r in rows if name in r])) for name in METRICS
-          if any(name in r for r in rows)}
+  return quality.means(rows, METRICS)
 
 
 def table(rows: list[dict], means_: dict[str, float]) -> str:
-  """One line per utterance, then the means."""
-  def cell(value, width):
-    return f"{value:>{width}.2f}" if value is not None else " " * (width - 1) + "-"
-
-  lines = [f"{'#':>3} {'speaker':<10} {'truth s':>7} {'synth s':>7} {'MCD dB':>7} {'dur':>5} {'RTF':>6}  text"]
-  for r in rows:
-    lines.append(f"{r['index']:>3} {r['speaker']:<10} {r['truth_seconds']:>7.2f} {r['seconds']:>7.2f} "
-                 f"{cell(r.get('mcd_dtw'), 7)} {r['duration_ratio']:>5.2f} {cell(r.get('rtf'), 6)}  {r['text'][:40]}")
-  lines.append(f"{'mean':<30} {cell(means_.get('mcd_dtw'), 7)} {cell(means_.get('duration_ratio'), 5)} "
-               f"{cell(means_.get('rtf'), 6)}   (n={len(rows)})")
-  return "\n".join(lines)
+  return quality.table(rows, means_, (("mcd_dtw", "MCD dB", 7), ("duration_ratio", "dur", 5), ("rtf", "RTF", 6)))

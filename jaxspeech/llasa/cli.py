@@ -145,16 +145,6 @@ def evaluate(args) -> None:
 
 
 def table(rows: list[dict], means: dict[str, float]) -> str:
-  """One line per utterance, then the means."""
-  def cell(value, width):
-    return f"{value:>{width}.2f}" if value is not None else " " * (width - 1) + "-"
-
-  lines = [f"{'#':>3} {'speaker':<10} {'truth s':>7} {'synth s':>7} {'MCD dB':>7} {'dur':>5} {'spk sim':>7} "
-           f"{'wall s':>6}  text"]
-  for r in rows:
-    lines.append(f"{r['index']:>3} {r['speaker']:<10} {r['truth_seconds']:>7.2f} {r['seconds']:>7.2f} "
-                 f"{cell(r.get('mcd_dtw'), 7)} {r['duration_ratio']:>5.2f} {cell(r.get('speaker_similarity'), 7)} "
-                 f"{r['wall_seconds']:>6.1f}  {r['text'][:40]}")
-  lines.append(f"{'mean':<30} {cell(means.get('mcd_dtw'), 7)} {cell(means.get('duration_ratio'), 5)} "
-               f"{cell(means.get('speaker_similarity'), 7)}   (n={len(rows)})")
-  return "\n".join(lines)
+  from jaxspeech.audio import quality  # pylint: disable=import-outside-toplevel
+  return quality.table(rows, means, (("mcd_dtw", "MCD dB", 7), ("duration_ratio", "dur", 5),
+                                     ("speaker_similarity", "spk sim", 7), ("wall_seconds", "wall s", 6)))

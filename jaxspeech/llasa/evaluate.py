@@ -13,18 +13,6 @@ from jaxspeech.audio import quality
 METRICS = ("mcd_dtw", "duration_ratio", "speaker_similarity")
 
 
-def score(truth_S: np.ndarray, wav_S: np.ndarray, sample_rate: int, embed=None) -> dict[str, float]:
-  """MCD-DTW (dB; none for empty audio), duration ratio and, with `embed`, the cosine of the two embeddings."""
-  row = {"truth_seconds": len(truth_S) / sample_rate, "seconds": len(wav_S) / sample_rate,
-         "duration_ratio": quality.duration_ratio(truth_S, wav_S)}
-  if len(wav_S):
-    row["mcd_dtw"] = quality.mcd_dtw(truth_S, wav_S, sample_rate)
-    if embed is not None:
-      a, b = embed(truth_S), embed(wav_S)
-      row["speaker_similarity"] = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
-  return row
-
-
 def rows(speak, data_path: str, split: str, *, count: int, sample_rate: int, embed=None,
          wav_dir: str | None = None) -> list[dict]:
   """One scored row per utterance of the first `count` of `split`; `speak(text, truth_S, i) -> wav` makes the
@@ -47,7 +35,7 @@ def rows(speak, data_path: str, split: str, *, count: int, sample_rate: int, emb
       os.makedirs(wav_dir, exist_ok=True)
       soundfile.write(os.path.join(wav_dir, f"{split}_{i:03d}.wav"), np.clip(wav_S, -1, 1), sample_rate)
     out.append({"index": i, "speaker": record["speaker"].decode(), "text": text, "wall_seconds": wall,
-                **score(truth_S, wav_S, sample_rate, embed)})
+                **quality.score(truth_S, wav_S, sample_rate, embed)})
   return out
 
 
@@ -87,9 +75,7 @@ def resynthesis_rows(codec, data_path: str, split: str, *, count: int = 16, embe
 
 
 def means(scored: list[dict]) -> dict[str, float]:
-  """The mean of each metric over the rows that have it."""
-  return {name: float(np.mean([r[name] for r in scored if name in r])) for name in METRICS
-          if any(name in r for r in scored)}
+  return quality.means(scored, METRICS)
 
 
 def evaluate_synthesis(lm, codec, tokenizer, vocab, data_path: str, split: str, key, **kwargs) -> dict[str, float]:
