@@ -131,10 +131,17 @@ def test_cli_plans_a_mesh_larger_than_this_process(corpus_path):
   assert lines[-1].startswith("fits in 0.001 GiB HBM? NO")
 
 
-@pytest.mark.parametrize("name", ["ast", "llasa"])
+def tiny_dit(corpus_path):
+  """configs/dit.py:tiny with one bucket every corpus clip fits, so every batch has batch_shapes' shape."""
+  cfg = load_config("dit", "tiny")
+  cfg.data.update(path=corpus_path, bucket_seconds=(12.0,), frame_budget=9000)  # 8 rows: one per test device
+  return cfg
+
+
+@pytest.mark.parametrize("name", ["ast", "llasa", "dit"])
 def test_batch_shapes_are_a_real_batch(corpus_path, code_data, name):
   """The planner's data-free shapes (`Family.batch_shapes`) are those of a batch the pipeline really makes."""
-  cfg = tiny_ast(corpus_path) if name == "ast" else tiny_llasa(code_data)
+  cfg = {"ast": tiny_ast, "llasa": lambda _: tiny_llasa(code_data), "dit": tiny_dit}[name](corpus_path)
   fam = registry.get(name)
   iterator = pipeline.make_iterator(fam.make_data(cfg, "train", train=True, shard_index=0, shard_count=1))
   batch = next(iterator)

@@ -96,6 +96,17 @@ def batch_axes(cfg):
           "text_lengths": rows, "text_mask": rows + (None,), "speaker_id": rows, "valid": rows}
 
 
+def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """The batch of the longest bucket (the most frames per row: the most activation memory)."""
+  budget = frame_budget(cfg, 1)
+  samples, text = budget.buckets.lengths[-1], cfg.data.max_text
+  rows, spec = budget.rows(samples), jax.ShapeDtypeStruct
+  return {"audio": spec((rows, samples), jnp.float32), "audio_mask": spec((rows, samples), jnp.bool_),
+          "text": spec((rows, text), jnp.int32), "text_mask": spec((rows, text), jnp.bool_),
+          **{k: spec((rows,), jnp.int32) for k in ("audio_lengths", "text_lengths", "speaker_id")},
+          "valid": spec((rows,), jnp.bool_)}
+
+
 def train_flops(cfg) -> float:
   """Forward + backward (3× forward) matmul FLOPs of one global batch of `data.frame_budget` frames, at the
   longest bucket's length (attention's share)."""
@@ -113,4 +124,5 @@ def units(batch) -> dict[str, float]:
 
 
 FAMILY = Family(name="dit", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
-                batch_axes=batch_axes, train_flops=train_flops, units=units, prepare=vocab.prepare)
+                batch_axes=batch_axes, train_flops=train_flops, units=units, batch_shapes=batch_shapes,
+                prepare=vocab.prepare)
