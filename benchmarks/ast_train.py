@@ -257,60 +257,6 @@ def _patched(obj, name, value):
   return ctx
 
 
-def layers_module():
-  from jaxspeech.nn import layers
-  return layers
-
-
-def _attention_bhlk(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS=None):
-  """Heads-major attention: transpose q/k/v to (b, h, l, k) once, then batched matmuls with no inner transposes."""
-  import jax
-  import jax.numpy as jnp
-  scale = q_BxLxHxK.shape[-1] ** -0.5
-  q = jnp.swapaxes(q_BxLxHxK * scale, 1, 2)
-  k = jnp.swapaxes(k_BxSxHxK, 1, 2)
-  v = jnp.swapaxes(v_BxSxHxK, 1, 2)
-  logits = jnp.einsum("bhlk,bhsk->bhls", q, k, preferred_element_type=jnp.float32)
-  if mask_BxHxLxS is not None:
-    logits = jnp.where(mask_BxHxLxS, logits, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.swapaxes(jnp.einsum("bhls,bhsk->bhlk", probs, v), 1, 2)
-
-
-def _attention_flash_vjp(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS=None):
-  """Heads-major attention with FlashAttention's backward as a custom VJP: dS = P ∘ (dP − δ), δ = rowsum(dO ∘ O)
-  (Dao et al. 2022, eq. 4), so the softmax backward needs no reduction over the L×S probabilities."""
-  import jax
-  import jax.numpy as jnp
-  if mask_BxHxLxS is not None:
-    return _attention_bhlk(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS)
-  scale = q_BxLxHxK.shape[-1] ** -0.5
-
-  def forward(q, k, v):
-    probs = jax.nn.softmax(jnp.einsum("bhlk,bhsk->bhls", q * scale, k), axis=-1)
-    return jnp.einsum("bhls,bhsk->bhlk", probs, v), probs
-
-  @jax.custom_vjp
-  def attend(q, k, v):
-    return forward(q, k, v)[0]
-
-  def attend_fwd(q, k, v):
-    out, probs = forward(q, k, v)
-    return out, (q, k, v, probs, out)
-
-  def attend_bwd(res, d_out):
-    q, k, v, probs, out = res
-    d_probs = jnp.einsum("bhlk,bhsk->bhls", d_out, v)
-    delta = jnp.einsum("bhlk,bhlk->bhl", d_out, out)
-    d_logits = probs * (d_probs - delta[..., None]) * scale
-    return (jnp.einsum("bhls,bhsk->bhlk", d_logits, k), jnp.einsum("bhls,bhlk->bhsk", d_logits, q),
-            jnp.einsum("bhls,bhlk->bhsk", probs, d_out))
-
-  attend.defvjp(attend_fwd, attend_bwd)
-  q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q_BxLxHxK, k_BxSxHxK, v_BxSxHxK))
-  return jnp.swapaxes(attend(q, k, v), 1, 2)
-
-
 def _patch_conv_as_matmul():
   """nnx.Conv with stride == kernel and VALID padding computed as reshape + matmul (same params)."""
   from flax import nnx
@@ -363,8 +309,6 @@ def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_sh
 VARIANTS = {  # name → context manager factory active while the model is traced and compiled
     "library": _no_patch,
     "select guard": _no_patch,
-    "attention bhlk": lambda: _patched(layers_module(), "dot_product_attention", _attention_bhlk)(),
-    "attention flash VJP": lambda: _patched(layers_module(), "dot_product_attention", _attention_flash_vjp)(),
     "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
 }
 STEP_VARIANTS = {"select guard": _select_step}
@@ -607,8 +551,6 @@ def run(args) -> dict:
 VARIANT_NOTES = {
     "library": "`make_train_step` as is (the same executable as the table above)",
     "select guard": "the non-finite guard as `jnp.where` on the new params and optimizer state instead of `lax.cond`",
-    "attention bhlk": "`dot_product_attention` transposing q, k, v to (b, h, l, k) before the einsums",
-    "attention flash VJP": "heads-major attention whose backward is FlashAttention's (custom VJP, δ = rowsum(dO ∘ O))",
     "patch conv as matmul": "the 16×16/16 patch embedding as reshape + matmul instead of `nnx.Conv`",
 }
 
