@@ -4,17 +4,19 @@
   jaxspeech eval  --config=configs/codec.py:tiny --workdir=workdirs/codec_tiny      (mel distance, STOI, PESQ)
   jaxspeech codec eval --workdir=workdirs/codec_tiny          (the same, plus codebook usage and perplexity)
 
-`tiny` is a CPU-sized acoustic-only codec with small discriminators. `base` is the released X-codec2 shape
+`tiny` is a CPU-sized acoustic-only codec with small discriminators; `tiny_semantic` adds the semantic branch
+with a small random w2v-BERT teacher (a CPU check of that path). `base` is the released X-codec2 shape
 (`jaxspeech.codec.sizes.base`) with Vocos' full discriminators and X-codec2's recipe: AdamW β (0.8, 0.9),
-lr 1e-4 → 2e-5 after 3k warmup steps, clipping 1.0. Its
-semantic branch needs w2v-BERT 2.0 features the corpus pipeline does not compute yet; train it acoustic-only
-with `--config.model.semantic.enabled=False`. A generator-only warm-up: `--config.gan.warmup_steps=N`.
+lr 1e-4 → 2e-5 after 3k warmup steps, clipping 1.0; `base_w2vbert` is the same with w2v-BERT 2.0 as the frozen
+semantic teacher (import its weights with `jaxspeech convert codec ... --w2vbert DIR`, docs/codec.md). Without a
+teacher, train `base` acoustic-only: `--config.model.semantic.enabled=False`. A generator-only warm-up:
+`--config.gan.warmup_steps=N`.
 """
 
 from jaxspeech.codec import losses, sizes
 from jaxspeech.train import config as base
 
-VARIANTS = ("tiny", "base")
+VARIANTS = ("tiny", "tiny_semantic", "base", "base_w2vbert")
 
 
 def get_config(variant: str = "tiny"):
@@ -27,7 +29,7 @@ def get_config(variant: str = "tiny"):
   cfg.data.update(crop_seconds=1.0, eval_crop_seconds=3.0)
   cfg.optim.update(**losses.OPTIM)
   cfg.optim.groups.frozen = {}   # a w2v-BERT teacher's params (`semantic.w2vbert`), if the model runs one
-  if variant == "tiny":
+  if variant.startswith("tiny"):
     cfg.gan.update(period_channels=(8, 16, 32, 32, 32), resolution_channels=8)
     cfg.data.update(crop_seconds=0.4, eval_crop_seconds=2.0)
     cfg.train.update(steps=300, batch_size=8, log_every=10, eval_every=100, checkpoint_every=100)

@@ -184,3 +184,14 @@ def test_codec_eval_step_scores_valid_rows_on_the_host():
   for name, (total, count) in sums.items():
     assert float(count) == 1.0 and math.isfinite(float(total)), name
   assert -1.0 <= float(sums["pesq"][0]) <= 4.7 and 0.0 <= float(sums["stoi"][0]) <= 1.0
+
+
+def test_a_semantic_codec_trains_on_the_corpus_only_with_its_w2vbert_teacher(corpus_path):
+  """`tiny_semantic` (a teacher in the model) gets corpus batches; a semantic config without one is refused."""
+  cfg = load_config("codec", "tiny_semantic")
+  cfg.data.path = corpus_path
+  assert cfg.model.semantic.enabled and cfg.model.semantic.w2vbert
+  family.make_data(cfg, "train", train=True, shard_index=0, shard_count=1)
+  cfg.model.semantic.w2vbert = None
+  with pytest.raises(ValueError, match="w2v-BERT teacher"):
+    family.make_data(cfg, "train", train=True, shard_index=0, shard_count=1)

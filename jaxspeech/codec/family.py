@@ -117,9 +117,9 @@ def make_gan_data(cfg, split, *, train, shard_index, shard_count, sample_rate: i
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
-  if cfg.model.semantic.enabled:
-    raise ValueError("training the semantic branch needs w2v-BERT 2.0 features (batch field semantic_features), "
-                     "which the corpus pipeline does not compute; set --config.model.semantic.enabled=False")
+  if cfg.model.semantic.enabled and not cfg.model.semantic.get("w2vbert"):
+    raise ValueError("training the semantic branch on the corpus needs its w2v-BERT teacher (model.semantic.w2vbert: "
+                     "configs/codec.py:tiny_semantic or base_w2vbert); or set --config.model.semantic.enabled=False")
   return make_gan_data(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
                        sample_rate=cfg.model.sample_rate, frame=hop(cfg))
 
