@@ -7,8 +7,9 @@ An imported workdir is what `jaxspeech train` would have written at step 0 for t
     WORKDIR/checkpoints/0/state         the TrainState (Orbax): imported params, fresh AdamW state, rng, step 0
 
 The state is built by the trainer's own code (`optim.make`, `state_lib.make_init`) from the shared defaults
-(`jaxspeech.train.config.defaults()`: AdamW with clipping, no EMA, no parameter groups but "frozen", the group
-of params a family keeps fixed, such as the codec's w2v-BERT teacher): bit for bit what
+(`jaxspeech.train.config.defaults()`: AdamW with clipping, no EMA, and an empty entry for each parameter group
+other than "default" that the family puts this model's params in, such as the codec's w2v-BERT teacher in
+"frozen"): bit for bit what
 `state_lib.create` makes, with the imported params in place of the initial ones. There is no `data` item:
 no data iterator has run yet.
 
@@ -30,8 +31,8 @@ import numpy as np
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import ConversionError
 
-STATE_CONFIG = ("jaxspeech.train.config.defaults() (AdamW with clipping, no parameter groups but the optimizer-free "
-                "'frozen' one, no EMA)")
+STATE_CONFIG = ("jaxspeech.train.config.defaults() (AdamW with clipping, no EMA, the groups the family's "
+                "param_groups uses for this model with default settings)")
 
 
 @dataclasses.dataclass
@@ -97,8 +98,22 @@ def train_config(family: str, model: dict):
   cfg = config_lib.defaults()
   cfg.family = family
   cfg.model = ml_collections.ConfigDict(model)
-  cfg.optim.groups.frozen = {}   # params a family keeps fixed (a teacher) get no optimizer state
+  for label in _group_labels(family, cfg) - {"default"}:  # e.g. "frozen": a teacher the family keeps fixed
+    cfg.optim.groups[label] = {}
   return cfg
+
+
+def _group_labels(family: str, cfg) -> set[str]:
+  """The optimizer groups the family's `param_groups` puts this model's params in."""
+  import jax
+  from jaxspeech import registry
+  from jaxspeech.train import optim, state as state_lib
+  family_impl = registry.get(family)
+  if family_impl.param_groups is None:
+    return {"default"}
+  _, abstract_params, _ = state_lib.abstract_model(family_impl, cfg)
+  return {family_impl.param_groups(optim.param_path(path), leaf)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
 
 
 def _state(family_impl, cfg, tx, mesh, params: dict[str, np.ndarray]):
