@@ -225,3 +225,11 @@ def test_a_stream_where_every_example_is_too_long_stops_with_an_error(batcher):
   ds = grain.MapDataset.source([{"audio": np.zeros(16, np.int16)}]).repeat().to_iter_dataset()
   with pytest.raises(RuntimeError, match="in a row were dropped.*too_long"):
     next(iter(batcher.apply(ds, seed=0)))
+
+
+@pytest.mark.parametrize("parts, message", [(("codes_lr2e-4", "1.0.0"), "lowercase snake_case"),
+                                            (("codes", "v1"), "as x.y.z")])
+def test_a_dataset_path_tfds_cannot_load_is_refused_before_writing(tmp_path, parts, message):
+  with pytest.raises(ValueError, match=message):
+    tfds_io.write_dataset(tmp_path.joinpath(*parts), schema.SPEECH_FEATURES, {"train": []})
+  assert not any(tmp_path.iterdir())

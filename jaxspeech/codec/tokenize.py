@@ -64,6 +64,7 @@ def _encode_chunk(codec, sample_rate, hop, records, per_device: int, bucket: int
 def encode_dataset(workdir: str, data_dir: str, out: str, *, splits: list[str] | None = None, chunk: int = 64,
                    per_device: int = 4, bucket_seconds: float = 1.0) -> str:
   """Writes the codes of every record of `splits` (default: all) of `data_dir` as a TFDS dataset at `out`."""
+  tfds_io.check_dataset_path(out)
   codec, sample_rate, hop = load_codec(workdir)
   bucket = max(int(bucket_seconds * sample_rate) // hop, 1) * hop
   info = tfds_io.load(data_dir).info

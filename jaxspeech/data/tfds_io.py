@@ -9,6 +9,7 @@ directory: `tfds.builder_from_directory(path).as_data_source(split)` reads it.
 from collections.abc import Iterable, Mapping
 import json
 import os
+import re
 import shutil
 import uuid
 
@@ -19,6 +20,20 @@ from tensorflow_datasets.core import example_serializer
 DEFAULT_SHARD_BYTES = 256 << 20
 
 
+def check_dataset_path(path: str | os.PathLike) -> str:
+  """`path` made absolute, if it is a `name/version` dir TFDS can load (name: lowercase snake_case, version
+  x.y.z); else a ValueError naming the part that is not, before any work is spent on the dataset."""
+  path = os.path.abspath(os.fspath(path))
+  name, version = os.path.basename(os.path.dirname(path)), os.path.basename(path)
+  if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+    raise ValueError(f"dataset directory {path}: its parent {name!r} is the dataset name, which TFDS requires in "
+                     "lowercase snake_case (letters, digits, '_'), e.g. synth_codes/1.0.0")
+  if not re.fullmatch(r"\d+\.\d+\.\d+", version):
+    raise ValueError(f"dataset directory {path}: its last part {version!r} is the version, which TFDS requires "
+                     "as x.y.z, e.g. synth_codes/1.0.0")
+  return path
+
+
 def write_dataset(path: str | os.PathLike, features: tfds.features.FeaturesDict,
                   splits: Mapping[str, Iterable[Mapping]], *, description: str = "",
                   shard_bytes: int = DEFAULT_SHARD_BYTES, metadata: Mapping | None = None) -> str:
@@ -27,7 +42,7 @@ def write_dataset(path: str | os.PathLike, features: tfds.features.FeaturesDict,
   The dataset appears at `path` only once every split is complete: it is built in a sibling
   temporary directory and renamed into place, replacing any earlier dataset there.
   """
-  path = os.path.abspath(os.fspath(path))
+  path = check_dataset_path(path)
   name, version = os.path.basename(os.path.dirname(path)), os.path.basename(path)
   tmp = os.path.join(os.path.dirname(path), f".incomplete-{version}-{uuid.uuid4().hex[:8]}")
   os.makedirs(tmp)
