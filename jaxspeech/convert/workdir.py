@@ -112,8 +112,7 @@ def _group_labels(family: str, cfg) -> set[str]:
   if family_impl.param_groups is None:
     return {"default"}
   _, abstract_params, _ = state_lib.abstract_model(family_impl, cfg)
-  return {family_impl.param_groups(optim.param_path(path), leaf)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_params)}
+  return set(jax.tree.leaves(optim.group_labels(abstract_params, family_impl.param_groups)))
 
 
 def _state(family_impl, cfg, tx, mesh, params: dict[str, np.ndarray]):

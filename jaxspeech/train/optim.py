@@ -26,6 +26,11 @@ def schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule
   return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
 
 
+def group_labels(params, group_of: Callable[[tuple[str, ...], jax.Array], str]):
+  """The tree of `params` with each leaf replaced by its group name, `group_of(path, leaf)`."""
+  return jax.tree_util.tree_map_with_path(lambda path, x: group_of(param_path(path), x), params)
+
+
 def param_path(path) -> tuple[str, ...]:
   """('blocks', '0', 'attn', 'query', 'kernel') for a jax key path into an nnx.State."""
   return tuple(str(getattr(k, "key", getattr(k, "idx", None))) for k in path
@@ -67,8 +72,7 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int, params: nnx.State,
   if group_of is None:
     tx = transforms["default"]
   else:
-    labels = jax.tree_util.tree_map_with_path(
-        lambda path, x: group_of(param_path(path), x), params)
+    labels = group_labels(params, group_of)
     unknown = set(jax.tree.leaves(labels)) - set(transforms)
     if unknown:
       raise KeyError(f"param groups {sorted(unknown)} have no entry in optim.groups")

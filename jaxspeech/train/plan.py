@@ -11,12 +11,13 @@ batch shardings as `jaxspeech train`), lowers it on fake CPU devices laid out as
 compiles it and reads `compiled.memory_analysis()`. The fake devices are made in a child process whose
 XLA_FLAGS ask for as many as the mesh needs, so a laptop plans a 256-chip mesh. On a host that has
 the mesh's accelerators (an 8-GPU node), `--native` compiles for them instead, with their own compiler.
-Batch shapes come from the family's `batch_shapes` (no data needed), else from one batch of the config's dataset. The same figures are estimated analytically
-(every param split over fsdp × tensor, AdamW's two moments, fp32 gradients in the params' layout); a
-gap above DISAGREE_PCT % is reported, since it means params that the rules leave replicated.
+Batch shapes come from the family's `batch_shapes` (no data needed), else from one batch of the config's
+dataset. The same figures are estimated analytically (every param split over fsdp × tensor, AdamW's two
+moments, fp32 gradients in the params' layout); a gap above DISAGREE_PCT % is reported, since it means params
+that the rules leave replicated.
 
-CPU compilation is a stand-in: GPU and TPU compilers fuse and schedule differently, so activation
-memory on the accelerator can differ by tens of percent; params, optimizer state and gradients do not.
+CPU compilation is a stand-in: GPU and TPU compilers fuse and schedule differently, so activation memory on
+the accelerator can differ by tens of percent; params, optimizer state and gradients do not.
 """
 
 import dataclasses
