@@ -8,8 +8,9 @@ Same model, batch, loss, clipping and AdamW on both sides, float32, on this mach
   input    a precomputed normalised fbank (8, 256 frames, 128 mel) and integer labels, fed to both models
            (the Kaldi fbank is not part of the timed step)
   jax      `jaxspeech.train.step.make_train_step` (the trainer's step: value_and_grad, global norm, the
-           non-finite guard, clip → AdamW from `jaxspeech.train.optim.make`, state donation) over the AST model with
-           a loss that reads `batch["fbank"]`; a 1-device mesh (no fake host devices)
+           non-finite guard, clip → AdamW from `jaxspeech.train.optim.make`, state donation) over the AST model of
+           `configs/ast.py:tiny` at these shapes (attention in blocks of ≤ 1 MiB of logits; the last block computes
+           the two pooled tokens only) with a loss that reads `batch["fbank"]`; a 1-device mesh
   torch    `ASTForAudioClassification(ASTConfig(...))` in train mode with dropout 0, CrossEntropyLoss,
            `clip_grad_norm_(1.0)` and `torch.optim.AdamW` with the same hyper-parameters and weight-decay groups
            (decay on params with ndim > 1, as `optim.decay_mask`); `torch.set_num_threads(2)`
@@ -20,8 +21,9 @@ alone; backward is the rest of the step.
 
 Both sides run under the glibc malloc tunables that `jaxspeech train` uses (jaxspeech/train/host.py): the script
 re-executes itself with them. Also measured: the stride-16 comparison again in a child process with glibc's default
-malloc (XLA's per-call temp buffer is then mmapped and page-faulted in on every step); candidate changes to the step,
-each reimplemented here with the library untouched (VARIANTS); with `--flags`, XLA CPU flags (one child process
+malloc (XLA's per-call temp buffer is then mmapped and page-faulted in on every step); the library's own choices
+switched off and candidate changes to the step (VARIANTS, set up here with the library untouched, timed as paired
+ratios to the library step); with `--flags`, XLA CPU flags (one child process
 each, since XLA reads XLA_FLAGS once per process). `--dump-hlo DIR` writes the optimised HLO of the step and forward.
 Prints markdown; `--write` replaces this script's section of benchmarks/RESULTS.md and leaves the others alone.
 """
@@ -111,6 +113,7 @@ class JaxSide:
     from jaxspeech.train import optim, state as state_lib, step as step_lib
 
     self.cfg = cfg = jax_config(stride, heads)
+    cfg.model.update(VARIANT_MODEL.get(variant, {}))
     with VARIANTS[variant]():
       fam = fbank_family()
       self.mesh = sharding.make_mesh(cfg.mesh, jax.devices()[:1])
@@ -257,24 +260,16 @@ def _patched(obj, name, value):
   return ctx
 
 
-def _patch_conv_as_matmul():
-  """nnx.Conv with stride == kernel and VALID padding computed as reshape + matmul (same params)."""
-  from flax import nnx
+def _patch_all_tokens_to_the_end():
+  """AST.__call__ as HF computes it: every token through the last block, then the cls/dist rows are pooled."""
+  import jax.numpy as jnp
+  from jaxspeech.ast.model import AST
 
-  original = nnx.Conv.__call__
+  def call(self, fbank_BxTxF):
+    h_BxLxD = self.features(fbank_BxTxF)
+    return self.head(self.head_norm((h_BxLxD[:, 0] + h_BxLxD[:, 1]) / 2)).astype(jnp.float32)
 
-  def call(self, x):
-    kh, kw = self.kernel_size
-    if tuple(self.strides) != (kh, kw) or self.padding != "VALID" or x.ndim != 4:
-      return original(self, x)
-    b, h, w, c = x.shape
-    fh, fw = h // kh, w // kw
-    x = x[:, :fh * kh, :fw * kw].reshape(b, fh, kh, fw, kw, c).transpose(0, 1, 3, 2, 4, 5)
-    kernel = self.kernel[...].reshape(kh * kw * c, -1)
-    y = x.reshape(b, fh, fw, kh * kw * c).astype(self.dtype) @ kernel.astype(self.dtype)
-    return y + self.bias[...].astype(self.dtype)
-
-  return _patched(nnx.Conv, "__call__", call)
+  return _patched(AST, "__call__", call)
 
 
 def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_shardings):
@@ -308,8 +303,14 @@ def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_sh
 
 VARIANTS = {  # name → context manager factory active while the model is traced and compiled
     "library": _no_patch,
+    "whole-batch attention": _no_patch,
+    "every token through the last block": lambda: _patch_all_tokens_to_the_end()(),
+    "both (the library before 2026-11-27)": lambda: _patch_all_tokens_to_the_end()(),
     "select guard": _no_patch,
-    "patch conv as matmul": lambda: _patch_conv_as_matmul()(),
+}
+VARIANT_MODEL = {  # name → cfg.model overrides
+    "whole-batch attention": {"attention_block_kib": 0},
+    "both (the library before 2026-11-27)": {"attention_block_kib": 0},
 }
 STEP_VARIANTS = {"select guard": _select_step}
 
@@ -389,6 +390,34 @@ def timed_blocks(sides: dict, what: str, blocks: int, steps: int, max_other: flo
       if usage is not None:
         usage.setdefault(name, Usage()).add(before, after, steps)
   return times, worst
+
+
+def paired(sides: dict, what: str, rounds: int, max_other: float, retries: int):
+  """({name: call time / the first side's call time in the same round}, the first side's call times, largest
+  share of the CPU other processes used during a kept round). A round calls every side once in turn, so slow
+  drifts of the machine cancel in the ratios; a round during which other processes used more than `max_other` of
+  the CPU is run again (up to `retries` times) after a quiet half-second."""
+  names = list(sides)
+  ratios, base, worst = {name: [] for name in names[1:]}, [], 0.0
+  for _ in range(rounds):
+    for attempt in range(retries + 1):
+      if attempt:
+        wait_quiet(max_other / 2, 20.0)
+      share = CpuShare()
+      times = {name: getattr(sides[name], what)() for name in names}
+      other = share.other() or 0.0
+      if other <= max_other or attempt == retries:
+        break
+    worst = max(worst, other)
+    base.append(times[names[0]])
+    for name in names[1:]:
+      ratios[name].append(times[name] / times[names[0]])
+  return ratios, base, worst
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+  q1, q2, q3 = statistics.quantiles(xs, n=4)
+  return q1, q2, q3
 
 
 def median_ms(ts: list[float]) -> float:
@@ -492,6 +521,16 @@ def variant_table(rows: list[dict], title: str) -> str:
   return "\n".join(out) + "\n"
 
 
+def paired_table(rows: list[dict], base_ms: float) -> str:
+  out = ["| variant | step time / library's (median, quartiles) | ≈ step ms | forward time / library's | XLA temp MB |",
+         "|---|---:|---:|---:|---:|"]
+  for r in rows:
+    q1, q2, q3 = r["step"]
+    out.append(f"| {r['name']} | {q2:.3f} ({q1:.3f}–{q3:.3f}) | {q2 * base_ms:.1f} | {r['fwd']:.3f} | "
+               f"{r['temp_mb']:.0f} |")
+  return "\n".join(out) + "\n"
+
+
 def compare(sides: dict, args, steps: int) -> tuple[dict, dict, float]:
   for side in sides.values():
     side.train_step()
@@ -528,14 +567,20 @@ def run(args) -> dict:
     for name in VARIANTS:
       if name != "library":
         sides[name] = JaxSide(args.probe_stride, name, heads=args.heads, with_optimizer=False, like=library)
-    train, fwd, other = compare(sides, args, args.variant_steps)
-    result["other"] = max(result["other"], other)
-    result["variants"] = [{"name": name, "step": train[name], "fwd": fwd[name], "base_step": train["library"],
-                           "base_fwd": fwd["library"],
+    for side in sides.values():
+      side.train_step()
+      side.forward_step()
+    train, base, other_t = paired(sides, "train_step", args.variant_rounds, args.max_other, args.retries)
+    fwd, _, other_f = paired(sides, "forward_step", args.variant_rounds, args.max_other, args.retries)
+    result["other"] = max(result["other"], other_t, other_f)
+    result["variant_base_ms"] = median_ms(base)
+    result["variants"] = [{"name": name, "step": quartiles(train[name]), "fwd": statistics.median(fwd[name]),
                            "temp_mb": side.step.memory_analysis().temp_size_in_bytes / 1e6}
-                          for name, side in sides.items()]
+                          for name, side in sides.items() if name != "library"]
+    result["variants"].insert(0, {"name": "library", "step": (1.0, 1.0, 1.0), "fwd": 1.0,
+                                  "temp_mb": library.step.memory_analysis().temp_size_in_bytes / 1e6})
     del sides
-    print(variant_table(result["variants"], "variant"), file=sys.stderr, flush=True)
+    print(paired_table(result["variants"], result["variant_base_ms"]), file=sys.stderr, flush=True)
 
   if args.flags:
     flags = {name: run_child("flags", {"XLA_FLAGS": value}, args) for name, value in FLAG_SETS.items()}
@@ -550,8 +595,12 @@ def run(args) -> dict:
 
 VARIANT_NOTES = {
     "library": "`make_train_step` as is (the same executable as the table above)",
+    "whole-batch attention": "`model.attention_block_kib=0`: one attention over the whole batch instead of blocks "
+                             "of rows with ≤ 1 MiB of logits each",
+    "every token through the last block": "AST.__call__ as HF's: the last block computes every token, and the head "
+                                          "pools the cls and distillation rows afterwards",
+    "both (the library before 2026-11-27)": "the two rows above together",
     "select guard": "the non-finite guard as `jnp.where` on the new params and optimizer state instead of `lax.cond`",
-    "patch conv as matmul": "the 16×16/16 patch embedding as reshape + matmul instead of `nnx.Conv`",
 }
 
 
@@ -573,7 +622,9 @@ Written by `{command}` ({seconds:.0f} s).
   cross-entropy; AdamW lr {LR:g}, β (0.9, 0.999), eps 1e-8, weight decay 0.01 on params with ndim > 1 (kernels,
   tokens, position embeddings), global-norm clip {CLIP:g}
 - jaxspeech: the trainer's step from `jaxspeech.train.step.make_train_step` (donated state, `lax.cond` non-finite
-  guard, `optim.make`'s clip → AdamW) over the AST model with a loss that reads `batch["fbank"]`, on a 1-device
+  guard, `optim.make`'s clip → AdamW) over the AST model of `configs/ast.py:tiny` at these shapes (attention in
+  blocks of ≤ {jax_config(10).model.attention_block_kib} KiB of logits; the last block computes only the cls and
+  distillation tokens the head reads) with a loss that reads `batch["fbank"]`, on a 1-device
   mesh (no fake host devices); compile {compile_s}; XLA temp buffer {temp}
 - torch: `ASTForAudioClassification` in train mode with dropout 0 (attention `{result['torch_attention']}`),
   `CrossEntropyLoss`, `clip_grad_norm_`, `torch.optim.AdamW` (default implementation);
@@ -598,10 +649,12 @@ with a fresh `mmap` and `munmap`s it on free, so every step page-faults the whol
 {main_table(result['malloc'])}"""
   if result["variants"]:
     text += f"""
-Candidate changes at stride {args.probe_stride}/{args.probe_stride}, each implemented in the benchmark only (the library is untouched), timed in
-blocks of {args.variant_steps} alternating with the library step ({args.blocks} rounds):
+The library's choices and candidate changes at stride {args.probe_stride}/{args.probe_stride}, each set up here (a `cfg.model` override or
+a patch active while the step is traced; the library is untouched): {args.variant_rounds} rounds, each calling the library step and then every variant once, give each
+variant {args.variant_rounds} ratios to the library step of the same round (the machine's slow drifts cancel);
+the library's median step here was {result['variant_base_ms']:.1f} ms.
 
-{variant_table(result['variants'], 'variant')}
+{paired_table(result['variants'], result['variant_base_ms'])}
 """ + "\n".join(f"- {name}: {note}" for name, note in VARIANT_NOTES.items()) + "\n"
   if result["flags"]:
     text += f"""
@@ -618,7 +671,8 @@ Notes:
   (up to 3 times) after a quiet half-second. PyTorch's OpenMP threads suffer far more than XLA's from load on 2 cores
   (torch steps of 0.7–4 s instead of 0.16 s were seen while another process took one core; jaxspeech steps about
   doubled), so a ratio taken under load favours jaxspeech. Slowdowns from outside this VM are not visible here;
-  repeated quiet runs differed by up to about 10 % per figure, so variant differences within ±5 % are noise.
+  repeated quiet runs differed by up to about 10 % per figure (the torch side most). The variants' paired ratios
+  are steadier: their quartiles show the spread.
 """
 
 
@@ -643,7 +697,8 @@ def main():
   parser.add_argument("--blocks", type=int, default=3, help="alternating rounds of timing blocks")
   parser.add_argument("--steps", type=int, default=7, help="train steps per block in the main table")
   parser.add_argument("--other-steps", type=int, default=4, help="forward / optimizer calls per block")
-  parser.add_argument("--variant-steps", type=int, default=3, help="steps per block for variants and flags")
+  parser.add_argument("--variant-steps", type=int, default=3, help="steps per block for flags")
+  parser.add_argument("--variant-rounds", type=int, default=20, help="paired rounds for the variants")
   parser.add_argument("--no-variants", dest="variants", action="store_false", help="skip the candidate changes")
   parser.add_argument("--flags", action="store_true", help="also time XLA CPU flags (one process each)")
   parser.add_argument("--probe-stride", type=int, default=16, choices=(16, 10), help="patch stride the flags run at")

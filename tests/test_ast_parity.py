@@ -155,6 +155,27 @@ def test_logits_and_hidden_states_match_hf(name):
   np.testing.assert_allclose(logits, hf_logits(hf, x), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("block_kib", [0, 1], ids=["whole-batch-attention", "attention-in-row-blocks"])
+def test_loss_gradients_match_hf(block_kib):
+  """Gradients of the mean cross-entropy equal torch autograd's through HF's classifier (≤ 1e-5 absolute, 1e-4
+  relative): our last block computes only the two tokens the head reads, and with `attention_block_kib=1` the
+  attention runs one batch row at a time."""
+  hf = hf_classifier("h64-l2-a4-stride10-overlap").train()
+  cfg = dataclasses.replace(convert.hf_config_to_ast(hf.config), attention_block_kib=block_kib)
+  ours = ast_with(cfg, convert.from_hf_state_dict(hf.state_dict(), cfg))
+  x, labels = fbank(cfg, batch=3), np.array([0, 3, 4])
+  torch.nn.functional.cross_entropy(hf(torch.from_numpy(x)).logits, torch.from_numpy(labels)).backward()
+  want = mapping.flatten(convert.from_hf_state_dict({k: p.grad for k, p in hf.named_parameters()}, cfg))
+
+  def loss(model):
+    logits = model(jnp.asarray(x))
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), jnp.asarray(labels)[:, None], 1))
+  got = mapping.flatten(nnx.to_pure_dict(nnx.grad(loss)(ours)))
+  assert got.keys() == want.keys()
+  for key in got:
+    np.testing.assert_allclose(got[key], want[key], atol=1e-5, rtol=1e-4, err_msg=key)
+
+
 def assert_same_params(a: dict, b: dict):
   a, b = mapping.flatten(a), mapping.flatten(b)
   assert a.keys() == b.keys()

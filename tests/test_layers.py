@@ -29,3 +29,41 @@ def test_attention_and_its_flash_style_gradient_match_autodiff(masked):
   want = jax.grad(loss(reference_attention), argnums=(0, 1, 2))(q, k, v)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+@pytest.mark.parametrize("mesh_data", [1, 2])
+def test_attention_in_row_blocks_matches_whole_batch_and_stays_on_each_device(mesh_data):
+  """`block_bytes` (blocks of 1 row, a remainder block of 2 on one device) gives the whole-batch values and
+  gradients (≤ 1e-6); with the batch sharded over `data`, the blocks are cut per device: no collective op."""
+  from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+  from jaxspeech import sharding
+
+  rng = np.random.default_rng(1)
+  b, l, h, k = 6, 5, 2, 4
+  q, kk, v = (jnp.asarray(rng.standard_normal((b, l, h, k)), jnp.float32) for _ in range(3))
+  mask = jnp.asarray(rng.random((b, h, l, l)) < 0.7) | jnp.eye(l, dtype=bool)
+  one_row = 4 * h * l * l  # logits bytes of one row: blocks of 1 row
+  mesh = jax.make_mesh((mesh_data,), ("data",), axis_types=(AxisType.Auto,), devices=jax.devices()[:mesh_data])
+
+  def loss(block_bytes):
+    def f(q, kk, v, mask):
+      out = layers.dot_product_attention(q, kk, v, mask, block_bytes=block_bytes)
+      return jnp.sum(out * jnp.cos(out)), out
+    return jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)
+
+  batch = NamedSharding(mesh, P("data"))
+  args = [jax.device_put(x, batch) for x in (q, kk, v, mask)]
+  with sharding.use_rules(mesh, [("activation_batch", "data")]):
+    assert sharding.shards("activation_batch") == mesh_data
+    blocked, whole = jax.jit(loss(one_row)), jax.jit(loss(0))
+    (_, out_b), grads_b = blocked(*args)
+    (_, out_w), grads_w = whole(*args)
+    grads_only = jax.jit(lambda *a: loss(one_row)(*a)[1])  # no scalar loss to sum over devices
+    hlo = grads_only.lower(*args).compile().as_text()
+  np.testing.assert_allclose(out_b, out_w, atol=1e-6)
+  np.testing.assert_allclose(out_w, reference_attention(q, kk, v, mask), atol=1e-5)
+  for g_b, g_w in zip(grads_b, grads_w):
+    np.testing.assert_allclose(g_b, g_w, atol=1e-6)
+  assert hlo.count("fusion(") + hlo.count(" dot(") > 6  # really cut into blocks: several attention ops
+  for collective in ("all-gather", "all-to-all", "collective-permute", "all-reduce"):
+    assert collective not in hlo

@@ -39,6 +39,7 @@ class ASTConfig:
   layer_norm_eps: float = 1e-12
   dtype: str = "float32"          # compute dtype; params stay float32
   pool: str = "cls"               # head input: "cls" = mean of the cls and dist outputs; "mean" = of the patches
+  attention_block_kib: int = 0    # attention in blocks of batch rows, logits ≤ this (layers.dot_product_attention)
 
   @property
   def patch_shape(self) -> tuple[int, int]:
@@ -60,15 +61,18 @@ class Attention(nnx.Module):
     for name, (n_in, n_out, axes) in shapes.items():
       setattr(self, name, layers.dense(n_in, n_out, axes, rngs=rngs, dtype=dtype))
     self.lora = adapters.lora_modules(petl, shapes, dtype, rngs)
+    self.block_bytes = cfg.attention_block_kib * 1024
 
   def project(self, name: str, x):
     """Projection `name` of x, plus its LoRA update when it has one."""
     y = getattr(self, name)(x)
     return y + self.lora[name](x) if self.lora is not None and name in self.lora else y
 
-  def __call__(self, x_BxLxD):
-    q, k, v = (self.project(name, x_BxLxD) for name in ("query", "key", "value"))
-    return self.project("out", layers.dot_product_attention(q, k, v))
+  def __call__(self, x_BxLxD, queries: int | None = None):
+    """Self-attention of x; with `queries`, the outputs of the first `queries` tokens only."""
+    q = self.project("query", x_BxLxD[:, :queries])
+    k, v = self.project("key", x_BxLxD), self.project("value", x_BxLxD)
+    return self.project("out", layers.dot_product_attention(q, k, v, block_bytes=self.block_bytes))
 
 
 class Block(nnx.Module):
@@ -88,15 +92,20 @@ class Block(nnx.Module):
   def mlp(self, h_BxLxD):
     return self.fc2(layers.gelu(self.fc1(h_BxLxD)))
 
-  def __call__(self, x_BxLxD):
-    for norm, sublayer, adapter in ((self.norm1, self.attn, self.attn_adapter),
-                                    (self.norm2, self.mlp, self.mlp_adapter)):
-      h_BxLxD = norm(x_BxLxD)
-      y_BxLxD = sublayer(h_BxLxD)
-      if adapter is not None:
-        y_BxLxD = y_BxLxD + adapter(h_BxLxD, y_BxLxD)
-      x_BxLxD = x_BxLxD + y_BxLxD
-    return constrain(x_BxLxD, BLOCK_AXES)
+  def __call__(self, x_BxLxD, keep: int | None = None):
+    """The block's output; with `keep`, of the first `keep` tokens only (their attention reads every token;
+    nothing else is computed for the others). Adapters see only those tokens, so `keep` is for a block
+    without them."""
+    h_BxLxD = self.norm1(x_BxLxD)
+    x_BxQxD = x_BxLxD[:, :keep] + _adapted(self.attn_adapter, h_BxLxD[:, :keep], self.attn(h_BxLxD, keep))
+    h_BxQxD = self.norm2(x_BxQxD)
+    x_BxQxD = x_BxQxD + _adapted(self.mlp_adapter, h_BxQxD, self.mlp(h_BxQxD))
+    return constrain(x_BxQxD, BLOCK_AXES)
+
+
+def _adapted(adapter, h_BxLxD, y_BxLxD):
+  """A sublayer's output y plus its adapter's A(h, y), when it has one."""
+  return y_BxLxD if adapter is None else y_BxLxD + adapter(h_BxLxD, y_BxLxD)
 
 
 class AST(nnx.Module):
@@ -139,10 +148,11 @@ class AST(nnx.Module):
     patches_BxfxtxD = self.patch_embed(image_BxFxTx1)
     return patches_BxfxtxD.reshape(fbank_BxTxF.shape[0], -1, self.cfg.hidden)
 
-  def encode(self, x_BxNxD: jax.Array, frames: int) -> jax.Array:
+  def encode(self, x_BxNxD: jax.Array, frames: int, keep: int | None = None) -> jax.Array:
     """Prepends the cls and distillation tokens, adds positions, runs the blocks and the final norm.
 
     Prompt tokens (prompt tuning) go in after the two tokens, without positions, and are dropped at the end.
+    With `keep`, the last block computes the first `keep` tokens only, and only those are returned.
     """
     b, d = x_BxNxD.shape[0], self.cfg.hidden
     tokens_Bx2xD = jnp.concatenate([self.cls_token[...], self.dist_token[...]], axis=1)
@@ -152,22 +162,28 @@ class AST(nnx.Module):
       prompt_BxPxD = jnp.broadcast_to(self.prompt[...], (b,) + self.prompt.shape[1:]).astype(x_BxLxD.dtype)
       x_BxLxD = jnp.concatenate([x_BxLxD[:, :2], prompt_BxPxD, x_BxLxD[:, 2:]], axis=1)
     x_BxLxD = constrain(x_BxLxD, BLOCK_AXES)
-    for block in self.blocks:
-      x_BxLxD = block(x_BxLxD)
-    if self.prompt is not None:
+    for i, block in enumerate(self.blocks):
+      x_BxLxD = block(x_BxLxD, keep if i == len(self.blocks) - 1 else None)
+    if self.prompt is not None and keep is None:
       x_BxLxD = jnp.concatenate([x_BxLxD[:, :2], x_BxLxD[:, 2 + self.prompt.shape[1]:]], axis=1)
-    return self.norm(x_BxLxD)
+    return self.norm(x_BxLxD[:, :keep])
 
   def features(self, fbank_BxTxF: jax.Array) -> jax.Array:
     """Final-norm hidden states (B, 2 + f·t, D); rows 0 and 1 are the cls and distillation tokens."""
     return self.encode(self.patchify(fbank_BxTxF), fbank_BxTxF.shape[1])
 
   def __call__(self, fbank_BxTxF: jax.Array) -> jax.Array:
-    """Logits (B, num_classes), float32."""
-    h_BxLxD = self.features(fbank_BxTxF)
+    """Logits (B, num_classes), float32.
+
+    With `pool="cls"` the last block computes the cls and distillation tokens only (all the head reads), unless
+    its sublayers have adapters (a conformer adapter mixes tokens).
+    """
     if self.cfg.pool == "mean":
-      pooled_BxD = h_BxLxD[:, 2:].mean(axis=1)
+      pooled_BxD = self.features(fbank_BxTxF)[:, 2:].mean(axis=1)
     else:
+      last = self.blocks[-1] if len(self.blocks) else None
+      keep = 2 if last is None or (last.attn_adapter is None and last.mlp_adapter is None) else None
+      h_BxLxD = self.encode(self.patchify(fbank_BxTxF), fbank_BxTxF.shape[1], keep)
       pooled_BxD = (h_BxLxD[:, 0] + h_BxLxD[:, 1]) / 2
     return self.head(self.head_norm(pooled_BxD)).astype(jnp.float32)
 

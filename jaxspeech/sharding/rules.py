@@ -7,6 +7,7 @@ are constrained at block boundaries with `constrain(x, ("activation_batch", "act
 
 from collections.abc import Sequence
 import contextlib
+import math
 import threading
 
 import jax
@@ -44,6 +45,16 @@ def logical_spec(names: Sequence[str | None]) -> PartitionSpec:
   if missing:
     raise KeyError(f"logical axes {missing} have no sharding rule; add them to config.axis_rules")
   return PartitionSpec(*(rules[n] if n is not None else None for n in names))
+
+
+def shards(name: str) -> int:
+  """How many pieces the active rules split logical axis `name` into (1 when no rules are active)."""
+  value = getattr(_active, "value", None)
+  if value is None:
+    return 1
+  mesh, rules = value
+  axes = rules.get(name)
+  return math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
