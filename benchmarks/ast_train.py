@@ -15,8 +15,9 @@ Same model, batch, loss, clipping and AdamW on both sides, float32, on this mach
            `clip_grad_norm_(1.0)` and `torch.optim.AdamW` with the same hyper-parameters and weight-decay groups
            (decay on params with ndim > 1, as `optim.decay_mask`); `torch.set_num_threads(2)`
 
-Both sides are warmed up (JAX compiles), then timed in alternating blocks (jaxspeech, torch, repeated `--blocks`
-times) so machine noise hits both; figures are medians. Forward is the loss alone, clip+AdamW the optimizer part
+Both sides are warmed up (JAX compiles), then timed in rounds of one call per side (jaxspeech, torch, repeated
+`--rounds` times); times are medians and the speed ratio is the median of the rounds' ratios, so the machine's
+slow drifts cancel. Forward is the loss alone, clip+AdamW the optimizer part
 alone; backward is the rest of the step.
 
 Both sides run under the glibc malloc tunables that `jaxspeech train` uses (jaxspeech/train/host.py): the script
@@ -366,53 +367,35 @@ class Usage:
     self.calls += calls
 
 
-def timed_blocks(sides: dict, what: str, blocks: int, steps: int, max_other: float, retries: int,
-                 wait_s: float = 20.0, usage: dict | None = None):
-  """({name: call times}, largest share of the CPU other processes used during a kept block) over `blocks`
-  rounds of `steps` calls per side. A block during which other processes used more than `max_other` of the CPU
-  is run again (up to `retries` times) after a quiet half-second (waiting up to `wait_s`). `usage` collects each
-  side's page faults and kernel time."""
+def paired(sides: dict, what: str, rounds: int, max_other: float, retries: int, usage: dict | None = None):
+  """({name: call times}, largest share of the CPU other processes used during a kept round). A round calls
+  every side once in turn, so the i-th times of two sides are a pair whose ratio the machine's slow drifts
+  cancel out of; a round during which other processes used more than `max_other` of the CPU is run again (up to
+  `retries` times) after a quiet half-second. `usage` collects each side's page faults and kernel time."""
   import resource
   times, worst = {name: [] for name in sides}, 0.0
-  for _ in range(blocks):
-    for name, side in sides.items():
-      fn = getattr(side, what)
-      for attempt in range(retries + 1):
-        if attempt:
-          wait_quiet(max_other / 2, wait_s)
-        share, before = CpuShare(), resource.getrusage(resource.RUSAGE_SELF)
-        block = [fn() for _ in range(steps)]
-        after, other = resource.getrusage(resource.RUSAGE_SELF), share.other() or 0.0
-        if other <= max_other or attempt == retries:
-          break
-      times[name] += block
-      worst = max(worst, other)
-      if usage is not None:
-        usage.setdefault(name, Usage()).add(before, after, steps)
-  return times, worst
-
-
-def paired(sides: dict, what: str, rounds: int, max_other: float, retries: int):
-  """({name: call time / the first side's call time in the same round}, the first side's call times, largest
-  share of the CPU other processes used during a kept round). A round calls every side once in turn, so slow
-  drifts of the machine cancel in the ratios; a round during which other processes used more than `max_other` of
-  the CPU is run again (up to `retries` times) after a quiet half-second."""
-  names = list(sides)
-  ratios, base, worst = {name: [] for name in names[1:]}, [], 0.0
   for _ in range(rounds):
     for attempt in range(retries + 1):
       if attempt:
         wait_quiet(max_other / 2, 20.0)
-      share = CpuShare()
-      times = {name: getattr(sides[name], what)() for name in names}
+      share, got, use = CpuShare(), {}, {}
+      for name, side in sides.items():
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        got[name] = getattr(side, what)()
+        use[name] = (before, resource.getrusage(resource.RUSAGE_SELF))
       other = share.other() or 0.0
       if other <= max_other or attempt == retries:
         break
     worst = max(worst, other)
-    base.append(times[names[0]])
-    for name in names[1:]:
-      ratios[name].append(times[name] / times[names[0]])
-  return ratios, base, worst
+    for name in sides:
+      times[name].append(got[name])
+      if usage is not None:
+        usage.setdefault(name, Usage()).add(*use[name], 1)
+  return times, worst
+
+
+def ratios(times: dict, num: str, den: str) -> list[float]:
+  return [a / b for a, b in zip(times[num], times[den])]
 
 
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
@@ -451,14 +434,16 @@ def compare_main(stride: int, args) -> dict:
   out = {"other": 0.0, "compile_s": jax_side.compile_s, "temp_mb": jax_side.step.memory_analysis().temp_size_in_bytes / 1e6,
          "torch_threads": torch_side.threads, "torch_attention": torch_side.attn, "rows": {}}
   usage = {}
-  for what, steps in (("train_step", args.steps), ("forward_step", args.other_steps),
-                      ("optimizer_step", args.other_steps)):
-    times, other = timed_blocks(sides, what, args.blocks, steps, args.max_other, args.retries,
-                                usage=usage if what == "train_step" else None)
+  for what, rounds in (("train_step", args.rounds), ("forward_step", args.other_rounds),
+                       ("optimizer_step", args.other_rounds)):
+    times, other = paired(sides, what, rounds, args.max_other, args.retries,
+                          usage=usage if what == "train_step" else None)
     out["other"] = max(out["other"], other)
     for name, ts in times.items():
       row = out["rows"].setdefault(name, {})
       row[what], row[what + "_n"] = median_ms(ts), len(ts)
+    if what == "train_step":
+      out["ratio"] = quartiles(ratios(times, "torch", "jaxspeech"))
   for name, u in usage.items():
     out["rows"][name].update(faults=u.faults / u.calls, system_ms=1e3 * u.system_s / u.calls)
   out["jax_side"] = jax_side
@@ -473,14 +458,13 @@ def child(args) -> None:
     print(json.dumps(out))
     return
   sides = {"jax": JaxSide(args.probe_stride, "library", heads=args.heads, with_optimizer=False)}
-  train, fwd, other = compare(sides, args, args.variant_steps)
+  train, fwd, other = compare(sides, args, args.flag_steps)
   print(json.dumps({"train": train["jax"], "forward": fwd["jax"], "other": other}))
 
 
 def run_child(kind: str, env: dict, args, *extra: str) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--heads", str(args.heads), "--blocks",
-         str(args.blocks), "--steps", str(args.steps), "--other-steps", str(args.other_steps), "--variant-steps",
-         str(args.variant_steps), "--probe-stride", str(args.probe_stride), "--max-other", str(args.max_other),
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--heads", str(args.heads), "--rounds", str(args.rounds), "--other-rounds", str(args.other_rounds), "--flag-steps",
+         str(args.flag_steps), "--probe-stride", str(args.probe_stride), "--max-other", str(args.max_other),
          "--retries", str(args.retries), *extra]
   env = {k: v for k, v in dict(os.environ, **env).items() if v is not None}
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
@@ -494,17 +478,17 @@ def main_rows(stride: int, figures: dict, label: str = "") -> list[dict]:
                  "side": name + label if name == "jaxspeech" else name, "step": f["train_step"],
                  "fwd": f["forward_step"], "opt": f["optimizer_step"], "faults": f["faults"],
                  "system_ms": f["system_ms"], "n": f["train_step_n"], "n_other": f["forward_step_n"]})
-  rows[-1]["ratio"] = figures["rows"]["torch"]["train_step"] / figures["rows"]["jaxspeech"]["train_step"]
+  rows[-1]["ratio"] = figures["ratio"]
   return rows
 
 
 def main_table(rows: list[dict]) -> str:
   out = ["| patches | side | step ms | samples/s | forward ms | backward ms | backward / forward | clip+AdamW ms "
-         "| page faults / step | kernel CPU ms / step | jax/torch samples/s |",
+         "| page faults / step | kernel CPU ms / step | jax/torch samples/s (quartiles) |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     backward = r["step"] - r["fwd"] - r["opt"]
-    ratio = f"**{r['ratio']:.2f}×**" if "ratio" in r else ""
+    ratio = f"**{r['ratio'][1]:.2f}×** ({r['ratio'][0]:.2f}–{r['ratio'][2]:.2f})" if "ratio" in r else ""
     out.append(f"| {r['case']} | {r['side']} | {r['step']:.1f} | {BATCH / r['step'] * 1e3:.1f} | {r['fwd']:.1f} | "
                f"{backward:.1f} | {backward / r['fwd']:.2f} | {r['opt']:.1f} | {r['faults']:,.0f} | "
                f"{r['system_ms']:.0f} | {ratio} |")
@@ -535,8 +519,8 @@ def compare(sides: dict, args, steps: int) -> tuple[dict, dict, float]:
   for side in sides.values():
     side.train_step()
     side.forward_step()
-  train, other_t = timed_blocks(sides, "train_step", args.blocks, steps, args.max_other, args.retries)
-  fwd, other_f = timed_blocks(sides, "forward_step", args.blocks, steps, args.max_other, args.retries)
+  train, other_t = paired(sides, "train_step", steps, args.max_other, args.retries)
+  fwd, other_f = paired(sides, "forward_step", steps, args.max_other, args.retries)
   return ({k: median_ms(v) for k, v in train.items()}, {k: median_ms(v) for k, v in fwd.items()},
           max(other_t, other_f))
 
@@ -570,11 +554,12 @@ def run(args) -> dict:
     for side in sides.values():
       side.train_step()
       side.forward_step()
-    train, base, other_t = paired(sides, "train_step", args.variant_rounds, args.max_other, args.retries)
-    fwd, _, other_f = paired(sides, "forward_step", args.variant_rounds, args.max_other, args.retries)
+    train, other_t = paired(sides, "train_step", args.variant_rounds, args.max_other, args.retries)
+    fwd, other_f = paired(sides, "forward_step", args.variant_rounds, args.max_other, args.retries)
     result["other"] = max(result["other"], other_t, other_f)
-    result["variant_base_ms"] = median_ms(base)
-    result["variants"] = [{"name": name, "step": quartiles(train[name]), "fwd": statistics.median(fwd[name]),
+    result["variant_base_ms"] = median_ms(train["library"])
+    result["variants"] = [{"name": name, "step": quartiles(ratios(train, name, "library")),
+                           "fwd": statistics.median(ratios(fwd, name, "library")),
                            "temp_mb": side.step.memory_analysis().temp_size_in_bytes / 1e6}
                           for name, side in sides.items() if name != "library"]
     result["variants"].insert(0, {"name": "library", "step": (1.0, 1.0, 1.0), "fwd": 1.0,
@@ -631,8 +616,10 @@ Written by `{command}` ({seconds:.0f} s).
   `torch.get_num_threads()` = {result['torch_threads']}
 
 {main_table(result['main'])}
-- Medians over {first['n']} train steps ({args.blocks} alternating blocks of {args.steps}: jaxspeech, torch, jaxspeech, ...)
-  and {first['n_other']} forward and optimizer calls, after warm-up (compilation). samples/s = {BATCH} / step time.
+- {first['n']} rounds of one train step per side (jaxspeech, torch, jaxspeech, ...) and {first['n_other']} of forward and
+  optimizer calls, after warm-up (compilation); times are medians, samples/s = {BATCH} / step time, and
+  jax/torch samples/s is the median of the rounds' torch/jaxspeech step-time ratios (the machine's slow drifts
+  cancel within a round), with its quartiles.
 - forward: the loss alone (jitted; under `torch.no_grad()`). clip+AdamW: global norm, clipping and the AdamW update
   alone on fixed gradients (for jaxspeech with the non-finite guard, as in the step). backward = step − forward −
   clip+AdamW: the gradient computation including the forward's extra work for it (saved residuals).
@@ -659,7 +646,7 @@ the library's median step here was {result['variant_base_ms']:.1f} ms.
   if result["flags"]:
     text += f"""
 XLA CPU flags, each in its own process running the library step at stride {args.probe_stride}/{args.probe_stride}
-({args.blocks}×{args.variant_steps} steps):
+({args.flag_steps} train steps and forwards):
 
 {variant_table(result['flags'], 'XLA_FLAGS')}"""
   return text + NOTES
@@ -667,12 +654,12 @@ XLA CPU flags, each in its own process running the library step at stride {args.
 
 NOTES = """
 Notes:
-- The machine is shared. A timing block during which other processes used more than 10 % of the CPU is run again
+- The machine is shared. A round during which other processes used more than 10 % of the CPU is run again
   (up to 3 times) after a quiet half-second. PyTorch's OpenMP threads suffer far more than XLA's from load on 2 cores
   (torch steps of 0.7–4 s instead of 0.16 s were seen while another process took one core; jaxspeech steps about
   doubled), so a ratio taken under load favours jaxspeech. Slowdowns from outside this VM are not visible here;
-  repeated quiet runs differed by up to about 10 % per figure (the torch side most). The variants' paired ratios
-  are steadier: their quartiles show the spread.
+  repeated runs differed by up to about 10 % per figure (the torch side most) even when nothing else ran in the
+  VM; the ratios, paired within rounds, are steadier, and their quartiles show the spread.
 """
 
 
@@ -694,10 +681,9 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--strides", type=int, nargs="+", default=[16, 10])
   parser.add_argument("--heads", type=int, default=SHAPE["heads"])
-  parser.add_argument("--blocks", type=int, default=3, help="alternating rounds of timing blocks")
-  parser.add_argument("--steps", type=int, default=7, help="train steps per block in the main table")
-  parser.add_argument("--other-steps", type=int, default=4, help="forward / optimizer calls per block")
-  parser.add_argument("--variant-steps", type=int, default=3, help="steps per block for flags")
+  parser.add_argument("--rounds", type=int, default=21, help="paired train-step rounds in the main table")
+  parser.add_argument("--other-rounds", type=int, default=12, help="paired forward / optimizer rounds")
+  parser.add_argument("--flag-steps", type=int, default=9, help="train steps and forwards timed per flag set")
   parser.add_argument("--variant-rounds", type=int, default=20, help="paired rounds for the variants")
   parser.add_argument("--no-variants", dest="variants", action="store_false", help="skip the candidate changes")
   parser.add_argument("--flags", action="store_true", help="also time XLA CPU flags (one process each)")
