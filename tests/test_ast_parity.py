@@ -295,3 +295,21 @@ def test_other_frame_counts_run():
     features, logits = forward(model, jnp.asarray(fbank(cfg, frames=frames)))
     assert features.shape == (2, 2 + f * t, cfg.hidden)
     assert logits.shape == (2, cfg.num_classes) and bool(jnp.all(jnp.isfinite(logits)))
+
+
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_train_flops_count_what_the_forward_computes(pool):
+  """`train_flops` / 3 (the forward's matmul FLOPs) is XLA's FLOP count of the compiled forward less its
+  elementwise work (softmax, GELU, norms: 3–4 % here); with pool="cls" the last block's two tokens, not every
+  token, count (counting every token would put the ratio at 0.77)."""
+  from jaxspeech.ast import family
+  from tests.ast_config import load_config
+
+  cfg = load_config()
+  cfg.model.update(hidden=64, layers=3, heads=4, mlp=128, max_frames=128, fstride=10, tstride=10, pool=pool)
+  cfg.train.batch_size = 2
+  model = AST(family.model_config(cfg), nnx.Rngs(0))
+  x = jnp.zeros((2, 128, cfg.model.num_mel_bins), jnp.float32)
+  counted = jax.jit(lambda x: model(x)).lower(x).compile().cost_analysis()["flops"]
+  analytic = family.train_flops(cfg) / 3
+  assert 1.0 < counted / analytic < 1.06, (counted, analytic)

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 
 from jaxspeech.ast import adapters, masking, ssast
-from jaxspeech.ast.model import AST, ASTConfig, PETLAST
+from jaxspeech.ast.model import AST, ASTConfig, PETLAST, last_block_tokens
 from jaxspeech.audio import features
 from jaxspeech.data import batching, pipeline, tfds_io
 from jaxspeech.train import optim
@@ -198,8 +198,13 @@ def train_flops(cfg) -> float:
   f, t = m.grid()
   prompts = petl.prompts if petl is not None and petl.kind == "prompt" else 0
   (pf, pt), n, d = m.patch_shape, f * t + 2 + prompts, m.hidden
-  per_layer = 2 * n * 4 * d * d + 2 * 2 * n * n * d + 2 * 2 * n * d * m.mlp
-  forward = 2 * f * t * pf * pt * d + m.layers * per_layer
+
+  def layer(q):  # a block computing q query tokens over n keys: k, v | q, out | q·kᵀ, p·v | MLP
+    return 2 * n * 2 * d * d + 2 * q * 2 * d * d + 2 * 2 * q * n * d + 2 * 2 * q * d * m.mlp
+
+  last = n if task(cfg) == "ssast" else (last_block_tokens(m, petl) or n)
+  queries = [n] * (m.layers - 1) + [last] if m.layers else []
+  forward = 2 * f * t * pf * pt * d + sum(layer(q) for q in queries)
   if task(cfg) == "ssast":  # two heads at the masked patches, and the (M, M) InfoNCE scores
     k = cfg.ssast.mask_patches
     forward += 2 * 2 * k * (d * d + d * pf * pt) + 2 * k * k * pf * pt

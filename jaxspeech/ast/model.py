@@ -53,6 +53,13 @@ class ASTConfig:
     return (self.num_mel_bins - pf) // self.fstride + 1, (frames - pt) // self.tstride + 1
 
 
+def last_block_tokens(cfg: ASTConfig, petl: PETLConfig | None) -> int | None:
+  """Tokens the classifier's last block computes: the cls and distillation ones when the head reads only them
+  (`pool="cls"`) and no sublayer adapter mixes tokens (a conformer adapter does); None: every token."""
+  adapted = petl is not None and (petl.adapts("attn") or petl.adapts("mlp"))
+  return 2 if cfg.pool == "cls" and not adapted else None
+
+
 class Attention(nnx.Module):
   def __init__(self, cfg: ASTConfig, rngs: nnx.Rngs, petl: PETLConfig | None = None):
     d, h, dtype = cfg.hidden, cfg.heads, jnp.dtype(cfg.dtype)
@@ -127,6 +134,7 @@ class AST(nnx.Module):
     self.norm = layers.layer_norm(d, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
     if cfg.pool not in ("cls", "mean"):
       raise ValueError(f"ASTConfig.pool={cfg.pool!r}; choose 'cls' or 'mean'")
+    self.keep = last_block_tokens(cfg, petl)
     if cfg.num_classes:
       self.head_norm = layers.layer_norm(d, epsilon=cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
       self.head = layers.dense(d, cfg.num_classes, ("embed", "classes"), dtype=dtype, rngs=rngs)
@@ -175,15 +183,12 @@ class AST(nnx.Module):
   def __call__(self, fbank_BxTxF: jax.Array) -> jax.Array:
     """Logits (B, num_classes), float32.
 
-    With `pool="cls"` the last block computes the cls and distillation tokens only (all the head reads), unless
-    its sublayers have adapters (a conformer adapter mixes tokens).
+    With `pool="cls"` the last block computes the cls and distillation tokens only (`last_block_tokens`).
     """
     if self.cfg.pool == "mean":
       pooled_BxD = self.features(fbank_BxTxF)[:, 2:].mean(axis=1)
     else:
-      last = self.blocks[-1] if len(self.blocks) else None
-      keep = 2 if last is None or (last.attn_adapter is None and last.mlp_adapter is None) else None
-      h_BxLxD = self.encode(self.patchify(fbank_BxTxF), fbank_BxTxF.shape[1], keep)
+      h_BxLxD = self.encode(self.patchify(fbank_BxTxF), fbank_BxTxF.shape[1], self.keep)
       pooled_BxD = (h_BxLxD[:, 0] + h_BxLxD[:, 1]) / 2
     return self.head(self.head_norm(pooled_BxD)).astype(jnp.float32)
 
