@@ -60,7 +60,7 @@ PETL = {
 }
 VARIANTS = ("tiny", "base", "ssast_patch_tiny", "ssast_frame_tiny", "ssast_patch_base", "ssast_frame_base",
             "finetune", *PETL)
-# CPU variants attend ≤ 1 MiB of logits at a time (one core's L2 here): 4-7 % faster steps, benchmarks/RESULTS.md
+# CPU variants attend ≤ 1 MiB of logits at a time (one core's L2 here): 4–6 % faster AST steps, benchmarks/RESULTS.md
 TINY = dict(hidden=128, layers=4, heads=4, mlp=256, max_frames=256, attention_block_kib=1024)
 BASE = dict(hidden=768, layers=12, heads=12, mlp=3072, max_frames=1024)
 

@@ -60,12 +60,12 @@ def dot_product_attention(q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK:
 
   Heads-major inside, with FlashAttention's backward (Dao et al. 2022, eq. 4): for logits s = q·kᵀ/√K,
   P = softmax(s) and O = P·v, the softmax's gradient is dS = P ∘ (dP − δ) with δ = rowsum(dO ∘ O), a
-  (B, H, L) reduction instead of one over P ∘ dP; only P is kept for the backward. (AST step at 302 tokens:
-  −3 % time, −18 % XLA temp memory on CPU, benchmarks/RESULTS.md.)
+  (B, H, L) reduction instead of one over P ∘ dP; only P is kept for the backward. (AST step at 302 tokens on a
+  2-core CPU, 2026-11-27: −3 % time and −18 % XLA temp memory against autodiff of the same attention.)
 
   `block_bytes` > 0 attends a block of batch rows at a time, as many rows of each device's batch as keep the
   block's float32 logits within `block_bytes` (at least one), so they stay in cache: with 1 MiB, an AST step
-  at 302 tokens took 7 % less time on a 2-core CPU (benchmarks/RESULTS.md). Blocks are cut within each batch
+  at 302 tokens took 5 % less time on a 2-core CPU (benchmarks/RESULTS.md). Blocks are cut within each batch
   shard of the active sharding rules, so no block spans devices.
   """
   (b, l, h, _), s = q_BxLxHxK.shape, k_BxSxHxK.shape[1]
@@ -137,6 +137,6 @@ def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)).
 
   Same function as `jax.nn.gelu(approximate=False)`, which XLA lowers through erfc; the erf form
-  compiles to a cheaper forward and backward (5–7 % of an AST train step on CPU, benchmarks/RESULTS.md).
+  compiles to a cheaper forward and backward (5–7 % of an AST train step on a 2-core CPU).
   """
   return 0.5 * x * (1 + jax.lax.erf(x * 0.7071067811865476))
