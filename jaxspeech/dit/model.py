@@ -19,7 +19,8 @@ from jaxspeech.sharding import constrain
 
 # AdaLN shifts, scales and gates (B, k, D): rows as the activations, D whole like theirs. Left to propagation,
 # D takes the kernel's tensor sharding, and XLA's SPMD partitioner then mixes up rows of a batch sharded over
-# data × fsdp (one row per shard, params sharded over fsdp and tensor; GSPMD and Shardy alike).
+# data × fsdp (one row per shard, params sharded over fsdp and tensor; GSPMD and Shardy alike; reduced form:
+# tests/test_sharding.py::test_xla_cpu_spmd_keeps_batch_rows_apart).
 MODULATION_AXES = ("activation_batch", None, "activation_embed")
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
