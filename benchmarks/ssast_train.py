@@ -1,6 +1,6 @@
 """SSAST pretraining-step throughput: jaxspeech's jitted train step vs the same step in PyTorch.
 
-    .venv/bin/python benchmarks/ssast_train.py [--write] [--variants patch,frame] [--blocks 3] [--steps 5]
+    .venv/bin/python benchmarks/ssast_train.py [--write] [--variants patch,frame] [--rounds 15]
 
 Same model, batch, masking, loss, clipping and AdamW on both sides, fp32, on this machine's CPU:
   model    hidden 256, 4 layers, 4 heads, MLP 1024, cls + distillation tokens, the two SSAST heads
@@ -18,8 +18,8 @@ Same model, batch, masking, loss, clipping and AdamW on both sides, fp32, on thi
 
 Before timing, the torch model is loaded with the JAX model's initial params and both losses are computed on
 the same batch with the same masks ("loss Δ", a check that the two steps compute the same thing). Both sides
-are warmed up, then timed in alternating blocks (JAX, torch, repeated `--blocks` times) of `--steps` steps,
-so machine noise hits both; figures are medians over all timed steps.
+are warmed up, then timed in `--rounds` rounds of one step per side (JAX, torch, JAX, ...): step times are
+medians, and the ratio is the median of the rounds' ratios, so the machine's slow drifts cancel.
 Prints a markdown table; `--write` replaces the SSAST section of benchmarks/RESULTS.md.
 """
 
@@ -246,7 +246,7 @@ def _busy_cpu_seconds():
 _BUSY0 = None
 
 
-def run(variant: str, blocks: int, steps: int) -> dict:
+def run(variant: str, rounds: int) -> dict:
   import numpy as np
   import torch
   jax_side = JaxSide(variant)
@@ -259,11 +259,12 @@ def run(variant: str, blocks: int, steps: int) -> dict:
     for _ in range(2):
       side.train_step()
   times = {"jax": [], "torch": []}
-  for _ in range(blocks):
-    times["jax"] += [jax_side.train_step() for _ in range(steps)]
-    times["torch"] += [torch_side.train_step() for _ in range(steps)]
+  for _ in range(rounds):
+    times["jax"].append(jax_side.train_step())
+    times["torch"].append(torch_side.train_step())
   ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-  return dict(variant=variant, jax_ms=ms["jax"], torch_ms=ms["torch"], ratio=ms["torch"] / ms["jax"],
+  ratio = statistics.median(t / j for j, t in zip(times["jax"], times["torch"]))
+  return dict(variant=variant, jax_ms=ms["jax"], torch_ms=ms["torch"], ratio=ratio,
               compile_s=jax_side.compile_s, params=jax_side.params_count, jax_loss=jax_loss, torch_loss=torch_loss,
               n=len(times["jax"]), attn=torch_side.attn, threads=torch.get_num_threads())
 
@@ -277,7 +278,7 @@ def table(rows: list[dict]) -> str:
            "|---|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {DESCRIPTIONS[r['variant']]} | {r['jax_ms']:.0f} | {r['torch_ms']:.0f} | {r['ratio']:.2f}× | "
-                 f"{abs(r['jax_loss'] - r['torch_loss']):.1e} | {r['compile_s']:.1f} | {r['n']} steps each |")
+                 f"{abs(r['jax_loss'] - r['torch_loss']):.1e} | {r['compile_s']:.1f} | {r['n']} rounds |")
   return "\n".join(lines)
 
 
@@ -300,7 +301,8 @@ Notes:
 - One training step each: masks drawn inside the step, forward, InfoNCE + 10 × MSE, backward, clip 1.0, AdamW.
   JAX: the trainer's `make_train_step` on a 1-device mesh (XLA's CPU thread pool); PyTorch: transformers
   `ASTModel` ({r0['attn']} attention, {r0['threads']} threads) with a forward hook for `mask_embed`.
-- Medians over {args.blocks} alternating blocks of {args.steps} steps per side, after 2 warm-up steps.
+- {args.rounds} rounds of one step per side, after 2 warm-up steps; PyTorch / jaxspeech is the median of the
+  rounds' step-time ratios.
 - "loss Δ at init": |JAX − PyTorch| loss of the same initial params on the same batch and masks (float32).
 - The SSAST parts (in-graph masks, the two heads, InfoNCE) are a small share of the JAX step: the gradient of the
   plain AST encoder alone on this batch takes about as long, so the gap to PyTorch is the encoder's.
@@ -313,15 +315,14 @@ def main():
   global _BUSY0
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--variants", default="patch,frame")
-  parser.add_argument("--blocks", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--rounds", type=int, default=15)
   parser.add_argument("--write", action="store_true", help=f"replace the '{SECTION}' section of RESULTS.md")
   args = parser.parse_args()
   load = ", ".join(f"{x:.2f}" for x in os.getloadavg()[:1])
   t0_cpu, t0_wall, _BUSY0 = time.process_time(), time.perf_counter(), _busy_cpu_seconds()
   rows = []
   for variant in args.variants.split(","):
-    rows.append(run(variant, args.blocks, args.steps))
+    rows.append(run(variant, args.rounds))
     r = rows[-1]
     print(f"{variant}: jax {r['jax_ms']:.0f} ms, torch {r['torch_ms']:.0f} ms, ratio {r['ratio']:.2f}, "
           f"loss jax {r['jax_loss']:.5f} torch {r['torch_loss']:.5f}", file=sys.stderr)
