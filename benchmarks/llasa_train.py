@@ -1,16 +1,17 @@
 """Llasa train-step throughput: jaxspeech's compiled step vs transformers `LlamaForCausalLM` + `torch.optim.AdamW`.
 
-Same shapes, same process, interleaved timed blocks (a block during which other processes took more than
-`--max-other` of the CPU is rerun): hidden 512, 8 layers, 8 heads (4 KV heads), MLP 2048, a 8,192-id vocab,
+Same shapes, same process, rounds of one step per side (a round during which other processes took more than
+`--max-other` of the CPU is rerun; the ratio is the median of the rounds' ratios): hidden 512, 8 layers, 8 heads (4 KV heads), MLP 2048, a 8,192-id vocab,
 one packed row of `--seq` tokens, float32, AdamW with clipping at 1.0 on both sides. Our side is the engine's
 own `make_train_step` with the llasa family's loss (packed-row attention, loss on every target).
 
-    .venv/bin/python benchmarks/llasa_train.py [--seq 1024] [--steps 2] [--blocks 3] [--write]
+    .venv/bin/python benchmarks/llasa_train.py [--seq 1024] [--rounds 6] [--write]
 """
 
 import argparse
 import dataclasses
 import os
+import statistics
 import sys
 import time
 
@@ -18,7 +19,7 @@ import numpy as np
 
 import common
 import ast_train
-from ast_train import median_ms, timed_blocks
+from ast_train import median_ms, paired, ratios
 
 SHAPE = dict(vocab_size=8192, hidden=512, layers=8, heads=8, kv_heads=4, head_dim=64, mlp=2048)
 SECTION = "Llasa train step vs transformers LlamaForCausalLM (CPU)"
@@ -81,32 +82,32 @@ class TorchSide:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--seq", type=int, default=1024)
-  parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
-  parser.add_argument("--blocks", type=int, default=3, help="interleaved blocks per side (plus one warm-up step)")
-  parser.add_argument("--max-other", type=float, default=0.25, help="CPU share of other processes that reruns a block")
+  parser.add_argument("--rounds", type=int, default=6, help="rounds of one step per side (after one warm-up step)")
+  parser.add_argument("--max-other", type=float, default=0.25, help="CPU share of other processes that reruns a round")
   parser.add_argument("--write", action="store_true", help=f"write the figures to {common.RESULTS}")
   args = parser.parse_args()
   sides = {"jaxspeech": jax_side(jax_config(args.seq)), "transformers": TorchSide(args.seq)}
   for side in sides.values():
     side.train_step()
-  times, worst = timed_blocks(sides, "train_step", args.blocks, args.steps, args.max_other, retries=2)
+  times, worst = paired(sides, "train_step", args.rounds, args.max_other, retries=2)
   ms = {name: median_ms(t) for name, t in times.items()}
   tokens_per_s = {name: args.seq / (m / 1e3) for name, m in ms.items()}
-  ratio = tokens_per_s["jaxspeech"] / tokens_per_s["transformers"]
+  ratio = statistics.median(ratios(times, "transformers", "jaxspeech"))
   text = "\n".join([
       f"## {SECTION}", "",
       f"`benchmarks/llasa_train.py --seq {args.seq}`: {common.machine()}; "
       f"{common.versions(('jax', 'flax', 'torch', 'transformers'))}; {time.strftime('%Y-%m-%d', time.gmtime())} UTC.",
       f"Hidden {SHAPE['hidden']}, {SHAPE['layers']} layers, {SHAPE['heads']} heads ({SHAPE['kv_heads']} KV), MLP "
       f"{SHAPE['mlp']}, vocab {SHAPE['vocab_size']}, one row of {args.seq} tokens, float32, AdamW + clipping; "
-      f"median of {args.blocks} × {args.steps} interleaved steps (other processes took up to {worst:.0%} of the CPU "
-      "in a kept block).", "",
+      f"{args.rounds} rounds of one step per side, medians (other processes took up to {worst:.0%} of "
+      "the CPU in a kept round).", "",
       "| side | ms / step | tokens/s |", "| --- | ---: | ---: |",
       *[f"| {name} | {ms[name]:.0f} | {tokens_per_s[name]:.0f} |" for name in sides], "",
-      f"Ratio (jaxspeech / transformers tokens/s): **{ratio:.2f}×**; our step compiled in "
+      f"Ratio (jaxspeech / transformers tokens/s, the median of the rounds' ratios): **{ratio:.2f}×**; our step "
+      "compiled in "
       f"{sides['jaxspeech'].compile_s:.1f} s."
-      + (" The machine was busy throughout (blocks kept after retries): absolute figures are far below an idle "
-         "machine's; only the ratio of interleaved blocks is meaningful, and it is noisy." if worst > args.max_other
+      + (" The machine was busy throughout (rounds kept after retries): absolute figures are far below an idle "
+         "machine's; only the ratio of paired steps is meaningful, and it is noisy." if worst > args.max_other
          else ""), ""])
   print(text)
   if args.write:
