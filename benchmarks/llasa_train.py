@@ -18,7 +18,6 @@ import time
 import numpy as np
 
 import common
-import ast_train
 from ast_train import median_ms, paired, ratios
 
 SHAPE = dict(vocab_size=8192, hidden=512, layers=8, heads=8, kv_heads=4, head_dim=64, mlp=2048)
