@@ -32,7 +32,8 @@ def get_config(variant: str = "tiny"):
   cfg.family = "dit"
   cfg.model.update(backbone="dit", dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2, mel_dim=100,
                    text_num_embeds=256, text_dim=512, conv_layers=4, text_mask_padding=True, rope_heads=0,
-                   key_mask=False, skip_connect="concat", dtype="float32", remat="none", vocab_file="")
+                   key_mask=False, skip_connect="concat", dtype="float32", remat="none", vocab_file="",
+                   attention_block_kib=0)
   cfg.model.update(**SIZES[variant])
   cfg.objective = dict(frac_lengths=(0.7, 1.0), audio_drop_prob=0.3, cond_drop_prob=0.2)
   cfg.data.update(frame_budget=38_400 * 8, bucket_seconds=(4, 8, 16, 30), max_text=1024)
@@ -40,6 +41,7 @@ def get_config(variant: str = "tiny"):
   cfg.optim.update(lr=7.5e-5, schedule="linear", warmup_steps=20_000, clip_norm=1.0, weight_decay=0.01)
   if variant.endswith("tiny"):
     cfg.data.update(frame_budget=4096, bucket_seconds=(4, 10), max_text=160)
+    cfg.model.attention_block_kib = 1024  # ≤ 1 MiB of logits per attention block: cache-sized on CPU
     cfg.train.update(steps=2000, log_every=10, eval_every=500, checkpoint_every=500, ema_decay=0.999)
     cfg.optim.update(lr=1e-3, warmup_steps=100)
   else:

@@ -37,6 +37,7 @@ class DiTConfig:
   text_mask_padding: bool = True
   rope_heads: int = 0              # F5's pe_attn_head: heads with RoPE, 0 = all (F5TTS_v1); 1 for F5TTS_Base
   key_mask: bool = False           # F5's attn_mask_enabled: mask padded keys (its released models do not)
+  attention_block_kib: int = 0     # off GPU: attention in blocks of batch rows, logits ≤ this (0: whole batch)
   skip_connect: str = "concat"     # UNetT skips: "concat", "add" or "none"
   dtype: str = "float32"           # compute dtype; params stay float32
   remat: str = "none"              # "none", "full" or "save_dots": layers.REMAT_POLICIES
@@ -90,7 +91,8 @@ class DiTBlock(nnx.Module):
   def __init__(self, cfg: DiTConfig, rngs: nnx.Rngs):
     dtype = jnp.dtype(cfg.dtype)
     self.modulation = layers.dense(cfg.dim, (6, cfg.dim), ("embed", None, "mlp"), rngs=rngs)
-    self.attn = modules.Attention(cfg.dim, cfg.heads, cfg.dim_head, cfg.rope_heads, cfg.key_mask, dtype, rngs)
+    self.attn = modules.Attention(cfg.dim, cfg.heads, cfg.dim_head, cfg.rope_heads, cfg.key_mask, dtype, rngs,
+                                  cfg.attention_block_kib * 1024)
     self.ff = modules.FeedForward(cfg.dim, cfg.ff_mult, dtype, rngs)
 
   def __call__(self, x_BxLxD, t_BxD, valid_BxL, angles_LxK):
@@ -134,7 +136,8 @@ class UNetTLayer(nnx.Module):
     if skip_proj:
       self.skip_proj = layers.dense(2 * cfg.dim, cfg.dim, ("mlp", "embed"), dtype=dtype, use_bias=False, rngs=rngs)
     self.attn_norm = modules.RMSNorm(cfg.dim, rngs)
-    self.attn = modules.Attention(cfg.dim, cfg.heads, cfg.dim_head, cfg.rope_heads, cfg.key_mask, dtype, rngs)
+    self.attn = modules.Attention(cfg.dim, cfg.heads, cfg.dim_head, cfg.rope_heads, cfg.key_mask, dtype, rngs,
+                                  cfg.attention_block_kib * 1024)
     self.ff_norm = modules.RMSNorm(cfg.dim, rngs)
     self.ff = modules.FeedForward(cfg.dim, cfg.ff_mult, dtype, rngs)
 

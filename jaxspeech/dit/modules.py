@@ -169,12 +169,14 @@ class Attention(nnx.Module):
   """Multi-head self-attention with biases and RoPE on the first `rope_heads` heads (0 = all).
 
   `key_mask` masks padded keys (F5's `attn_mask_enabled`; off in its released models); padded query rows
-  of the output are zero either way. `jax.nn.dot_product_attention` runs it: cuDNN's fused kernel on GPUs in
-  bf16/fp16, XLA elsewhere (logits and softmax in float32 in both).
+  of the output are zero either way. On GPUs in bf16/fp16 cuDNN's fused kernel runs it
+  (`jax.nn.dot_product_attention`), elsewhere `layers.dot_product_attention` (FlashAttention's backward; blocks
+  of batch rows with ≤ `block_bytes` of logits each when > 0); logits and softmax are float32 in both.
   """
 
-  def __init__(self, dim: int, heads: int, dim_head: int, rope_heads: int, key_mask: bool, dtype, rngs: nnx.Rngs):
-    self.rope_heads, self.key_mask = rope_heads or heads, key_mask
+  def __init__(self, dim: int, heads: int, dim_head: int, rope_heads: int, key_mask: bool, dtype, rngs: nnx.Rngs,
+               block_bytes: int = 0):
+    self.rope_heads, self.key_mask, self.block_bytes = rope_heads or heads, key_mask, block_bytes
     for name in ("query", "key", "value"):
       setattr(self, name, layers.dense(dim, (heads, dim_head), ("embed", "heads", "kv"), dtype=dtype, rngs=rngs))
     self.out = layers.dense((heads, dim_head), dim, ("heads", "kv", "embed"), dtype=dtype, rngs=rngs)
@@ -189,10 +191,13 @@ class Attention(nnx.Module):
     q = self.rotate(self.query(x_BxLxD), angles_LxK)
     k = self.rotate(self.key(x_BxLxD), angles_LxK)
     v = self.value(x_BxLxD)
-    # valid_BxL is a prefix of each row, so lengths describe it (the form cuDNN's padding mask takes)
-    lengths_B = valid_BxL.sum(-1, dtype=jnp.int32) if self.key_mask else None
-    y_BxLxHxK = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths_B,
-                                             implementation=attention_implementation(q.dtype))
+    if attention_implementation(q.dtype) == "cudnn":
+      # valid_BxL is a prefix of each row, so lengths describe it (the form cuDNN's padding mask takes)
+      lengths_B = valid_BxL.sum(-1, dtype=jnp.int32) if self.key_mask else None
+      y_BxLxHxK = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths_B, implementation="cudnn")
+    else:
+      mask_Bx1x1xL = valid_BxL[:, None, None, :] if self.key_mask else None
+      y_BxLxHxK = layers.dot_product_attention(q, k, v, mask_Bx1x1xL, block_bytes=self.block_bytes)
     return jnp.where(valid_BxL[..., None], self.out(y_BxLxHxK), 0)
 
 
