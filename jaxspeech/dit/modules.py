@@ -4,6 +4,7 @@ Norms, RoPE, the time embedding and the softmax run in float32 whatever the comp
 convolutions run in `dtype` (bf16 for training) on float32 params.
 """
 
+import functools
 import math
 
 import jax
@@ -63,6 +64,38 @@ def conv1d(channels: int, kernel: int, groups: int, dtype, rngs: nnx.Rngs) -> nn
                   dtype=dtype, rngs=rngs,
                   kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, None)),
                   bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (None,)))
+
+
+def _same_conv(x_BxLxI, kernel_KxIgxO, groups: int):
+  pad = kernel_KxIgxO.shape[0] // 2
+  return jax.lax.conv_general_dilated(x_BxLxI, kernel_KxIgxO, (1,), [(pad, pad)],
+                                      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def grouped_conv1d(x_BxLxI, kernel_KxIgxO, groups: int):
+  """A 'same' grouped Conv1d (odd kernel (K, I/groups, O)) whose kernel gradient is a sum over the K taps of
+  per-group products: XLA:CPU's own took 87 ms for F5's k31 / 16-group conv at (8, 376, 128), the taps 10 ms
+  (the forward and the input gradient stay XLA's convolutions, ~5 ms each)."""
+  return _same_conv(x_BxLxI, kernel_KxIgxO, groups)
+
+
+def _grouped_conv1d_fwd(x_BxLxI, kernel_KxIgxO, groups):
+  return _same_conv(x_BxLxI, kernel_KxIgxO, groups), (x_BxLxI, kernel_KxIgxO)
+
+
+def _grouped_conv1d_bwd(groups, res, dy_BxLxO):
+  x_BxLxI, kernel_KxIgxO = res
+  (dx_BxLxI,) = jax.vjp(lambda x: _same_conv(x, kernel_KxIgxO, groups), x_BxLxI)[1](dy_BxLxO)
+  (k, ig, o), (b, length, _) = kernel_KxIgxO.shape, x_BxLxI.shape
+  x_BxPxGxIg = jnp.pad(x_BxLxI, ((0, 0), (k // 2, k // 2), (0, 0))).reshape(b, length + k - 1, groups, ig)
+  dy_BxLxGxOg = dy_BxLxO.reshape(b, length, groups, o // groups)
+  dk_KxIgxGxOg = jnp.stack([jnp.einsum("blgi,blgo->igo", x_BxPxGxIg[:, tap:tap + length], dy_BxLxGxOg,
+                                       preferred_element_type=jnp.float32) for tap in range(k)])
+  return dx_BxLxI, dk_KxIgxGxOg.reshape(k, ig, o).astype(kernel_KxIgxO.dtype)
+
+
+grouped_conv1d.defvjp(_grouped_conv1d_fwd, _grouped_conv1d_bwd)
 
 
 class TimestepEmbedding(nnx.Module):
@@ -167,7 +200,9 @@ class InputEmbedding(nnx.Module):
     keep_BxLx1 = valid_BxL[..., None]
     h_BxLxD = jnp.where(keep_BxLx1, x_BxLxD, 0) if self.masked else x_BxLxD
     for conv in (self.conv1, self.conv2):
-      h_BxLxD = conv(h_BxLxD)
+      kernel_KxIgxD = conv.kernel[...].astype(conv.dtype)
+      h_BxLxD = grouped_conv1d(h_BxLxD.astype(conv.dtype), kernel_KxIgxD, conv.feature_group_count)
+      h_BxLxD = h_BxLxD + conv.bias[...].astype(conv.dtype)
       if self.masked:
         h_BxLxD = jnp.where(keep_BxLx1, h_BxLxD, 0)
       h_BxLxD = jax.nn.mish(h_BxLxD)
