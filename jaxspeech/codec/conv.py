@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jaxspeech.nn  # noqa: F401  (turns flax's eager sharding off before any param is made)
+from jaxspeech.nn.layers import conv1d
 
 INIT = nnx.initializers.truncated_normal(0.02)   # xcodec2's init_weights: trunc_normal(std=0.02), zero bias
 # xcodec2's init_weights writes trunc_normal into `m.weight`, which under torch's weight-norm parametrization is
@@ -12,13 +13,6 @@ INIT = nnx.initializers.truncated_normal(0.02)   # xcodec2's init_weights: trunc
 # kaiming_uniform(a=√5) = U(±1/√fan_in). Starting weight-normed convs at std 0.02 instead shrinks the encoder's
 # output to ~1e-6: every frame then gets FSQ's zero code and the first step's gradient overflows.
 WN_INIT = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def conv1d(x_BxLxI: jax.Array, kernel_KxIxO: jax.Array, *, stride: int = 1, dilation: int = 1,
-           padding: tuple[int, int] = (0, 0), groups: int = 1) -> jax.Array:
-  return jax.lax.conv_general_dilated(
-      x_BxLxI, kernel_KxIxO, window_strides=(stride,), padding=(padding,), rhs_dilation=(dilation,),
-      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
 
 
 class Conv1d(nnx.Module):

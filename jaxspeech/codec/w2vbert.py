@@ -18,7 +18,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxspeech.codec.conv import conv1d
 from jaxspeech.nn import layers
 
 POSITIONS = ("relative_key", "rotary", None)
@@ -47,7 +46,7 @@ class ConvModule(nnx.Module):
     h_BxTx2D = self.pointwise_conv1(self.layer_norm(x_BxTxD))
     h_BxTxD = jax.nn.glu(h_BxTx2D, axis=-1)
     kernel_Kx1xD = self.depthwise_conv[...].astype(self.dtype)
-    h_BxTxD = conv1d(h_BxTxD, kernel_Kx1xD, padding=(kernel_Kx1xD.shape[0] - 1, 0), groups=h_BxTxD.shape[-1])
+    h_BxTxD = layers.conv1d(h_BxTxD, kernel_Kx1xD, padding=(kernel_Kx1xD.shape[0] - 1, 0), groups=h_BxTxD.shape[-1])
     return self.pointwise_conv2(jax.nn.swish(self.depthwise_layer_norm(h_BxTxD)))
 
 

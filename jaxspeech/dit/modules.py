@@ -68,8 +68,7 @@ def conv1d(channels: int, kernel: int, groups: int, dtype, rngs: nnx.Rngs) -> nn
 
 def _same_conv(x_BxLxI, kernel_KxIgxO, groups: int):
   pad = kernel_KxIgxO.shape[0] // 2
-  return jax.lax.conv_general_dilated(x_BxLxI, kernel_KxIgxO, (1,), [(pad, pad)],
-                                      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+  return layers.conv1d(x_BxLxI, kernel_KxIgxO, padding=(pad, pad), groups=groups)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

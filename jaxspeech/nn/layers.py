@@ -133,6 +133,14 @@ def _attend_bwd(res, d_out_BxHxLxK):
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
+def conv1d(x_BxLxI: jax.Array, kernel_KxIxO: jax.Array, *, stride: int = 1, dilation: int = 1,
+           padding: tuple[int, int] = (0, 0), groups: int = 1) -> jax.Array:
+  """Conv1d over channel-last (B, L, I) with a (K, I/groups, O) kernel."""
+  return jax.lax.conv_general_dilated(
+      x_BxLxI, kernel_KxIxO, window_strides=(stride,), padding=(padding,), rhs_dilation=(dilation,),
+      dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups)
+
+
 def gelu(x: jax.Array) -> jax.Array:
   """Exact GELU, x·Φ(x) = ½x(1 + erf(x/√2)).
 
