@@ -72,7 +72,11 @@ DIT = {
     "dit_base_v5p64": (dict(data=64), 9_600, 4),
     "dit_base_h100x8": (dict(data=8), 9_600, 4),
 }
-VARIANTS = tuple(LLASA) + tuple(DIT)
+# name: (mesh, crops per chip per microbatch, accumulation steps); the recipe's 64 one-second crops per update
+CODEC = {
+    "codec_base_v5p64": (dict(data=64), 1, 1),
+}
+VARIANTS = tuple(LLASA) + tuple(DIT) + tuple(CODEC)
 
 
 def _mesh(cfg, sizes: dict) -> None:
@@ -85,6 +89,15 @@ def chips(sizes: dict) -> int:
   for v in sizes.values():
     n *= v
   return n
+
+
+def mesh_of(variant: str) -> dict:
+  return (LLASA[variant][1] if variant in LLASA else DIT[variant][0] if variant in DIT else CODEC[variant][0])
+
+
+def per_chip(variant: str) -> int:
+  """Rows (Llasa: 2,048-token rows; codec: crops) or mel frames (DiT) per chip per microbatch."""
+  return LLASA[variant][2] if variant in LLASA else DIT[variant][1] if variant in DIT else CODEC[variant][1]
 
 
 def get_config(variant: str):
@@ -103,6 +116,14 @@ def get_config(variant: str):
     cfg = _family_config("dit").get_config("base")
     _mesh(cfg, mesh)
     cfg.data.frame_budget = frames * accum * chips(mesh)
+    cfg.optim.accum_steps = accum
+    return cfg
+  if variant in CODEC:
+    mesh, crops, accum = CODEC[variant]
+    cfg = _family_config("codec").get_config("base")
+    _mesh(cfg, mesh)
+    if crops * accum * chips(mesh) != cfg.train.batch_size:
+      raise AssertionError(f"{variant}: {crops} crops × {accum} × {chips(mesh)} chips is not {cfg.train.batch_size}")
     cfg.optim.accum_steps = accum
     return cfg
   raise ValueError(f"unknown variant {variant!r} of configs/presets.py; choose one of {', '.join(VARIANTS)}")

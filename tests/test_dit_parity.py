@@ -192,7 +192,7 @@ def test_sharded_forward_matches_one_device(mesh_axes, lengths):
 
 @pytest.mark.parametrize("kernel,groups", [(31, 16), (7, 4), (3, 1)])
 def test_grouped_conv_gradients_match_autodiff(kernel, groups):
-  """`modules.grouped_conv1d`'s custom kernel gradient (a sum over taps) and its input gradient equal autodiff
+  """`modules.grouped_conv1d_taps`'s custom kernel gradient (a sum over taps) and its input gradient equal autodiff
   of XLA's grouped convolution (≤ 1e-4 on O(10) values, float32)."""
   from jaxspeech.dit import modules
   rng = np.random.default_rng(kernel)
@@ -203,8 +203,8 @@ def test_grouped_conv_gradients_match_autodiff(kernel, groups):
   def loss(conv):
     return lambda x, k: jnp.sum(jnp.tanh(conv(x, k)) * target)
 
-  ours = jax.grad(loss(lambda x, k: modules.grouped_conv1d(x, k, groups)), argnums=(0, 1))(x, k)
+  ours = jax.grad(loss(lambda x, k: modules.grouped_conv1d_taps(x, k, groups)), argnums=(0, 1))(x, k)
   xla = jax.grad(loss(lambda x, k: modules._same_conv(x, k, groups)), argnums=(0, 1))(x, k)  # pylint: disable=protected-access
-  np.testing.assert_allclose(modules.grouped_conv1d(x, k, groups), modules._same_conv(x, k, groups), atol=1e-6)  # pylint: disable=protected-access
+  np.testing.assert_allclose(modules.grouped_conv1d_taps(x, k, groups), modules._same_conv(x, k, groups), atol=1e-6)  # pylint: disable=protected-access
   for got, want in zip(ours, xla):
     np.testing.assert_allclose(got, want, atol=1e-4)

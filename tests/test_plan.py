@@ -55,7 +55,7 @@ def test_param_count_matches_the_model_and_transformers():
   cfg = load_config("ast", "base")
   _, abstract_params, _ = state_lib.abstract_model(ast_family.FAMILY, cfg)
   hf = transformers.ASTForAudioClassification(convert.ast_to_hf_config(ast_family.model_config(cfg)))
-  assert plan_lib.param_count(abstract_params) == hf.num_parameters() == 86_201_104
+  assert state_lib.param_count(abstract_params) == hf.num_parameters() == 86_201_104
 
 
 def test_mesh_argument_folds_slices_into_their_axis():

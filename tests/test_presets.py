@@ -6,7 +6,7 @@ from tests.ast_config import load_config
 
 VARIANTS = ("llasa_1b_v5p64", "llasa_3b_v5p64", "llasa_8b_v5p64", "llasa_1b_v5e256", "llasa_3b_v5e256",
             "llasa_8b_v6e256", "llasa_1b_h100x8", "llasa_3b_h100x8", "llasa_8b_h100x64", "dit_base_v5p64",
-            "dit_base_h100x8")
+            "dit_base_h100x8", "codec_base_v5p64")
 CHIPS = {"v5p64": 64, "v5e256": 256, "v6e256": 256, "h100x8": 8, "h100x64": 64}
 
 
@@ -21,6 +21,8 @@ def test_preset_mesh_fills_its_topology_and_keeps_the_global_batch(variant):
     assert cfg.family == "llasa" and cfg.model.scan_layers and cfg.model.remat in ("full", "save_dots")
     assert cfg.train.batch_size == 256 and cfg.llasa.seq_len == 2048
     assert cfg.train.batch_size % (chips * cfg.optim.accum_steps) == 0
+  elif variant.startswith("codec"):
+    assert cfg.family == "codec" and cfg.train.batch_size == 64  # X-codec2's crops per update
   else:
     assert cfg.family == "dit" and cfg.model.dim == 1024 and cfg.model.depth == 22
     assert cfg.data.frame_budget // chips == 38_400  # F5's frames per GPU per update

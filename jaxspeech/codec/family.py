@@ -150,6 +150,11 @@ def train_flops(cfg) -> float:
   return gan_train_flops(cfg, build_model, loss, cfg.model.sample_rate, hop(cfg))
 
 
+def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """One global batch of training crops (`jaxspeech plan` without the dataset)."""
+  return abstract_batch(cfg, crop_samples(cfg.data.crop_seconds, cfg.model.sample_rate, hop(cfg)))
+
+
 def units(batch) -> dict[str, float]:
   valid = np.asarray(batch["valid"])
   return {"examples": float(valid.sum()), "samples": float(np.asarray(batch["audio_lengths"])[valid].sum())}
@@ -157,4 +162,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="codec", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, param_groups=param_group)
+    train_flops=train_flops, units=units, param_groups=param_group, batch_shapes=batch_shapes)

@@ -51,7 +51,12 @@ def train_flops(cfg) -> float:
   return codec_family.gan_train_flops(cfg, build_model, loss, cfg.model.sample_rate, cfg.model.hop)
 
 
+def batch_shapes(cfg):
+  return codec_family.abstract_batch(cfg, codec_family.crop_samples(cfg.data.crop_seconds, cfg.model.sample_rate,
+                                                                    cfg.model.hop))
+
+
 FAMILY = Family(
     name="vocoder", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
     batch_axes=codec_family.batch_axes, train_flops=train_flops, units=codec_family.units,
-    param_groups=losses.param_group)
+    param_groups=losses.param_group, batch_shapes=batch_shapes)

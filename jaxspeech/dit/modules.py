@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxspeech.nn import layers
-from jaxspeech.sharding import constrain
+from jaxspeech.nn import layers, splash
+from jaxspeech.sharding import constrain, platform
 
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
 
@@ -71,11 +71,19 @@ def _same_conv(x_BxLxI, kernel_KxIgxO, groups: int):
   return layers.conv1d(x_BxLxI, kernel_KxIgxO, padding=(pad, pad), groups=groups)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def grouped_conv1d(x_BxLxI, kernel_KxIgxO, groups: int):
-  """A 'same' grouped Conv1d (odd kernel (K, I/groups, O)) whose kernel gradient is a sum over the K taps of
-  per-group products: XLA:CPU's own took 87 ms for F5's k31 / 16-group conv at (8, 376, 128), the taps 10 ms
-  (the forward and the input gradient stay XLA's convolutions, ~5 ms each)."""
+  """A 'same' grouped Conv1d (odd kernel (K, I/groups, O)); on CPU with `grouped_conv1d_taps`'s kernel gradient,
+  elsewhere XLA's convolution and its autodiff."""
+  if platform() == "cpu":
+    return grouped_conv1d_taps(x_BxLxI, kernel_KxIgxO, groups)
+  return _same_conv(x_BxLxI, kernel_KxIgxO, groups)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def grouped_conv1d_taps(x_BxLxI, kernel_KxIgxO, groups: int):
+  """`_same_conv` whose kernel gradient is a sum over the K taps of per-group products: XLA:CPU's own took
+  87 ms for F5's k31 / 16-group conv at (8, 376, 128), the taps 10 ms (the forward and the input gradient stay
+  XLA's convolutions, ~5 ms each). A CPU trick: other compilers get the plain convolution."""
   return _same_conv(x_BxLxI, kernel_KxIgxO, groups)
 
 
@@ -94,7 +102,7 @@ def _grouped_conv1d_bwd(groups, res, dy_BxLxO):
   return dx_BxLxI, dk_KxIgxGxOg.reshape(k, ig, o).astype(kernel_KxIgxO.dtype)
 
 
-grouped_conv1d.defvjp(_grouped_conv1d_fwd, _grouped_conv1d_bwd)
+grouped_conv1d_taps.defvjp(_grouped_conv1d_fwd, _grouped_conv1d_bwd)
 
 
 class TimestepEmbedding(nnx.Module):
@@ -128,8 +136,10 @@ class ConvNeXtV2Block(nnx.Module):
     return (self.grn_gamma[...] * (x * n_Bx1xH) + self.grn_beta[...] + x).astype(x_BxLxH.dtype)
 
   def depthwise(self, x_BxLxD):
-    """The k7 depthwise conv as one multiply-add per tap (XLA:CPU's depthwise convolution took 7 ms forward and
-    backward here against < 1 ms), with the nnx.Conv's params (kernel (7, 1, D), bias)."""
+    """The k7 depthwise conv; on CPU as one multiply-add per tap (XLA:CPU's depthwise convolution took 7 ms
+    forward and backward here against < 1 ms), with the nnx.Conv's params (kernel (7, 1, D), bias)."""
+    if platform() != "cpu":
+      return self.dwconv(x_BxLxD)
     k, length = self.dwconv.kernel.shape[0], x_BxLxD.shape[1]
     dtype = self.dwconv.dtype
     x_BxPxD = jnp.pad(x_BxLxD.astype(dtype), ((0, 0), (k // 2, k // 2), (0, 0)))
@@ -213,7 +223,8 @@ class Attention(nnx.Module):
 
   `key_mask` masks padded keys (F5's `attn_mask_enabled`; off in its released models); padded query rows
   of the output are zero either way. On GPUs in bf16/fp16 cuDNN's fused kernel runs it
-  (`jax.nn.dot_product_attention`), elsewhere `layers.dot_product_attention` (FlashAttention's backward; blocks
+  (`jax.nn.dot_product_attention`), on TPUs the Pallas splash kernel (`nn/splash.py`), elsewhere
+  `layers.dot_product_attention` (FlashAttention's backward; blocks
   of batch rows with ≤ `block_bytes` of logits each when > 0); logits and softmax are float32 in both.
   """
 
@@ -234,19 +245,27 @@ class Attention(nnx.Module):
     q = self.rotate(self.query(x_BxLxD), angles_LxK)
     k = self.rotate(self.key(x_BxLxD), angles_LxK)
     v = self.value(x_BxLxD)
-    if attention_implementation(q.dtype) == "cudnn":
+    implementation = attention_implementation(q, k)
+    if implementation == "cudnn":
       # valid_BxL is a prefix of each row, so lengths describe it (the form cuDNN's padding mask takes)
       lengths_B = valid_BxL.sum(-1, dtype=jnp.int32) if self.key_mask else None
       y_BxLxHxK = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths_B, implementation="cudnn")
+    elif implementation == "splash":
+      # valid queries see the valid keys alone, as with the key mask; padded query rows are zeroed below
+      segments_BxL = valid_BxL.astype(jnp.int32) if self.key_mask else jnp.ones(valid_BxL.shape, jnp.int32)
+      y_BxLxHxK = splash.attention(q, k, v, segments_BxL, causal=False)
     else:
       mask_Bx1x1xL = valid_BxL[:, None, None, :] if self.key_mask else None
       y_BxLxHxK = layers.dot_product_attention(q, k, v, mask_Bx1x1xL, block_bytes=self.block_bytes)
     return jnp.where(valid_BxL[..., None], self.out(y_BxLxHxK), 0)
 
 
-def attention_implementation(dtype) -> str:
-  """cuDNN's fused attention on GPUs for bf16/fp16 (it has no float32 kernel), XLA's otherwise."""
-  return "cudnn" if jax.default_backend() == "gpu" and jnp.dtype(dtype).itemsize == 2 else "xla"
+def attention_implementation(q_BxLxHxK, k_BxLxHxK) -> str:
+  """cuDNN's fused attention on GPUs for bf16/fp16 (it has no float32 kernel), Pallas splash attention on TPUs,
+  XLA's otherwise."""
+  if platform() == "gpu" and jnp.dtype(q_BxLxHxK.dtype).itemsize == 2:
+    return "cudnn"
+  return "splash" if layers.use_splash(q_BxLxHxK, k_BxLxHxK) else "xla"
 
 
 class FeedForward(nnx.Module):

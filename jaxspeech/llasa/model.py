@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxspeech.nn import layers
+from jaxspeech.nn import layers, splash
 from jaxspeech.sharding import constrain
 
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")
@@ -46,6 +46,7 @@ class LlamaConfig:
   scan_layers: bool = False
   remat: str = "none"             # "none", "full" or "save_dots" (jax.checkpoint_policies)
   dtype: str = "float32"          # compute dtype; params stay float32
+  attention: str = "auto"         # "auto": Pallas splash attention on TPU, XLA's elsewhere; "xla": XLA's everywhere
 
   @property
   def padded_vocab(self) -> int:
@@ -59,6 +60,8 @@ class LlamaConfig:
       problems.append(f"head_dim={self.head_dim} must be even for RoPE")
     if self.remat not in layers.REMAT_POLICIES:
       problems.append(f"remat={self.remat!r}; choose one of {sorted(layers.REMAT_POLICIES)}")
+    if self.attention not in ("auto", "xla"):
+      problems.append(f"attention={self.attention!r}; choose 'auto' or 'xla'")
     if problems:
       raise ValueError(f"LlamaConfig: {'; '.join(problems)}")
 
@@ -120,9 +123,10 @@ class Attention(nnx.Module):
     self.o = layers.dense((cfg.heads, k), d, ("heads", "kv", "embed"), **common)
     self.cfg = cfg
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, past=None, slot=None):
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, segment_ids_BxL, past=None, slot=None):
     """(out, this call's (keys, values) when decoding): with `past`, a layer's cached (keys, values) of S slots,
-    the L new keys/values are placed at `slot` and attention runs over all S slots."""
+    the L new keys/values are placed at `slot` and attention runs over all S slots. Without a mask (TPU, no
+    cache) the splash kernel attends block-diagonally and causally over `segment_ids_BxL`."""
     inv_freq = rope_inv_freq(self.cfg)
     q_BxLxHxK = apply_rope(self.q(x_BxLxD), positions_BxL, inv_freq)
     q_BxLxHxK = constrain(q_BxLxHxK, ("activation_batch", "activation_length", "activation_heads", "kv"))
@@ -135,8 +139,11 @@ class Attention(nnx.Module):
       new = (k_BxLxGxK.astype(k_cache.dtype), v_BxLxGxK.astype(v_cache.dtype))
       k_BxSxGxK = jax.lax.dynamic_update_slice_in_dim(k_cache, new[0], slot, axis=1)
       v_BxSxGxK = jax.lax.dynamic_update_slice_in_dim(v_cache, new[1], slot, axis=1)
-    out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxGxK.astype(q_BxLxHxK.dtype),
-                                               v_BxSxGxK.astype(q_BxLxHxK.dtype), mask=mask_BxLxS[:, None])
+    k_BxSxGxK, v_BxSxGxK = k_BxSxGxK.astype(q_BxLxHxK.dtype), v_BxSxGxK.astype(q_BxLxHxK.dtype)
+    if mask_BxLxS is None:
+      out_BxLxHxK = splash.attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, segment_ids_BxL, causal=True)
+    else:
+      out_BxLxHxK = jax.nn.dot_product_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask=mask_BxLxS[:, None])
     return self.o(out_BxLxHxK), new
 
 
@@ -150,8 +157,8 @@ class Block(nnx.Module):
     self.up = layers.dense(cfg.hidden, cfg.mlp, ("embed", "mlp"), rngs=rngs, dtype=dtype, use_bias=False)
     self.down = layers.dense(cfg.mlp, cfg.hidden, ("mlp", "embed"), rngs=rngs, dtype=dtype, use_bias=False)
 
-  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, past=None, slot=None):
-    h_BxLxD, new = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, past, slot)
+  def __call__(self, x_BxLxD, positions_BxL, mask_BxLxS, segment_ids_BxL, past=None, slot=None):
+    h_BxLxD, new = self.attn(self.attn_norm(x_BxLxD), positions_BxL, mask_BxLxS, segment_ids_BxL, past, slot)
     x_BxLxD = x_BxLxD + h_BxLxD
     h_BxLxD = self.mlp_norm(x_BxLxD)
     h_BxLxM = constrain(jax.nn.silu(self.gate(h_BxLxD)) * self.up(h_BxLxD),
@@ -186,7 +193,7 @@ class Llama(nnx.Module):
       self.lm_head = layers.dense(cfg.hidden, cfg.padded_vocab, ("embed", "vocab"), rngs=rngs,
                                   dtype=jnp.dtype(cfg.dtype), use_bias=False)
 
-  def _run_blocks(self, x_BxLxD, positions_BxL, mask_BxLxS, cache: Cache | None):
+  def _run_blocks(self, x_BxLxD, positions_BxL, mask_BxLxS, segment_ids_BxL, cache: Cache | None):
     """(output, every layer's new (keys, values) (N, B, L, G, K) when decoding, else None).
 
     The cache is only read here (a layer's slice each); the caller writes the new entries in one update, so a
@@ -196,7 +203,7 @@ class Llama(nnx.Module):
 
     def layer(graphdef, x_BxLxD, state_and_past):
       state, past = state_and_past
-      return nnx.merge(graphdef, state)(x_BxLxD, positions_BxL, mask_BxLxS, past, slot)
+      return nnx.merge(graphdef, state)(x_BxLxD, positions_BxL, mask_BxLxS, segment_ids_BxL, past, slot)
 
     if self.cfg.remat != "none":
       layer = jax.checkpoint(layer, policy=layers.REMAT_POLICIES[self.cfg.remat], static_argnums=0)
@@ -218,14 +225,16 @@ class Llama(nnx.Module):
     x_BxLxD, cache = self.hidden_states(ids_BxL, positions_BxL, segment_ids_BxL, cache)
     return self.logits(x_BxLxD), cache
 
-  def logits(self, x_BxLxD: jax.Array) -> jax.Array:
-    """float32 logits (B, L, vocab_size) of final hidden states (any L: the loss may take a chunk of a row)."""
+  def logits(self, x_BxLxD: jax.Array, float32: bool = True) -> jax.Array:
+    """Logits (B, L, vocab_size) of final hidden states (any L: the loss may take a chunk of a row), in float32,
+    or with `float32=False` in the compute dtype (the loss upcasts inside its reductions: no float32 copy)."""
     if self.cfg.tie_embeddings:
       logits_BxLxV = self.embed.attend(x_BxLxD)
     else:
       logits_BxLxV = self.lm_head(x_BxLxD)
-    logits_BxLxV = constrain(logits_BxLxV.astype(jnp.float32),
-                             ("activation_batch", "activation_length", "activation_vocab"))
+    if float32:
+      logits_BxLxV = logits_BxLxV.astype(jnp.float32)
+    logits_BxLxV = constrain(logits_BxLxV, ("activation_batch", "activation_length", "activation_vocab"))
     return logits_BxLxV[..., :self.cfg.vocab_size]
 
   def hidden_states(self, ids_BxL: jax.Array, positions_BxL: jax.Array | None = None,
@@ -237,14 +246,18 @@ class Llama(nnx.Module):
       segment_ids_BxL = jnp.ones((b, length), jnp.int32)
     if positions_BxL is None:
       positions_BxL = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (b, length))
-    if cache is None:
+    x_BxLxD = constrain(self.embed(ids_BxL), BLOCK_AXES)
+    heads_BxLxHxK = jax.ShapeDtypeStruct((b, length, self.cfg.heads, self.cfg.head_dim), x_BxLxD.dtype)
+    kv_BxLxGxK = jax.ShapeDtypeStruct((b, length, self.cfg.kv_heads, self.cfg.head_dim), x_BxLxD.dtype)
+    if cache is None and self.cfg.attention == "auto" and layers.use_splash(heads_BxLxHxK, kv_BxLxGxK):
+      mask_BxLxS = None
+    elif cache is None:
       mask_BxLxS = attention_mask(segment_ids_BxL, segment_ids_BxL, jnp.arange(length))
     else:
       cache_segments_BxS = jax.lax.dynamic_update_slice_in_dim(cache.segment_ids_BxS, segment_ids_BxL,
                                                                cache.index, axis=1)
       mask_BxLxS = attention_mask(segment_ids_BxL, cache_segments_BxS, cache.index + jnp.arange(length))
-    x_BxLxD = constrain(self.embed(ids_BxL), BLOCK_AXES)
-    x_BxLxD, new_kv = self._run_blocks(x_BxLxD, positions_BxL, mask_BxLxS, cache)
+    x_BxLxD, new_kv = self._run_blocks(x_BxLxD, positions_BxL, mask_BxLxS, segment_ids_BxL, cache)
     x_BxLxD = self.norm(x_BxLxD)
     if cache is None:
       return x_BxLxD, None

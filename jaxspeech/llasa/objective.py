@@ -15,7 +15,6 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from jaxspeech.text.llasa_vocab import LlasaVocab
@@ -50,8 +49,12 @@ def speech_targets(targets_BxL: jax.Array, vocab: LlasaVocab) -> jax.Array:
 
 
 def _terms(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> tuple[jax.Array, jax.Array]:
-  ce_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV, targets_BxL)
-  return ce_BxL, (jnp.argmax(logits_BxLxV, -1) == targets_BxL).astype(jnp.float32)
+  """(cross-entropy, correct) of logits in any dtype. The log-sum-exp runs in float32 over the upcast logits,
+  which XLA fuses into the reduction; the label's logit is picked from the logits as they are, so no float32
+  copy of a (B, L, V) tensor exists (bf16 → float32 is exact: the values equal optax's on float32 logits)."""
+  log_z_BxL = jax.nn.logsumexp(logits_BxLxV.astype(jnp.float32), axis=-1)
+  label_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0].astype(jnp.float32)
+  return log_z_BxL - label_BxL, (jnp.argmax(logits_BxLxV, -1) == targets_BxL).astype(jnp.float32)
 
 
 def chunked_terms(model, x_BxLxD: jax.Array, targets_BxL: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array]:
@@ -66,7 +69,7 @@ def chunked_terms(model, x_BxLxD: jax.Array, targets_BxL: jax.Array, chunk: int)
 
   @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.nothing_saveable)
   def chunk_terms(state, x_BxCxD, targets_BxC):
-    return _terms(nnx.merge(graphdef, state).logits(x_BxCxD), targets_BxC)
+    return _terms(nnx.merge(graphdef, state).logits(x_BxCxD, float32=False), targets_BxC)
 
   ce_NxBxC, correct_NxBxC = jax.lax.map(lambda xs: chunk_terms(state, *xs), (x_NxBxCxD, targets_NxBxC))
   return tuple(t.swapaxes(0, 1).reshape(b, n * chunk)[:, :length] for t in (ce_NxBxC, correct_NxBxC))
@@ -80,7 +83,7 @@ def token_terms(model, batch, vocab: LlasaVocab, train_text: bool, loss_chunk: i
   if loss_chunk:
     ce_BxL, correct_BxL = chunked_terms(model, x_BxLxD, batch["targets"], loss_chunk)
   else:
-    ce_BxL, correct_BxL = _terms(model.logits(x_BxLxD), batch["targets"])
+    ce_BxL, correct_BxL = _terms(model.logits(x_BxLxD, float32=False), batch["targets"])
   weights_BxL = batch["weights"]
   if not train_text:
     weights_BxL = weights_BxL * speech_targets(batch["targets"], vocab)

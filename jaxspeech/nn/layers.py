@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 from jaxspeech import sharding
+from jaxspeech.nn import splash
 
 Dtype = jnp.dtype | type
 
@@ -63,17 +64,27 @@ def dot_product_attention(q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK:
   (B, H, L) reduction instead of one over P ∘ dP; only P is kept for the backward. (AST step at 302 tokens on a
   2-core CPU, 2026-11-27: −3 % time and −18 % XLA temp memory against autodiff of the same attention.)
 
-  `block_bytes` > 0 attends a block of batch rows at a time, as many rows of each device's batch as keep the
+  On TPU, self-attention without a mask over rows of ≥ 128 tokens runs the Pallas splash kernel (`splash`).
+  On CPU, `block_bytes` > 0 attends a block of batch rows at a time, as many rows of each device's batch as keep the
   block's float32 logits within `block_bytes` (at least one), so they stay in cache: with 1 MiB, an AST step
   at 302 tokens took 5 % less time on a 2-core CPU (benchmarks/RESULTS.md). Blocks are cut within each batch
   shard of the active sharding rules, so no block spans devices.
   """
   (b, l, h, _), s = q_BxLxHxK.shape, k_BxSxHxK.shape[1]
+  if mask_BxHxLxS is None and use_splash(q_BxLxHxK, k_BxSxHxK):
+    return splash.attention(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, jnp.ones((b, l), jnp.int32), causal=False)
   rows = max(1, block_bytes // (4 * h * l * s))
   args = (q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS)
-  if block_bytes <= 0 or rows >= b // sharding.shards("activation_batch"):
+  if block_bytes <= 0 or sharding.platform() != "cpu" or rows >= b // sharding.shards("activation_batch"):
     return _heads_major(*args)
   return _in_row_blocks(_heads_major, rows, *args)
+
+
+def use_splash(q_BxLxHxK: jax.Array, k_BxSxGxK: jax.Array) -> bool:
+  """Whether self-attention of these shapes runs the splash kernel: on TPU, rows of ≥ 128 tokens (shorter ones
+  would be mostly padding), and a batch and heads that split as the kernel needs."""
+  return (sharding.platform() == "tpu" and q_BxLxHxK.shape[1] == k_BxSxGxK.shape[1] >= splash.LANES
+          and splash.supported(q_BxLxHxK, k_BxSxGxK))
 
 
 def _heads_major(q_BxLxHxK, k_BxSxHxK, v_BxSxHxK, mask_BxHxLxS):

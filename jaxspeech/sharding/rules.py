@@ -32,7 +32,8 @@ def use_rules(mesh: Mesh, rules: Rules):
     _active.value = previous
 
 
-def _current():
+def current() -> tuple[Mesh, dict]:
+  """(mesh, {logical name: mesh axes}) of the active `use_rules`."""
   value = getattr(_active, "value", None)
   if value is None:
     raise RuntimeError("no sharding rules are active; wrap the call in `jaxspeech.sharding.use_rules(mesh, rules)`")
@@ -40,11 +41,19 @@ def _current():
 
 
 def logical_spec(names: Sequence[str | None]) -> PartitionSpec:
-  _, rules = _current()
+  _, rules = current()
   missing = [n for n in names if n is not None and n not in rules]
   if missing:
     raise KeyError(f"logical axes {missing} have no sharding rule; add them to config.axis_rules")
   return PartitionSpec(*(rules[n] if n is not None else None for n in names))
+
+
+def platform() -> str:
+  """The platform a step is being traced for: that of the active mesh's devices (virtual TPU devices when
+  `jaxspeech plan --topology` compiles for a pod on a CPU host), else JAX's default backend. Kernels and
+  platform-specific tricks choose by this, never by `jax.default_backend()`."""
+  value = getattr(_active, "value", None)
+  return value[0].devices.flat[0].platform if value is not None else jax.default_backend()
 
 
 def shards(name: str) -> int:
@@ -61,7 +70,7 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """Constrains an activation's sharding; a no-op when no rules are active (e.g. plain eager use)."""
   if getattr(_active, "value", None) is None:
     return x
-  mesh, _ = _current()
+  mesh, _ = current()
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_spec(names)))
 
 
@@ -71,7 +80,7 @@ def param_shardings(tree, mesh: Mesh):
   A Variable with no arrays in it (optax's MaskedNode: a param outside an optimizer group) stays as it is,
   so the result has the structure of `tree`.
   """
-  _, rules = _current()
+  _, rules = current()
   def spec(x):
     empty = isinstance(x, nnx.Variable) and not jax.tree.leaves(x.get_raw_value())
     return x if empty else nnx.get_partition_spec(x)

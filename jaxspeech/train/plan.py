@@ -24,18 +24,18 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import re
 import subprocess
 import sys
 
 import jax
-import numpy as np
 from absl import flags
+from jax.experimental import serialize_executable
 from ml_collections import config_flags
 
 from jaxspeech import sharding
-from jaxspeech.data import pipeline
-from jaxspeech.train import metrics, trainer
+from jaxspeech.train import metrics, pod, state as state_lib, topology, trainer
 
 # device: (device_kind prefix in metrics.PEAK_BF16_FLOPS, HBM GiB per chip as the runtime reports it)
 DEVICES = {
@@ -89,7 +89,7 @@ def measure(cfg, mesh: dict[str, int]) -> Plan:
   cfg.mesh.update(mesh)
   run = trainer.Trainer(cfg, workdir="", devices=jax.devices()[:math.prod(mesh.values())])
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_shardings[k])
-                    for k, v in batch_shapes(run.family, cfg).items() if k in run.batch_shardings}
+                    for k, v in state_lib.batch_shapes(run.family, cfg).items() if k in run.batch_shardings}
   with sharding.use_rules(run.mesh, run.rules):
     stats = run.train_step.lower(run.target, abstract_batch).compile().memory_analysis()
   xla = dict(argument=stats.argument_size_in_bytes, output=stats.output_size_in_bytes,
@@ -100,26 +100,10 @@ def measure(cfg, mesh: dict[str, int]) -> Plan:
   per_device["gradients"] = per_device["params"]  # fp32, in the params' layout
   per_device["activations"] = max(xla["temp"] - per_device["gradients"], 0)
   per_device["total"] = xla["argument"] + xla["output"] - xla["alias"] + xla["temp"]
-  count = param_count(state.params)
+  count = state_lib.param_count(state.params)
   return Plan(family=cfg.family, platform=run.mesh.devices.flat[0].platform, mesh=dict(mesh), params=count,
               per_device=per_device, xla=xla, analytic=analytic(count, mesh, bool(cfg.train.ema_decay)),
               flops_per_step=run.flops_per_step)
-
-
-def batch_shapes(family, cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """The family's `batch_shapes`, or the shapes of one batch of the config's dataset."""
-  if family.batch_shapes is not None:
-    return family.batch_shapes(cfg)
-  iterator = pipeline.make_iterator(family.make_data(cfg, cfg.data.train_split, train=True, shard_index=0,
-                                                     shard_count=1))
-  batch = next(iterator)
-  iterator.close()
-  return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
-
-
-def param_count(params) -> int:
-  """Parameters in an (abstract) params tree."""
-  return sum(x.size for x in _leaves(params))
 
 
 def analytic(params: int, mesh: dict[str, int], ema: bool) -> dict[str, int]:
@@ -185,7 +169,16 @@ def _flags(argv: list[str]):
   config = config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/ast.py:base",
                                            flag_values=fv, sys_argv=argv)
   values = dict(
-      mesh=flags.DEFINE_string("mesh", None, "axis sizes, e.g. data=2,fsdp=4,tensor=1", flag_values=fv),
+      mesh=flags.DEFINE_string("mesh", None, "axis sizes, e.g. data=2,fsdp=4,tensor=1 (dcn_<axis>=N across slices); "
+                               "with --topology, default: the config's mesh over the pod's chips", flag_values=fv),
+      topology=flags.DEFINE_string("topology", None, "compile for a TPU pod with the TPU compiler, no TPU needed: "
+                                   "gcloud's type (v5p-128, v5litepod-16, v6e-16, v4-32) or chips per dimension "
+                                   "(v5p:4x4x8, v5e:4x4); needs pip install '.[tpu]'", flag_values=fv),
+      num_slices=flags.DEFINE_integer("num-slices", 1, "with --topology: slices joined over the data-centre network "
+                                      "(the mesh's dcn_* axes; default dcn_data=N)", flag_values=fv),
+      save_executable=flags.DEFINE_string("save-executable", None, "with --topology: write the serialized compiled "
+                                          "train step to this file (jax.experimental.serialize_executable)",
+                                          flag_values=fv),
       device=flags.DEFINE_enum("device", None, list(DEVICES), "the accelerator, for peak FLOP/s and HBM",
                                flag_values=fv),
       hbm=flags.DEFINE_float("hbm-gib", None, "HBM per device in GiB (default: the device's)", flag_values=fv),
@@ -197,34 +190,92 @@ def _flags(argv: list[str]):
   return fv, config, values
 
 
+def _error(message: str) -> int:
+  print(f"jaxspeech plan: error: {message}", file=sys.stderr)
+  return 2
+
+
+def pod_mesh(cfg, text: str | None, pod: topology.Topology) -> dict[str, int]:
+  """The mesh config for a pod: `text`'s axes (others 1), else the config's; N slices add dcn_data=N unless a dcn
+  axis is given. ValueError when it does not divide the pod's chips."""
+  if text is None:
+    sizes = {k: int(v) for k, v in cfg.mesh.items()}
+  else:
+    sizes = dict.fromkeys(sharding.MESH_AXES, 1)
+    for item in filter(None, text.split(",")):
+      name, _, value = item.partition("=")
+      name = name.strip()
+      if name.removeprefix("dcn_") not in sharding.MESH_AXES or not re.fullmatch(r"-?[1-9]\d*", value.strip()):
+        raise ValueError(f"--mesh takes axis=size pairs over {', '.join(sharding.MESH_AXES)} (and dcn_<axis>), "
+                         f"got {item!r}")
+      sizes[name] = int(value)
+  dcn = math.prod(v for k, v in sizes.items() if k.startswith("dcn_"))
+  if pod.num_slices > 1 and dcn == 1:
+    sizes["dcn_data"] = dcn = pod.num_slices
+  if dcn != pod.num_slices:
+    raise ValueError(f"the mesh's dcn axes make {dcn} slices; --num-slices is {pod.num_slices}")
+  ici = [sizes.get(a, 1) for a in sharding.MESH_AXES]
+  sharding.mesh.fill_sizes(ici, pod.chips_per_slice, f"mesh on {pod.name} ({pod.chips_per_slice} chips a slice)")
+  return sizes
+
+
+def _pod_main(cfg, opts) -> int:
+  try:
+    target = topology.parse(opts["topology"].value, opts["num_slices"].value)
+    mesh = pod_mesh(cfg, opts["mesh"].value, target)
+    rows = math.prod(v for k, v in sizes_of(mesh, target).items() if k in ("data", "fsdp"))
+    if cfg.train.batch_size % rows:
+      raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over data × fsdp = {rows} chips")
+    plan, executable = pod.measure(cfg, target, mesh, keep_executable=bool(opts["save_executable"].value))
+  except (ValueError, RuntimeError) as e:
+    return _error(str(e).strip().splitlines()[-1])
+  if executable is not None:
+    with open(opts["save_executable"].value, "wb") as f:
+      pickle.dump(serialize_executable.serialize(executable), f)
+  if opts["json"].value:
+    print(json.dumps(dataclasses.asdict(plan)))
+  else:
+    print(pod.report(plan))
+  return 0
+
+
+def sizes_of(mesh: dict[str, int], target: topology.Topology) -> dict[str, int]:
+  """Each axis's total size over the pod (a -1 filled in, dcn_<axis> multiplied in)."""
+  ici = sharding.mesh.fill_sizes([mesh.get(a, 1) for a in sharding.MESH_AXES], target.chips_per_slice, "mesh")
+  return {a: n * mesh.get(f"dcn_{a}", 1) for a, n in zip(sharding.MESH_AXES, ici)}
+
+
 def main(argv: list[str]) -> int:
   argv = ["jaxspeech plan", *argv]
   fv, config, opts = _flags(argv)
   try:
     fv(argv)
     cfg = config.value
-    if cfg is None or opts["mesh"].value is None:
-      raise ValueError("give --config=FILE.py:VARIANT and --mesh axis=size,...")
+    if cfg is None:
+      raise ValueError("give --config=FILE.py:VARIANT")
+  except Exception as e:  # pylint: disable=broad-except  (absl and config-file errors, as one line)
+    return _error(str(e).strip().splitlines()[-1])
+  if opts["topology"].value is not None:
+    return _pod_main(cfg, opts)
+  try:
+    if opts["mesh"].value is None:
+      raise ValueError("give --mesh axis=size,... (or --topology for a TPU pod)")
     mesh = parse_mesh(opts["mesh"].value)
     rows = mesh["data"] * mesh["fsdp"]
     if cfg.train.batch_size % rows:
       raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over data × fsdp = {rows} devices")
-  except Exception as e:  # pylint: disable=broad-except  (absl and config-file errors, as one line)
-    print(f"jaxspeech plan: error: {str(e).strip().splitlines()[-1]}", file=sys.stderr)
-    return 2
+  except ValueError as e:
+    return _error(str(e).strip().splitlines()[-1])
   n = math.prod(mesh.values())
   if opts["native"].value and n > jax.device_count():
-    print(f"jaxspeech plan: error: --native: the mesh needs {n} devices, this host has {jax.device_count()}",
-          file=sys.stderr)
-    return 2
+    return _error(f"--native: the mesh needs {n} devices, this host has {jax.device_count()}")
   if not opts["native"].value and os.environ.get(CHILD_ENV) != str(n):
     return _in_child(argv[1:], n)
   try:
     plan = measure(cfg, mesh)
   except FileNotFoundError as e:
-    print(f"jaxspeech plan: error: {e} (the planner reads one batch of the config's dataset for its shapes; "
-          "point --config.data.path at it)", file=sys.stderr)
-    return 2
+    return _error(f"{e} (the planner reads one batch of the config's dataset for its shapes; point "
+                  "--config.data.path at it)")
   if opts["json"].value:
     print(json.dumps(dataclasses.asdict(plan)))
   else:

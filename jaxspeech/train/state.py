@@ -4,11 +4,13 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspeech import sharding
+from jaxspeech.data import pipeline
 from jaxspeech.train.family import Family
 
 
@@ -68,3 +70,19 @@ def abstract_state(family: Family, cfg: ml_collections.ConfigDict, tx: optax.Gra
   shardings = state_shardings(abstract, mesh)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
   return target, shardings
+
+
+def batch_shapes(family: Family, cfg: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
+  """The family's `batch_shapes`, or the shapes of one batch of the config's dataset."""
+  if family.batch_shapes is not None:
+    return family.batch_shapes(cfg)
+  iterator = pipeline.make_iterator(family.make_data(cfg, cfg.data.train_split, train=True, shard_index=0,
+                                                     shard_count=1))
+  batch = next(iterator)
+  iterator.close()
+  return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
+
+
+def param_count(params) -> int:
+  """Parameters in an (abstract) params tree."""
+  return sum(x.size for x in jax.tree.leaves(params) if hasattr(x, "shape"))

@@ -44,7 +44,10 @@ def _check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
     with open(path) as f:
       saved = json.load(f)
     for key in ("family", "model"):
-      if saved.get(key) != json.loads(cfg[key].to_json() if key == "model" else json.dumps(cfg[key])):
+      now = json.loads(cfg[key].to_json() if key == "model" else json.dumps(cfg[key]))
+      if key == "model" and isinstance(saved.get(key), dict):  # fields added since the run started are new knobs
+        now = {k: v for k, v in now.items() if k in saved[key]}
+      if saved.get(key) != now:
         raise TrainingError(
             f"workdir {workdir} holds a run with a different {key} ({key}={saved.get(key)!r}); "
             f"this config has {key}={cfg[key]!r}. Use a new --workdir.")

@@ -1,0 +1,104 @@
+"""Every preset of configs/presets.py compiled by the TPU compiler for TPU slices, on a CPU host (no TPU).
+
+  python benchmarks/tpu_aot.py --write                        # presets × v5p-8, v5p-64, v5e-16 (+ v6e-16 memory)
+  python benchmarks/tpu_aot.py --presets llasa_1b_v5p64 --topologies v5p-8
+
+Each preset is laid onto each topology the way it would be launched there: its mesh's parallelism over that
+topology's chips (FSDP presets over every chip, data-parallel presets likewise), the same rows (or mel frames)
+per chip per microbatch, and the recipe's global batch kept with gradient accumulation (`scale`). A preset whose
+microbatch would exceed its global batch on a large topology takes fewer rows per chip. The figures are
+`jaxspeech plan --topology`'s (jaxspeech/train/pod.py): memory from the compile as it runs, FLOPs and time from
+the loop-free compile; times and MFU are the TPU compiler's estimate (its cost model), not measurements.
+"""
+
+import argparse
+import datetime
+import importlib.util
+import os
+import sys
+import time
+
+import common
+from jaxspeech.train import pod, topology
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOPOLOGIES = ("v5p-8", "v5p-64", "v5e-16", "v6e-16")
+SECTION = "TPU ahead-of-time compile of the presets (compiler estimates, issue #15)"
+
+
+def presets():
+  spec = importlib.util.spec_from_file_location("configs_presets", os.path.join(ROOT, "configs", "presets.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def scale(module, name: str, chips: int):
+  """The preset laid onto `chips` chips: its parallel axis over all of them, the same work per chip per
+  microbatch, the global batch kept by accumulation."""
+  cfg = module.get_config(name)
+  axis = "fsdp" if cfg.mesh.fsdp != 1 else "data"
+  cfg.mesh.update(data=1, fsdp=1, tensor=1, sequence=1)
+  cfg.mesh[axis] = chips
+  per_chip = module.per_chip(name)
+  if "frame_budget" in cfg.data:
+    total = per_chip * cfg.optim.accum_steps * module.chips(module.mesh_of(name))
+    cfg.optim.accum_steps = max(1, total // (per_chip * chips))
+    cfg.data.frame_budget = per_chip * chips * cfg.optim.accum_steps
+  else:
+    rows = max(1, min(per_chip, cfg.train.batch_size // chips))
+    cfg.optim.accum_steps = max(1, cfg.train.batch_size // (rows * chips))
+    cfg.train.batch_size = rows * chips * cfg.optim.accum_steps
+  return cfg
+
+
+def row(name: str, target: topology.Topology, plan: pod.PodPlan, cfg, wall: float) -> str:
+  step = plan.train
+  fits = "yes" if not step.over else f"no, by {step.over / 2**30:.1f} GiB"
+  ms = "n/a" if step.seconds is None else f"{step.seconds * 1e3:,.1f}"
+  mfu = plan.mfu(step)
+  rate = "n/a" if step.seconds is None else f"{plan.units_per_step / plan.chips / step.seconds:,.0f} {plan.unit}"
+  collectives = "/".join(f"{step.collectives[k] / 2**30:.2f}" for k in ("all-gather", "reduce-scatter", "all-reduce"))
+  return (f"| {name} | {target.name} | {cfg.optim.accum_steps} | {fits} | {step.state / 2**30:.2f} | "
+          f"{step.temp / 2**30:.2f} | {step.peak / 2**30:.2f} | {ms} | {rate} | "
+          f"{'n/a' if mfu is None else f'{mfu:.1%}'} | {step.flops / (plan.train_flops / plan.chips):.2f} | "
+          f"{collectives} | {wall:.0f} |")
+
+
+def main() -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  module = presets()
+  parser.add_argument("--presets", default=",".join(module.VARIANTS), help="comma-separated preset names")
+  parser.add_argument("--topologies", default=",".join(TOPOLOGIES), help="comma-separated TPU topologies")
+  parser.add_argument("--write", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
+  args = parser.parse_args()
+  rows = []
+  for name in args.presets.split(","):
+    for spelled in args.topologies.split(","):
+      target = topology.parse(spelled)
+      cfg = scale(module, name, target.chips)
+      start = time.time()
+      plan, _ = pod.measure(cfg, target, dict(cfg.mesh))
+      rows.append(row(name, target, plan, cfg, time.time() - start))
+      print(rows[-1], flush=True)
+  if args.write:
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    text = "\n".join([
+        f"## {SECTION}", "",
+        f"`python benchmarks/tpu_aot.py --presets {args.presets} --topologies {args.topologies} --write`, "
+        f"{date}, compiled on {common.machine()} by libtpu's TPU compiler for virtual devices; "
+        f"{common.versions(('jax', 'jaxlib', 'libtpu', 'flax'))}.", "",
+        "Per chip. **Step time, throughput and MFU are the TPU compiler's cost-model estimates, not measurements**; "
+        "FLOPs and time come from a loop-free compile (layers unrolled, one microbatch, no windowed einsums), "
+        "times accumulation; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
+        "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
+        "`compiler/analytic` < 1 where they run. v6e step times come out negative with this libtpu: memory only.",
+        "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
+        "est. MFU | compiler/analytic FLOPs | AG/RS/AR GiB | compile s |",
+        "| --- " * 13 + "|", *rows])
+    common.write_section(SECTION, text)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

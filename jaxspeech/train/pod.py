@@ -1,0 +1,157 @@
+"""`jaxspeech plan --topology`: the trainer's programs compiled by the TPU compiler for a pod, on any host.
+
+  jaxspeech plan --config=configs/presets.py:llasa_1b_v5p64 --topology v5p-128 [--num-slices 2] [--json]
+
+Each program is compiled twice for virtual devices of the topology (`topology.devices`):
+- as it runs (layers scanned, gradient accumulation, windowed einsums): its per-chip memory and whether it fits;
+- without loops (layers unrolled, one microbatch, no windowed einsums: `cost_config`): the cost model's FLOPs,
+  step time and collective bytes, since it counts a loop body once. The step is then accumulation × one
+  microbatch's (the optimizer update counted that many times: a small overcount).
+Estimated MFU is the family's analytic `train_flops` (causal attention counted as the full square, the
+convention of `family.train_flops`) over chips × bf16 peak × the estimated step time. Every time and MFU here
+is the compiler's estimate, a model of the chip, not a measurement.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from jaxspeech import sharding
+from jaxspeech.train import aot, state as state_lib, topology as topology_lib, trainer
+
+GIB = 2.0**30
+
+
+@dataclasses.dataclass
+class Program:
+  """Per-chip figures of one program: memory from the real compile, cost from the loop-free one."""
+  name: str
+  state: int              # bytes of arguments (train state and batch)
+  temp: int
+  peak: int
+  over: int               # > 0: does not fit by this many bytes
+  flops: float            # compiler FLOPs per chip per step (all microbatches)
+  seconds: float | None   # estimated step time; None where the cost model gives none (v6e)
+  collectives: dict[str, int]
+  loops: int              # loops left in the cost compile (their bodies counted once)
+
+
+@dataclasses.dataclass
+class PodPlan:
+  family: str
+  topology: str
+  chips: int
+  hbm_gib: float
+  peak_flops: float
+  mesh: dict[str, int]
+  params: int
+  train_flops: float      # analytic, per global batch
+  unit: str               # what `units_per_step` counts (tokens, frames, samples)
+  units_per_step: float
+  programs: list[Program]
+
+  @property
+  def train(self) -> Program:
+    return self.programs[0]
+
+  def mfu(self, program: Program) -> float | None:
+    if program.seconds is None or program is not self.train:
+      return None
+    return self.train_flops / (self.chips * self.peak_flops * program.seconds)
+
+
+def cost_config(cfg):
+  """`cfg` without the loops the cost model undercounts: layers unrolled, one microbatch of the global batch,
+  the head's cross-entropy in one piece."""
+  cfg = cfg.copy_and_resolve_references()
+  if "scan_layers" in cfg.model:
+    cfg.model.scan_layers = False
+  accum = int(cfg.optim.accum_steps)
+  cfg.train.batch_size //= accum
+  cfg.optim.accum_steps = 1
+  if "frame_budget" in cfg.data:
+    cfg.data.frame_budget //= accum
+  if "llasa" in cfg and cfg.llasa.get("loss_chunk"):
+    cfg.llasa.loss_chunk = 0
+  return cfg
+
+
+def full_batch(shapes: dict) -> dict[str, np.ndarray]:
+  """A host batch of these shapes with every row whole (valid, lengths at the padded size, one segment), for
+  the family's `units`."""
+  out = {}
+  for name, spec in shapes.items():
+    base = name.removesuffix("_lengths")
+    fill = shapes[base].shape[1] if base != name and base in shapes else 1
+    out[name] = np.full(spec.shape, fill, spec.dtype)
+  return out
+
+
+def _abstract_batch(run, cfg):
+  shapes = state_lib.batch_shapes(run.family, cfg)
+  return shapes, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_shardings[k])
+                  for k, v in shapes.items() if k in run.batch_shardings}
+
+
+def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_executable: bool = False
+            ) -> tuple[PodPlan, object]:
+  """(the plan, the compiled train step as it runs, or None) for `cfg` on `mesh` over the pod's chips."""
+  devices = topology_lib.devices(topology)
+  cfg = cfg.copy_and_resolve_references()
+  cfg.mesh.update(mesh)
+  cfg.train.compilation_cache = ""  # compile-only TPU executables cannot be read back from it
+  run = trainer.Trainer(cfg, workdir="", devices=devices)
+  shapes, batch = _abstract_batch(run, cfg)
+  with sharding.use_rules(run.mesh, run.rules):
+    real = aot.compile_for(run.train_step, (run.target, batch))
+  accum = int(cfg.optim.accum_steps)
+  cheap = cost_config(cfg)
+  if real.fits and real.loops == 0 and cheap == cfg:
+    cost = real  # no loop (windowed einsums are loops too): nothing the cost model undercounts
+  else:
+    cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
+    _, cost_batch = _abstract_batch(cost_run, cheap)
+    with sharding.use_rules(cost_run.mesh, cost_run.rules):
+      cost = aot.compile_for(cost_run.train_step, (cost_run.target, cost_batch), cost=True)
+  train = Program(name="train step", state=real.argument, temp=real.temp, peak=real.peak, over=real.over_bytes,
+                  flops=accum * cost.flops, seconds=None if cost.seconds is None else accum * cost.seconds,
+                  collectives={k: accum * v for k, v in cost.collectives.items()}, loops=cost.loops)
+  units = run.family.units(full_batch(shapes))
+  unit = list(units)[-1]
+  pod = PodPlan(family=cfg.family, topology=topology.name, chips=topology.chips, hbm_gib=topology.hbm_gib,
+                peak_flops=topology.peak_flops, mesh={k: int(v) for k, v in run.mesh.shape.items()},
+                params=state_lib.param_count(run.target.params), train_flops=run.flops_per_step, unit=unit,
+                units_per_step=units[unit], programs=[train])
+  return pod, real.executable if keep_executable else None
+
+
+def _gib(n: float) -> str:
+  return f"{n / GIB:.2f}"
+
+
+def report(pod: PodPlan) -> str:
+  mesh = " ".join(f"{k}={v}" for k, v in pod.mesh.items())
+  lines = [f"{pod.family} on {pod.topology} ({pod.chips} chips, {pod.hbm_gib:g} GiB HBM and "
+           f"{pod.peak_flops / 1e12:.0f} TFLOP/s bf16 each), mesh {mesh}; {pod.params:,} parameters",
+           "per chip; times and MFU are the TPU compiler's estimates (its cost model), not measurements",
+           "| program | fits? | state GiB | temp GiB | peak GiB | compiler TFLOP | analytic TFLOP | est. step ms | "
+           f"est. {pod.unit}/s | est. MFU | all-gather GiB | reduce-scatter GiB | all-reduce GiB |",
+           "| --- " * 13 + "|"]
+  for p in pod.programs:
+    fits = "yes" if not p.over else f"NO: by {_gib(p.over)} GiB"
+    analytic = f"{pod.train_flops / pod.chips / 1e12:.3g}" if p is pod.train else "-"
+    ms = "n/a" if p.seconds is None else f"{p.seconds * 1e3:.4g}"
+    rate = "n/a" if p.seconds is None or p is not pod.train else f"{pod.units_per_step / pod.chips / p.seconds:,.0f}"
+    mfu = pod.mfu(p)
+    lines.append(f"| {p.name} | {fits} | {_gib(p.state)} | {_gib(p.temp)} | {_gib(p.peak)} | {p.flops / 1e12:.3g} | "
+                 f"{analytic} | {ms} | {rate} | {'n/a' if mfu is None else f'{mfu:.1%}'} | "
+                 f"{_gib(p.collectives['all-gather'])} | {_gib(p.collectives['reduce-scatter'])} | "
+                 f"{_gib(p.collectives['all-reduce'])} |")
+  if any(p.seconds is None for p in pod.programs):
+    lines.append("n/a: this libtpu's cost model gives no (a negative) step time here (v6e: memory and FLOPs only)")
+  if any(p.loops for p in pod.programs):
+    lines.append("note: loops remain in the cost compile; the cost model counts their bodies once, so FLOPs and "
+                 "time are low")
+  return "\n".join(lines)
+

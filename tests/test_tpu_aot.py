@@ -1,0 +1,123 @@
+"""`jaxspeech plan --topology`: every family's train step compiled by the real TPU compiler (libtpu, no TPU).
+
+Each family's tiny config, cut to test shapes, is compiled for a v5e:2x2 slice and for two v5p:2x2x1 slices
+joined over a dcn axis. The compile must fit, and the compiler's FLOPs must agree with the family's analytic
+`train_flops`: the compiler counts every op (norms, softmax, the optimizer) but prices Pallas kernels (splash
+attention) by bytes alone, so the ratio compiler / analytic is allowed [0.75, 1.5] at these tiny shapes.
+"""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxspeech.train import aot, plan as plan_lib, pod, topology
+from tests.ast_config import ROOT, load_config
+
+pytestmark = pytest.mark.slow
+
+FLOPS_RATIO = (0.75, 1.5)
+
+
+def _config(family: str):
+  if family == "ast":
+    cfg = load_config("ast", "tiny")
+    cfg.model.update(hidden=64, layers=2, heads=2, mlp=128, max_frames=128)
+  elif family == "llasa":
+    cfg = load_config("llasa", "tiny")
+    cfg.llasa.update(num_speech_tokens=1024, seq_len=256)
+    cfg.model.update(vocab_size=256 + 8 + 1024, layers=2)
+  elif family == "dit":
+    cfg = load_config("dit", "tiny")
+    cfg.model.update(depth=2, conv_layers=1)
+    cfg.data.update(bucket_seconds=(2, 4), frame_budget=8 * 375)  # 8 rows of the longest (4 s) bucket
+  else:
+    cfg = load_config("codec", "tiny")
+    cfg.update_from_flattened_dict({"gan.periods": (2, 3), "gan.windows": (512, 256), "model.decoder.depth": 1})
+  cfg.train.batch_size = 8
+  return cfg
+
+
+@pytest.mark.parametrize("family", ["ast", "llasa", "dit", "codec"])
+@pytest.mark.parametrize("name,slices,mesh", [("v5e:2x2", 1, "fsdp=4"), ("v5p:2x2x1", 2, "fsdp=4,dcn_data=2")])
+def test_every_family_compiles_for_tpu_and_fits(family, name, slices, mesh):
+  cfg = _config(family)
+  target = topology.parse(name, slices)
+  plan, _ = pod.measure(cfg, target, plan_lib.pod_mesh(cfg, mesh, target))
+  step = plan.train
+  assert step.over == 0 and 0 < step.peak < 0.9 * target.hbm_gib * 2**30
+  ratio = step.flops / (plan.train_flops / target.chips)
+  assert FLOPS_RATIO[0] <= ratio <= FLOPS_RATIO[1], f"compiler / analytic FLOPs = {ratio:.2f}"
+  assert step.seconds and step.seconds > 0 and step.loops == 0
+  if slices > 1:  # data parallel across the slices: the gradients are summed over the dcn axis
+    assert step.collectives["all-reduce"] > 0
+  assert "train step | yes" in pod.report(plan)
+
+
+def test_topology_names():
+  assert topology.parse("v5p-128") == topology.Topology("v5p", (4, 4, 4))
+  assert topology.parse("v5p:4x4x8").chips == 128
+  assert topology.parse("v5litepod-16") == topology.parse("v5e:4x4") == topology.parse("v5e-16")
+  assert topology.parse("v6e-16", 2).chips == 32
+  assert topology.parse("v4-8").shape == (2, 2, 1)
+  for bad, says in [("v7-8", "unknown TPU chip"), ("v5p-6", "TensorCores"), ("v5p:2x2", "3 dimensions"),
+                    ("v5e-512", "at most 256"), ("tpu", "unknown topology")]:
+    with pytest.raises(ValueError, match=says):
+      topology.parse(bad)
+
+
+def test_virtual_devices_carry_their_slice():
+  devices = topology.devices(topology.parse("v5p-8", 2))
+  assert len(devices) == 8 and {d.platform for d in devices} == {"tpu"}
+  assert sorted({d.slice_index for d in devices}) == [0, 1]
+
+
+def test_out_of_memory_is_reported_by_how_much():
+  devices = topology.devices(topology.parse("v5e:1x1"))
+  sharding = jax.sharding.SingleDeviceSharding(devices[0])
+  big = jax.ShapeDtypeStruct((6, 2**30), jnp.float32, sharding=sharding)  # 24 GiB on a 16 GiB chip
+  compiled = aot.compile_for(jax.jit(lambda x: x * 2), (big,))
+  assert not compiled.fits and 8 * 2**30 < compiled.over_bytes < 64 * 2**30
+
+
+def test_collective_bytes_read_from_hlo():
+  hlo = """
+  %ag = bf16[8,1024]{1,0} all-gather(bf16[2,1024]{1,0} %p), dimensions={0}
+  %ars = (f32[4]{0}, f32[4]{0}) all-reduce-start(f32[4]{0} %a, f32[4]{0} %b), to_apply=%add
+  %rs = f32[256]{0} reduce-scatter(f32[1024]{0} %g), dimensions={0}
+  %ard = (f32[4]{0}, f32[4]{0}) all-reduce-done((f32[4]{0}, f32[4]{0}) %ars)
+  """
+  assert aot.collective_bytes(hlo) == {"all-gather": 8 * 1024 * 2, "reduce-scatter": 1024, "all-reduce": 16,
+                                       "all-to-all": 0, "collective-permute": 0}
+
+
+def _plan_cli(*args, prelude=""):
+  code = f"import sys\n{prelude}\nfrom jaxspeech.train import plan\nsys.exit(plan.main(sys.argv[1:]))"
+  return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
+                        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, check=False, timeout=600)
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--topology", "v9-8"], "unknown TPU chip 'v9'"),
+    (["--topology", "v5e:2x2", "--mesh", "fsdp=3"], "do not divide 4 devices"),
+    (["--topology", "v5e:2x2", "--mesh", "fsdp=4", "--num-slices", "2", "--mesh", "fsdp=4,dcn_data=4"],
+     "make 4 slices; --num-slices is 2"),
+])
+def test_bad_input_is_one_line(args, says):
+  out = _plan_cli("--config=configs/ast.py:tiny", *args)
+  assert out.returncode == 2 and says in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_missing_libtpu_names_the_extra():
+  out = _plan_cli("--config=configs/ast.py:tiny", "--topology", "v5e:2x2", prelude="sys.modules['libtpu'] = None")
+  assert out.returncode == 2 and "pip install" in out.stderr and "[tpu]" in out.stderr, out.stderr
+
+
+def test_a_step_that_does_not_fit_says_by_how_much():
+  """Llasa tiny with 256 rows of 512 tokens: its float32 logits alone are 8 GiB a chip of a v5e:2x2."""
+  out = _plan_cli("--config=configs/llasa.py:tiny", "--topology", "v5e:2x2", "--mesh", "fsdp=4",
+                  "--config.train.batch_size=256", "--config.model.layers=1")
+  assert out.returncode == 0, out.stderr
+  assert "| train step | NO: by " in out.stdout, out.stdout
