@@ -52,17 +52,34 @@ def scale(module, name: str, chips: int):
   return cfg
 
 
-def row(name: str, target: topology.Topology, plan: pod.PodPlan, cfg, wall: float) -> str:
-  step = plan.train
+def row(name: str, target: topology.Topology, plan: pod.PodPlan, step: pod.Program, cfg, wall: float) -> str:
+  train = step is plan.train
   fits = "yes" if not step.over else f"no, by {step.over / 2**30:.1f} GiB"
   ms = "n/a" if step.seconds is None else f"{step.seconds * 1e3:,.1f}"
   mfu = plan.mfu(step)
-  rate = "n/a" if step.seconds is None else f"{plan.units_per_step / plan.chips / step.seconds:,.0f} {plan.unit}"
+  rate = ("n/a" if step.seconds is None or not train
+          else f"{plan.units_per_step / plan.chips / step.seconds:,.0f} {plan.unit}")
+  ratio = f"{step.flops / (plan.train_flops / plan.chips):.2f}" if train else "-"
   collectives = "/".join(f"{step.collectives[k] / 2**30:.2f}" for k in ("all-gather", "reduce-scatter", "all-reduce"))
-  return (f"| {name} | {target.name} | {cfg.optim.accum_steps} | {fits} | {step.state / 2**30:.2f} | "
+  label = name if train else f"{name}: {step.name}"
+  return (f"| {label} | {target.name} | {cfg.optim.accum_steps if train else '-'} | {fits} | {step.state / 2**30:.2f} | "
           f"{step.temp / 2**30:.2f} | {step.peak / 2**30:.2f} | {ms} | {rate} | "
-          f"{'n/a' if mfu is None else f'{mfu:.1%}'} | {step.flops / (plan.train_flops / plan.chips):.2f} | "
-          f"{collectives} | {wall:.0f} |")
+          f"{'n/a' if mfu is None else f'{mfu:.1%}'} | {ratio} | {collectives} | {wall:.0f} |")
+
+
+def merged(rows: list[str], date: str) -> list[str]:
+  """This run's rows (dated) in place of the section's rows for the same preset and topology; the rest kept."""
+  body = open(common.RESULTS).read() if os.path.exists(common.RESULTS) else ""
+  start = body.find(f"## {SECTION}\n")
+  old = []
+  if start >= 0:
+    end = body.find("\n## ", start + 1)
+    old = [line for line in body[start:end if end >= 0 else None].splitlines()
+           if line.startswith("| ") and not line.startswith(("| preset", "| ---"))]
+  key = lambda line: tuple(cell.strip() for cell in line.split("|")[1:3])  # noqa: E731
+  new = {key(r): f"{r} {date} |" for r in rows}
+  kept = [line for line in old if key(line) not in new]
+  return kept + list(new.values())
 
 
 def main() -> int:
@@ -79,23 +96,25 @@ def main() -> int:
       cfg = scale(module, name, target.chips)
       start = time.time()
       plan, _ = pod.measure(cfg, target, dict(cfg.mesh))
-      rows.append(row(name, target, plan, cfg, time.time() - start))
-      print(rows[-1], flush=True)
+      for step in plan.programs:
+        rows.append(row(name, target, plan, step, cfg, time.time() - start))
+        print(rows[-1], flush=True)
   if args.write:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    rows = merged(rows, date)
     text = "\n".join([
         f"## {SECTION}", "",
-        f"`python benchmarks/tpu_aot.py --presets {args.presets} --topologies {args.topologies} --write`, "
-        f"{date}, compiled on {common.machine()} by libtpu's TPU compiler for virtual devices; "
-        f"{common.versions(('jax', 'jaxlib', 'libtpu', 'flax'))}.", "",
+        "`python benchmarks/tpu_aot.py --presets P,... --topologies T,... --write` (each run replaces its own rows "
+        f"and keeps the others; each row has its date), compiled on {common.machine()} by libtpu's TPU compiler "
+        f"for virtual devices; {common.versions(('jax', 'jaxlib', 'libtpu', 'flax'))}.", "",
         "Per chip. **Step time, throughput and MFU are the TPU compiler's cost-model estimates, not measurements**; "
         "FLOPs and time come from a loop-free compile (layers unrolled, one microbatch, no windowed einsums), "
         "times accumulation; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
         "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
         "`compiler/analytic` < 1 where they run. v6e step times come out negative with this libtpu: memory only.",
         "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
-        "est. MFU | compiler/analytic FLOPs | AG/RS/AR GiB | compile s |",
-        "| --- " * 13 + "|", *rows])
+        "est. MFU | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
+        "| --- " * 14 + "|", *rows])
     common.write_section(SECTION, text)
   return 0
 

@@ -72,7 +72,8 @@ DIT = {
     "dit_base_v5p64": (dict(data=64), 9_600, 4),
     "dit_base_h100x8": (dict(data=8), 9_600, 4),
 }
-# name: (mesh, crops per chip per microbatch, accumulation steps); the recipe's 64 one-second crops per update
+# name: (mesh, crops per chip per microbatch, accumulation steps); X-codec2's 64 one-second crops per update,
+# acoustic-only (configs/codec.py:base without its semantic branch)
 CODEC = {
     "codec_base_v5p64": (dict(data=64), 1, 1),
 }
@@ -108,6 +109,7 @@ def get_config(variant: str):
     if rows * accum * chips(mesh) != LLASA_ROWS:
       raise AssertionError(f"{variant}: {rows} rows × {accum} × {chips(mesh)} chips is not {LLASA_ROWS}")
     cfg.model.update(scan_layers=True, remat=remat)
+    cfg.llasa.loss_chunk = 256  # no (rows, 2048, 193,800) logits at once: 12.5 GiB temp on v5p, not 23 (RESULTS.md)
     cfg.train.batch_size = LLASA_ROWS
     cfg.optim.accum_steps = accum
     return cfg
@@ -121,6 +123,7 @@ def get_config(variant: str):
   if variant in CODEC:
     mesh, crops, accum = CODEC[variant]
     cfg = _family_config("codec").get_config("base")
+    cfg.model.semantic.enabled = False  # acoustic-only: the semantic branch needs its w2v-BERT teacher's weights
     _mesh(cfg, mesh)
     if crops * accum * chips(mesh) != cfg.train.batch_size:
       raise AssertionError(f"{variant}: {crops} crops × {accum} × {chips(mesh)} chips is not {cfg.train.batch_size}")

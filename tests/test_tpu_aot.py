@@ -45,7 +45,7 @@ def _config(family: str):
 def test_every_family_compiles_for_tpu_and_fits(family, name, slices, mesh):
   cfg = _config(family)
   target = topology.parse(name, slices)
-  plan, _ = pod.measure(cfg, target, plan_lib.pod_mesh(cfg, mesh, target))
+  plan, _ = pod.measure(cfg, target, plan_lib.pod_mesh(cfg, mesh, target), inference=slices == 1)
   step = plan.train
   assert step.over == 0 and 0 < step.peak < 0.9 * target.hbm_gib * 2**30
   ratio = step.flops / (plan.train_flops / target.chips)
@@ -54,6 +54,10 @@ def test_every_family_compiles_for_tpu_and_fits(family, name, slices, mesh):
   if slices > 1:  # data parallel across the slices: the gradients are summed over the dcn axis
     assert step.collectives["all-reduce"] > 0
   assert "train step | yes" in pod.report(plan)
+  expected = {"llasa": ["prefill", "decode step"], "dit": ["sampler step"]}.get(family, []) if slices == 1 else []
+  assert [p.name for p in plan.programs[1:]] == expected
+  for program in plan.programs[1:]:
+    assert program.over == 0 and program.flops > 0 and program.seconds > 0
 
 
 def test_topology_names():

@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspeech import sharding
 from jaxspeech.audio import features
 from jaxspeech.data import batching, pipeline, tfds_io
-from jaxspeech.dit import vocab
+from jaxspeech.dit import sample, vocab
 from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.dit.objective import Objective, flow_matching_loss
 from jaxspeech.train.family import Family
@@ -71,11 +72,14 @@ class AddText:
     return {**example, "text": vocab.encode(record["text"].decode(), self.tokens)}
 
 
-def frame_budget(cfg, shard_count: int) -> batching.FrameBudget:
+def frame_budget(cfg, shard_count: int, row_multiple: int | None = None) -> batching.FrameBudget:
+  """Batches of about `data.frame_budget` frames (over `shard_count` hosts), rows a multiple of `row_multiple`
+  (default: this host's devices)."""
   buckets = batching.Buckets(tuple(int(s * SAMPLE_RATE) // HOP * HOP for s in cfg.data.bucket_seconds))
   return batching.FrameBudget(
       cfg.data.frame_budget // shard_count, "audio", buckets, hop=HOP,
-      pad_extra={"text": batching.Buckets((cfg.data.max_text,))}, row_multiple=jax.local_device_count())
+      pad_extra={"text": batching.Buckets((cfg.data.max_text,))},
+      row_multiple=row_multiple or jax.local_device_count())
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
@@ -97,8 +101,9 @@ def batch_axes(cfg):
 
 
 def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """The batch of the longest bucket (the most frames per row: the most activation memory)."""
-  budget = frame_budget(cfg, 1)
+  """The batch of the longest bucket (the most frames per row: the most activation memory); under sharding rules
+  (the planner's), rows a multiple of the batch shards."""
+  budget = frame_budget(cfg, 1, max(sharding.shards("activation_batch"), jax.local_device_count()))
   samples, text = budget.buckets.lengths[-1], cfg.data.max_text
   rows, spec = budget.rows(samples), jax.ShapeDtypeStruct
   return {"audio": spec((rows, samples), jnp.float32), "audio_mask": spec((rows, samples), jnp.bool_),
@@ -118,6 +123,23 @@ def train_flops(cfg) -> float:
   return 3.0 * per_frame * cfg.data.frame_budget
 
 
+def inference(cfg) -> dict[str, tuple]:
+  """One sampler step (the guided flow, conditioned and unconditioned rows together) over a microbatch of the
+  longest bucket, as `jaxspeech synthesize` runs it at every ODE step (F5's CFG strength 2)."""
+  shapes, spec = batch_shapes(cfg), jax.ShapeDtypeStruct
+  rows, frames = shapes["audio"].shape[0], shapes["audio"].shape[1] // HOP
+  mel, rows_axes = spec((rows, frames, cfg.model.mel_dim), jnp.float32), ("activation_batch",)
+
+  def step(model, x, cond, text, t, valid):
+    return sample.guided_flow(model, x, cond, text, t, valid, cfg_strength=2.0)
+
+  inputs = {"x": mel, "cond": mel, "text": shapes["text"], "t": spec((rows,), jnp.float32),
+            "valid": spec((rows, frames), jnp.bool_)}
+  axes = {"x": rows_axes + (None, None), "cond": rows_axes + (None, None), "text": rows_axes + (None,),
+          "t": rows_axes, "valid": rows_axes + (None,)}
+  return {"sampler step": (step, inputs, axes)}
+
+
 def units(batch) -> dict[str, float]:
   valid = np.asarray(batch["valid"])
   return {"examples": float(valid.sum()), "frames": float(np.asarray(batch["audio_lengths"])[valid].sum() / HOP)}
@@ -125,4 +147,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(name="dit", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
                 batch_axes=batch_axes, train_flops=train_flops, units=units, batch_shapes=batch_shapes,
-                prepare=vocab.prepare)
+                prepare=vocab.prepare, inference=inference)

@@ -42,20 +42,25 @@ def durations(ref_frames: int, ref_text: str, gen_text: str, speed: float = 1.0)
   return ref_frames + int(ref_frames / ref_len * gen_len / speed)
 
 
+def guided_flow(model, x_BxLxM, cond_BxLxM, text_BxNt, t_B, valid_BxL, cfg_strength: float):
+  """The flow at one ODE step with classifier-free guidance: conditioned and unconditioned in one batch of 2B."""
+  b = x_BxLxM.shape[0]
+  if cfg_strength < 1e-5:
+    return model(x_BxLxM, cond_BxLxM, text_BxNt, t_B, valid_BxL)
+  drop_2B = jnp.arange(2 * b) >= b
+  both = model(*(jnp.concatenate([a, a]) for a in (x_BxLxM, cond_BxLxM, text_BxNt)), jnp.concatenate([t_B, t_B]),
+               jnp.concatenate([valid_BxL, valid_BxL]), drop_2B, drop_2B)
+  v_c, v_u = both[:b], both[b:]
+  return v_c + (v_c - v_u) * cfg_strength
+
+
 @functools.partial(jax.jit, static_argnames=("cfg_strength", "method"))
 def _solve(graphdef, state, noise_BxLxM, cond_BxLxM, text_BxNt, valid_BxL, times_S, cfg_strength, method):
   model = nnx.merge(graphdef, state)
-  b = noise_BxLxM.shape[0]
 
   def flow(t, x_BxLxM):
-    t_B = jnp.full((b,), t)
-    if cfg_strength < 1e-5:
-      return model(x_BxLxM, cond_BxLxM, text_BxNt, t_B, valid_BxL)
-    drop_2B = jnp.arange(2 * b) >= b
-    both = model(*(jnp.concatenate([a, a]) for a in (x_BxLxM, cond_BxLxM, text_BxNt)), jnp.concatenate([t_B, t_B]),
-                 jnp.concatenate([valid_BxL, valid_BxL]), drop_2B, drop_2B)
-    v_c, v_u = both[:b], both[b:]
-    return v_c + (v_c - v_u) * cfg_strength
+    return guided_flow(model, x_BxLxM, cond_BxLxM, text_BxNt, jnp.full((x_BxLxM.shape[0],), t), valid_BxL,
+                       cfg_strength)
 
   def step(x, ts):
     t0, t1 = ts

@@ -15,7 +15,7 @@ import numpy as np
 
 from jaxspeech.data import packing, pipeline, tfds_io
 from jaxspeech.llasa import convert, objective
-from jaxspeech.llasa.model import Llama, LlamaConfig
+from jaxspeech.llasa.model import Cache, Llama, LlamaConfig
 from jaxspeech.text import spm
 from jaxspeech.text.llasa_vocab import LlasaVocab
 from jaxspeech.train.family import Family
@@ -155,10 +155,30 @@ def train_flops(cfg) -> float:
   return 3.0 * per_token * tokens
 
 
+def inference(cfg) -> dict[str, tuple]:
+  """Prefill of one microbatch of prompts (a quarter row each) into a cache of `llasa.seq_len` slots, and one
+  decode step over the filled cache: the logits of each row's last position and the updated cache."""
+  m, spec = model_config(cfg), jax.ShapeDtypeStruct
+  rows, slots = cfg.train.batch_size // cfg.optim.accum_steps, cfg.llasa.seq_len
+  cache = jax.eval_shape(lambda: Cache.empty(m, rows, slots))
+  kv = (None, "activation_batch", None, "activation_heads", None)
+  cache_axes = Cache(kv, kv, ("activation_batch", None), ())
+  tokens, token_axes = ("activation_batch", None), ("ids", "positions", "segment_ids")
+
+  def run(model, ids, positions, segment_ids, cache):
+    logits_BxLxV, cache = model(ids, positions, segment_ids, cache)
+    return logits_BxLxV[:, -1], cache
+
+  def step_inputs(length):
+    return ({**{k: spec((rows, length), jnp.int32) for k in token_axes}, "cache": cache},
+            {**dict.fromkeys(token_axes, tokens), "cache": cache_axes})
+  return {"prefill": (run, *step_inputs(slots // 4)), "decode step": (run, *step_inputs(1))}
+
+
 def units(batch) -> dict[str, float]:
   return {"rows": float(np.asarray(batch["valid"]).sum()), "tokens": float((np.asarray(batch["segment_ids"]) > 0).sum())}
 
 
 FAMILY = Family(
     name="llasa", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, adapt_init=adapt_init, batch_shapes=batch_shapes)
+    train_flops=train_flops, units=units, adapt_init=adapt_init, batch_shapes=batch_shapes, inference=inference)

@@ -43,7 +43,7 @@ class Compiled:
   flops: float = 0.0
   seconds: float | None = None      # the cost model's `optimal_seconds`; None where it is negative
   bytes_accessed: float = 0.0
-  collectives: dict[str, int] = dataclasses.field(default_factory=dict)
+  collectives: dict[str, int] = dataclasses.field(default_factory=lambda: dict.fromkeys(COLLECTIVES, 0))
   loops: int = 0                    # while loops left in the program (each counted once by the cost model)
   over_bytes: int = 0               # > 0: the compile ran out of HBM by this much
   executable: object = None         # the jax Compiled (for --save-executable); None when it did not fit

@@ -41,3 +41,7 @@ class Family:
   # config -> {field: jax.ShapeDtypeStruct} of one global train batch, without reading data (`jaxspeech plan`
   # on a laptop for a pod's dataset). None: the planner reads one batch of the config's dataset.
   batch_shapes: Callable[[ml_collections.ConfigDict], dict[str, jax.ShapeDtypeStruct]] | None = None
+  # config -> {name: (fn(model, **inputs), {input: ShapeDtypeStruct tree}, {input: logical axes tree})}: the
+  # programs besides the train step that `jaxspeech plan --topology` compiles (Llasa's prefill and decode step,
+  # one DiT sampler step). None: the train step alone.
+  inference: Callable[[ml_collections.ConfigDict], dict[str, tuple]] | None = None

@@ -16,6 +16,8 @@ import dataclasses
 
 import jax
 import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
 
 from jaxspeech import sharding
 from jaxspeech.train import aot, state as state_lib, topology as topology_lib, trainer
@@ -89,14 +91,16 @@ def full_batch(shapes: dict) -> dict[str, np.ndarray]:
 
 
 def _abstract_batch(run, cfg):
-  shapes = state_lib.batch_shapes(run.family, cfg)
+  with sharding.use_rules(run.mesh, run.rules):
+    shapes = state_lib.batch_shapes(run.family, cfg)
   return shapes, {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=run.batch_shardings[k])
                   for k, v in shapes.items() if k in run.batch_shardings}
 
 
-def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_executable: bool = False
-            ) -> tuple[PodPlan, object]:
-  """(the plan, the compiled train step as it runs, or None) for `cfg` on `mesh` over the pod's chips."""
+def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_executable: bool = False,
+            inference: bool = True) -> tuple[PodPlan, object]:
+  """(the plan, the compiled train step as it runs, or None) for `cfg` on `mesh` over the pod's chips; with
+  `inference`, the family's inference programs too."""
   devices = topology_lib.devices(topology)
   cfg = cfg.copy_and_resolve_references()
   cfg.mesh.update(mesh)
@@ -108,7 +112,7 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
   accum = int(cfg.optim.accum_steps)
   cheap = cost_config(cfg)
   if real.fits and real.loops == 0 and cheap == cfg:
-    cost = real  # no loop (windowed einsums are loops too): nothing the cost model undercounts
+    cost, cost_run = real, run  # no loop (windowed einsums are loops too): nothing the cost model undercounts
   else:
     cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
     _, cost_batch = _abstract_batch(cost_run, cheap)
@@ -117,13 +121,43 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
   train = Program(name="train step", state=real.argument, temp=real.temp, peak=real.peak, over=real.over_bytes,
                   flops=accum * cost.flops, seconds=None if cost.seconds is None else accum * cost.seconds,
                   collectives={k: accum * v for k, v in cost.collectives.items()}, loops=cost.loops)
+  programs = [train]
+  if inference and run.family.inference is not None:
+    programs += inference_programs(cost_run, run.family.inference(cheap))
   units = run.family.units(full_batch(shapes))
   unit = list(units)[-1]
   pod = PodPlan(family=cfg.family, topology=topology.name, chips=topology.chips, hbm_gib=topology.hbm_gib,
                 peak_flops=topology.peak_flops, mesh={k: int(v) for k, v in run.mesh.shape.items()},
                 params=state_lib.param_count(run.target.params), train_flops=run.flops_per_step, unit=unit,
-                units_per_step=units[unit], programs=[train])
+                units_per_step=units[unit], programs=programs)
   return pod, real.executable if keep_executable else None
+
+
+def _is_axes(x) -> bool:
+  return isinstance(x, tuple) and all(a is None or isinstance(a, str) for a in x)
+
+
+def inference_programs(run, programs: dict[str, tuple]) -> list[Program]:
+  """Each of the family's inference programs compiled once, loop-free (layers unrolled as in the cost config),
+  over the train state's params as the trainer holds them; its inputs are donated, as a decode loop donates
+  its cache."""
+  out = []
+  with sharding.use_rules(run.mesh, run.rules):
+    for name, (fn, inputs, axes) in programs.items():
+      shardings = jax.tree.map(lambda a: NamedSharding(run.mesh, sharding.logical_spec(a)), axes, is_leaf=_is_axes)
+      args = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), inputs, shardings)
+      graphdef = run.graphdef
+
+      def program(params, rest, inputs, fn=fn):
+        return fn(nnx.merge(graphdef, params, rest), **inputs)
+
+      jitted = jax.jit(program, in_shardings=(run.shardings.params, run.shardings.rest, shardings),
+                       donate_argnums=2)
+      c = aot.compile_for(jitted, (run.target.params, run.target.rest, args), cost=True)
+      out.append(Program(name=name, state=c.argument, temp=c.temp, peak=c.peak, over=c.over_bytes, flops=c.flops,
+                         seconds=c.seconds, collectives=c.collectives,
+                         loops=c.loops))
+  return out
 
 
 def _gib(n: float) -> str:
