@@ -1,8 +1,8 @@
-"""Sharding presets: the Llasa LM (1B, 3B, 8B) and the F5 DiT base on typical TPU and GPU topologies.
+"""Sharding presets: the Llasa LM (1B, 3B, 8B), the F5 DiT base and the X-codec2 base on typical TPU and GPU topologies.
 
   jaxspeech train --config=configs/presets.py:llasa_8b_v5p64 --workdir=gs://BUCKET/llasa_8b \
       --config.data.path=gs://BUCKET/codes/1.0.0 --config.llasa.tokenizer=gs://BUCKET/spm.model
-  jaxspeech plan  --config=configs/presets.py:llasa_8b_v5p64 --mesh fsdp=64 --device v5p
+  jaxspeech plan  --config=configs/presets.py:llasa_8b_v5p64 --topology v5p-128      (the TPU compiler, no TPU)
 
 A preset is the family config (configs/llasa.py:<size>, configs/dit.py:base) with the mesh, the remat policy,
 scanned layers and the per-device batch set for one topology; launch it with launch/tpu_vm.py, launch/xpk.py or
@@ -16,28 +16,32 @@ Across GPU nodes (slow links) the data axis goes outside and FSDP stays on NVLin
 (`mesh.sequence`, `activation_length → sequence`) is not needed at 2,048 tokens or 30 s of mel; set it for
 longer rows. Remat: `save_dots` where memory allows (recomputes only elementwise work), `full` otherwise.
 
-Per-device memory below is the analytic estimate (fp32 params + AdamW + fp32 gradients over the fsdp shards,
-plus the remat-saved layer inputs and the fp32 logits and their gradient of one microbatch); `jaxspeech plan`
-gives XLA's count for the same config. MFU targets are what comparable MaxText runs publish
-(../shared/reference/model-specs.md: Llama2-7B at 492 TFLOP/s per H100 ≈ 50 %; 65 % on v5p; 45 % on v6e-256);
-they are targets, not measurements of these presets.
+Memory per chip is the TPU compiler's, not a formula: `jaxspeech plan --topology` (docs/scale.md) compiles the
+preset's real step for the topology on any host, and `benchmarks/tpu_aot.py` tables every preset on v5p-8,
+v5p-64, v5e-16 and v6e-16 (benchmarks/RESULTS.md); a dash is a preset not compiled there yet. GPU presets are
+planned with `jaxspeech plan --mesh ... --device h100` (CPU compiler) or measured by benchmarks/gpu.py. MFU
+targets are what comparable MaxText runs publish (../shared/reference/model-specs.md: Llama2-7B at 492 TFLOP/s
+per H100 ≈ 50 %; 65 % on v5p; 45 % on v6e-256); they are targets, not measurements of these presets. Llasa
+presets compute the cross-entropy 256 positions at a time (`llasa.loss_chunk`): on v5p the same estimated step
+time as the whole row with 12.5 GiB of temporaries instead of 23.
 
-| preset | chips | mesh | rows per chip × accumulation | remat | memory per chip (est.) | MFU target |
+| preset | chips | mesh | rows per chip × accumulation | remat | peak per chip | MFU target |
 | --- | --- | --- | --- | --- | --- | --- |
-| llasa_1b_v5p64 | v5p-64 (64 chips, 95 GiB) | fsdp 64 | 4 × 1 | save_dots | 14 GiB | 55-65 % |
-| llasa_3b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | 14 GiB | 55-65 % |
-| llasa_8b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | 16 GiB | 55-65 % |
-| llasa_1b_v5e256 | v5e-256 (16 GiB) | fsdp 256 | 1 × 1 | full | 3.2 GiB | 45-55 % |
-| llasa_3b_v5e256 | v5e-256 | fsdp 256 | 1 × 1 | full | 3.5 GiB | 45-55 % |
-| llasa_8b_v6e256 | v6e-256 (32 GiB) | fsdp 256 | 1 × 1 | full | 4.0 GiB | 40-50 % |
+| llasa_1b_v5p64 | v5p-64 (64 chips, 95 GiB) | fsdp 64 | 4 × 1 | save_dots | 16.3 GiB (TPU compiler, v5p-8, est. MFU 67 %) | 55-65 % |
+| llasa_3b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | - | 55-65 % |
+| llasa_8b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | - | 55-65 % |
+| llasa_1b_v5e256 | v5e-256 (16 GiB) | fsdp 256 | 1 × 1 | full | - | 45-55 % |
+| llasa_3b_v5e256 | v5e-256 | fsdp 256 | 1 × 1 | full | - | 45-55 % |
+| llasa_8b_v6e256 | v6e-256 (32 GiB) | fsdp 256 | 1 × 1 | full | - | 40-50 % |
 | llasa_1b_h100x8 | 8×H100 (80 GiB) | fsdp 8 | 4 × 8 | save_dots | 19 GiB (XLA, accumulation 16: 19.7 GiB) | 40-50 % |
-| llasa_3b_h100x8 | 8×H100 | fsdp 8 | 2 × 16 | full | 14 GiB | 40-50 % |
-| llasa_8b_h100x64 | 8 nodes × 8 H100 | data 8 (across nodes) × fsdp 8 | 4 × 1 | full | 30 GiB | 40-50 % |
+| llasa_3b_h100x8 | 8×H100 | fsdp 8 | 2 × 16 | full | 14 GiB (formula) | 40-50 % |
+| llasa_8b_h100x64 | 8 nodes × 8 H100 | data 8 (across nodes) × fsdp 8 | 4 × 1 | full | 30 GiB (formula) | 40-50 % |
 | dit_base_v5p64 | v5p-64 | data 64 | 9,600 mel frames × 4 | none | see below | 40-50 % |
 | dit_base_h100x8 | 8×H100 | data 8 | 9,600 mel frames × 4 | none | see below | 40-50 % |
+| codec_base_v5p64 | v5p-64 | data 64 | 1 crop (1 s) × 1, acoustic-only | none | - | 45 % |
 
-DiT base (336M params) is data-parallel: its state is 5 GiB per chip unsharded. Its attention is materialised
-(B×H×L×L scores in float32) and its blocks are not rematerialised, so a chip holds 9,600 frames at once, and 4
+DiT base (336M params) is data-parallel: its state is 5 GiB per chip unsharded. On TPU its attention runs the
+splash kernel; elsewhere it is materialised (B×H×L×L scores in float32). Its blocks are not rematerialised, so a chip holds 9,600 frames at once, and 4
 accumulation steps give F5's 38,400 frames per chip per update.
 """
 

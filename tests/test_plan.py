@@ -96,7 +96,7 @@ def test_report_projects_step_time_fits_and_flags_a_gap():
     (["--config=configs/ast.py:tiny", "--mesh", "pipeline=2"], "--mesh takes axis=size pairs"),
     (["--config=configs/ast.py:tiny", "--mesh", "fsdp=8", "--device", "h900"], "value should be one of"),
     (["--config=configs/ast.py:nope", "--mesh", "fsdp=8"], "unknown variant 'nope'"),
-    (["--config=configs/ast.py:tiny"], "give --config=FILE.py:VARIANT and --mesh"),
+    (["--config=configs/ast.py:tiny"], "give --mesh axis=size,... (or --topology for a TPU pod)"),
     (["--config=configs/ast.py:tiny", "--mesh", "data=2,fsdp=32"], "train.batch_size=32 does not split over"),
 ])
 def test_bad_input_is_one_line(capfd, argv, message):

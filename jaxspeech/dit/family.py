@@ -74,12 +74,12 @@ class AddText:
 
 def frame_budget(cfg, shard_count: int, row_multiple: int | None = None) -> batching.FrameBudget:
   """Batches of about `data.frame_budget` frames (over `shard_count` hosts), rows a multiple of `row_multiple`
-  (default: this host's devices)."""
+  (default: this host's devices) times `optim.accum_steps`, so every microbatch splits over the devices."""
   buckets = batching.Buckets(tuple(int(s * SAMPLE_RATE) // HOP * HOP for s in cfg.data.bucket_seconds))
   return batching.FrameBudget(
       cfg.data.frame_budget // shard_count, "audio", buckets, hop=HOP,
       pad_extra={"text": batching.Buckets((cfg.data.max_text,))},
-      row_multiple=row_multiple or jax.local_device_count())
+      row_multiple=(row_multiple or jax.local_device_count()) * int(cfg.optim.accum_steps))
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):

@@ -123,7 +123,8 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
                   collectives={k: accum * v for k, v in cost.collectives.items()}, loops=cost.loops)
   programs = [train]
   if inference and run.family.inference is not None:
-    programs += inference_programs(cost_run, run.family.inference(cheap))
+    with sharding.use_rules(cost_run.mesh, cost_run.rules):  # shapes that split over the mesh's rows
+      programs += inference_programs(cost_run, run.family.inference(cheap))
   units = run.family.units(full_batch(shapes))
   unit = list(units)[-1]
   pod = PodPlan(family=cfg.family, topology=topology.name, chips=topology.chips, hbm_gib=topology.hbm_gib,
