@@ -147,11 +147,13 @@ def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
 
 
 def train_flops(cfg) -> float:
-  """Forward + backward (3× forward) matmul FLOPs of one global batch, attention scores over the full row."""
+  """Forward + backward (3× forward) matmul FLOPs of one global batch. Causal attention counts half the square
+  (q·kᵀ and P·v over the seq/2 keys a query sees on average, MaxText's convention); packed rows are counted
+  as whole rows."""
   m, seq = model_config(cfg), cfg.llasa.seq_len
   tokens = cfg.train.batch_size * seq
   per_token = m.layers * (2 * m.hidden * m.head_dim * (2 * m.heads + 2 * m.kv_heads) + 2 * 3 * m.hidden * m.mlp
-                          + 2 * 2 * seq * m.heads * m.head_dim) + 2 * m.hidden * m.vocab_size
+                          + 2 * 2 * (seq / 2) * m.heads * m.head_dim) + 2 * m.hidden * m.vocab_size
   return 3.0 * per_token * tokens
 
 

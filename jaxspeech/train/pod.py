@@ -7,8 +7,8 @@ Each program is compiled twice for virtual devices of the topology (`topology.de
 - without loops (layers unrolled, one microbatch, no windowed einsums: `cost_config`): the cost model's FLOPs,
   step time and collective bytes, since it counts a loop body once. The step is then accumulation × one
   microbatch's (the optimizer update counted that many times: a small overcount).
-Estimated MFU is the family's analytic `train_flops` (causal attention counted as the full square, the
-convention of `family.train_flops`) over chips × bf16 peak × the estimated step time. Every time and MFU here
+Estimated MFU is the family's analytic `train_flops` (causal attention counted as half the square) over
+chips × bf16 peak × the estimated step time. Every time and MFU here
 is the compiler's estimate, a model of the chip, not a measurement.
 """
 
