@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine with python3 and pip:
 #   make train   build .venv, the default corpus, and run the default training job
-#   make test    build .venv, the default corpus, fetch test references, run the test suite
+#   make test    build .venv, the default corpus, fetch test references, run the test suite (make test-slow: the rest)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # pytest-xdist workers; each test file runs in one worker (its module fixtures are built once)
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv corpus train test bench constraints clean
+.PHONY: venv corpus train test test-slow bench constraints clean
 
 venv: $(VENV)/.installed
 
@@ -35,8 +35,15 @@ train: venv corpus
 $(REFERENCE)/torchaudio/compliance/kaldi.py: | venv
 	$(BIN)/python tests/fetch_reference.py $(REFERENCE)
 
+# `make test` skips the tests marked slow (each over ~30 s on 2 cores: CLI training runs, the TPU compiles);
+# `make test-slow` runs just those. CI (.ci/run) runs both.
+PYTEST := JAXSPEECH_CORPUS=$(CORPUS) JAXSPEECH_REFERENCE=$(REFERENCE) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
 test: venv corpus $(REFERENCE)/torchaudio/compliance/kaldi.py
-	JAXSPEECH_CORPUS=$(CORPUS) JAXSPEECH_REFERENCE=$(REFERENCE) $(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+test-slow: venv corpus $(REFERENCE)/torchaudio/compliance/kaldi.py
+	$(PYTEST) -m slow $(PYTEST_ARGS)
 
 bench: venv corpus
 	$(BIN)/python benchmarks/data_pipeline.py --dataset $(CORPUS)

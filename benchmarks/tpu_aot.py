@@ -64,7 +64,8 @@ def row(name: str, target: topology.Topology, plan: pod.PodPlan, step: pod.Progr
   label = name if train else f"{name}: {step.name}"
   return (f"| {label} | {target.name} | {cfg.optim.accum_steps if train else '-'} | {fits} | {step.state / 2**30:.2f} | "
           f"{step.temp / 2**30:.2f} | {step.peak / 2**30:.2f} | {ms} | {rate} | "
-          f"{'n/a' if mfu is None else f'{mfu:.1%}'} | {ratio} | {collectives} | {wall:.0f} |")
+          f"{'n/a' if mfu is None else f'{mfu:.1%}'} | {plan.roofline(step) * 1e3:,.1f} | {ratio} | {collectives} | "
+          f"{wall:.0f} |")
 
 
 def merged(rows: list[str], date: str) -> list[str]:
@@ -111,10 +112,12 @@ def main() -> int:
         "FLOPs and time come from a loop-free compile (layers unrolled, one microbatch, no windowed einsums), "
         "times accumulation; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
         "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
-        "`compiler/analytic` < 1 where they run. v6e step times come out negative with this libtpu: memory only.",
+        "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e step, "
+        "and some others) the row has n/a; `roofline ms` (the compiler's FLOPs and HBM bytes at the chip's peak "
+        "rates) is a lower bound on any step.",
         "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
-        "est. MFU | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
-        "| --- " * 14 + "|", *rows])
+        "est. MFU | roofline ms | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
+        "| --- " * 15 + "|", *rows])
     common.write_section(SECTION, text)
   return 0
 

@@ -216,6 +216,7 @@ def test_plain_configs_train_everything():
 
 # ------------------------------------------------------------------------------ from a converted HF checkpoint
 
+@pytest.mark.slow
 def test_petl_model_from_a_converted_hf_checkpoint_gives_its_logits(tmp_path, capsys):
   hf = hf_model()
   hf.save_pretrained(tmp_path / "hf")

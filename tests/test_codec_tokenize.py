@@ -64,6 +64,7 @@ def test_converted_workdir_holds_the_codec_for_train_init_from(codec_workdir):
   assert all(losses.is_discriminator(tuple(k.split("."))) for k in gan.keys() - params.keys())
 
 
+@pytest.mark.slow
 def test_encode_writes_codes_with_metadata_and_skips_finished_chunks(codec_workdir, small_corpus, tmp_path):
   out = str(tmp_path / "codes" / "1.0.0")
   parts = out + ".parts"

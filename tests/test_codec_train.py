@@ -99,6 +99,7 @@ def _grads_by_player(fam, cfg, batch, term: str):
   return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["codec", "vocoder"])
 def test_each_player_learns_only_from_its_own_loss(name):
   fam = {"codec": family, "vocoder": vocoder_family}[name]
@@ -109,6 +110,7 @@ def test_each_player_learns_only_from_its_own_loss(name):
   assert d["generator"] == 0.0 and d["discriminator"] > 0.0, d
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["codec", "vocoder"])
 def test_generator_and_discriminators_have_separate_optimizers(name):
   """Each player is clipped by its own gradient norm: the generator's update is the same, bit for bit, whether the

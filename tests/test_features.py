@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxspeech.audio import features
+from jaxspeech.audio import features, istft
 from jaxspeech.audio.io import resample, to_float
 from jaxspeech.data.synth import espeak
 
@@ -208,3 +208,12 @@ def test_ast_pad_crop_and_normalize(speech, kaldi_ref):
   np.testing.assert_array_equal(padded[0, :7], x[0])
   np.testing.assert_array_equal(padded[1, :4], x[1, :4])
   assert not padded[0, 7:].any() and not padded[1, 4:].any()
+
+
+@pytest.mark.parametrize("n", [1280, 15])
+def test_tpu_inverse_dft_matmul_is_irfft(n):
+  """The TPU path of the ISTFT (irfft as a matmul) against jnp.fft.irfft, DC/Nyquist imaginary parts included."""
+  rng = np.random.default_rng(0)
+  spec = (rng.normal(size=(2, 5, n // 2 + 1)) + 1j * rng.normal(size=(2, 5, n // 2 + 1))).astype(np.complex64)
+  np.testing.assert_allclose(istft.irfft_matmul(jnp.asarray(spec), n), np.fft.irfft(spec, n, axis=-1),
+                             atol=2e-6 * math.sqrt(n), rtol=0)

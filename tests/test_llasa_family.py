@@ -111,6 +111,7 @@ def test_pipeline_packs_code_dataset_rows(code_data):
   assert stats.get("decode_errors", 0) == 0
 
 
+@pytest.mark.slow
 def test_train_cli_loss_falls(code_data, tmp_path):
   path, tokenizer = code_data
   cmd = [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/llasa.py:tiny", f"--workdir={tmp_path}",

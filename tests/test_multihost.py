@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from tests.ast_config import OVERRIDES, ROOT
 
@@ -31,6 +32,7 @@ def _losses(workdir):
     return [json.loads(l)["loss"] for l in f if '"loss"' in l]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_and_checkpoints_move_between_them(corpus_path, tmp_path):
   two = subprocess.run(LAUNCH + ["--num-processes", "2", "--devices-per-process", "4", "--"]
                        + _train(tmp_path / "two", corpus_path), cwd=ROOT, env=_env(4), capture_output=True,

@@ -206,6 +206,7 @@ def pretrained(corpus_path, tmp_path_factory):
   return workdir, initial, t.train()
 
 
+@pytest.mark.slow
 def test_ssast_loss_falls_on_the_corpus(pretrained):
   workdir, initial, final = pretrained
   # Measured drops over 20 steps: loss 0.29 and 0.47, nce 0.12 and 0.14 (seeds 0 and 1); ln 16 = 2.77 at init.

@@ -38,6 +38,7 @@ def _metrics(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(corpus_path, tmp_path):
   steps = ["--config.train.steps=12", "--config.train.checkpoint_every=4"]
   straight = _run(_cli(tmp_path / "straight", corpus_path, *steps))
@@ -60,9 +61,9 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(corpus_path, tmp_
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   for a, b in zip(_params(tmp_path / "straight", 12), _params(killed, 12), strict=True):
     np.testing.assert_array_equal(a, b)
-  # The resumed run logged the steps after its checkpoint, once each.
+  # Every step logged once: the lines the killed run wrote past its checkpoint were dropped on resume.
   logged = [m["step"] for m in _metrics(killed) if "loss" in m]
-  assert logged[-1] == 12 and sorted(set(logged)) == list(range(1, 13))
+  assert logged == list(range(1, 13)), logged
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_zero(corpus_path, tmp_path):

@@ -1,24 +1,68 @@
 """Orbax checkpoints of the train state and the Grain iterator, saved asynchronously.
 
-Layout: `workdir/checkpoints/<step>/{state,data}`; the best by an eval metric is kept apart in
-`workdir/best/<step>`. `data` holds one iterator-state file per host.
+Layout: `workdir/checkpoints/<step>/{state,data,digest}`; the best by an eval metric is kept apart in
+`workdir/best/<step>`. `data` holds one iterator-state file per host; `digest` a checksum of every leaf of the
+state, checked when it is restored. A checkpoint that does not restore, or restores to other bytes than were
+saved, is skipped for the one before it and then moved aside to `checkpoints/.damaged/<step>`, so that the
+run can save that step again.
 """
 
 import os
+import shutil
 
 from absl import logging
 import grain
 import jax
+import jax.numpy as jnp
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
+
+_GOLDEN = np.uint32(2654435761)  # odd: every element's weight (2i + 1) · _GOLDEN is odd, so any one flipped bit shows
+
+
+class DamagedCheckpoint(ValueError):
+  """A checkpoint whose restored bytes differ from the digest saved with it."""
+
+
+def _leaf_digest(x: jax.Array) -> jax.Array:
+  """Σ_i bits_i · (2i + 1) · _GOLDEN mod 2³² over the leaf's elements, each read as its raw bits."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  bits = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}")).astype(jnp.uint32)
+  index = jax.lax.broadcasted_iota(jnp.uint32, x.shape, 0) if x.ndim else jnp.uint32(0)
+  for axis in range(1, x.ndim):
+    index = index * jnp.uint32(x.shape[axis]) + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis)
+  return jnp.sum(bits * ((2 * index + 1) * _GOLDEN), dtype=jnp.uint32)
+
+
+_digests = jax.jit(lambda state: jax.tree.map(_leaf_digest, state))
+
+
+def digest(state) -> dict[str, int]:
+  """{leaf path: checksum} of a train state (computed where its shards live; a few bytes come back)."""
+  values = jax.device_get(_digests(state))
+  return {jax.tree_util.keystr(path): int(v) for path, v in jax.tree_util.tree_leaves_with_path(values)}
+
+
+def _check_digest(saved: dict[str, int], state) -> None:
+  restored = digest(state)
+  for path, value in saved.items():
+    if restored.get(path) != value:
+      raise DamagedCheckpoint(f"leaf {path} does not match the checksum saved with it")
 
 
 class Checkpoints:
   def __init__(self, workdir: str, *, keep: int, async_save: bool = True, best_metric: str = "",
                best_mode: str = "max"):
-    handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
+                "digest": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"), item_handlers=handlers,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
+                                             cleanup_tmp_directories=True))
     self.best = None
     if best_metric:
       self.best_metric = best_metric
@@ -30,7 +74,8 @@ class Checkpoints:
 
   def save(self, step: int, state, iterator) -> None:
     self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator)), force=True)
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
+        digest=ocp.args.JsonSave(digest(state))), force=True)
 
   def save_best(self, step: int, state, metrics: dict[str, float]) -> None:
     if self.best is not None and self.best_metric in metrics:
@@ -43,11 +88,12 @@ class Checkpoints:
   def restore_latest(self, target, iterator):
     """The newest readable checkpoint as (step, state), restoring `iterator` in place; None if there is none.
 
-    A checkpoint that fails to load (torn by a crash mid-write, or damaged) is skipped with a warning
-    and the one before it is tried. If none loads, that is an error: starting afresh would silently drop
-    the run (or the converted params) the workdir holds.
+    A checkpoint that fails to load (torn by a crash mid-write, or damaged) or fails its digest is skipped
+    with a warning and the one before it is tried; once one loads, the newer ones that did not are moved to
+    `checkpoints/.damaged/`. If none loads, that is an error: starting afresh would silently drop the run
+    (or the converted params) the workdir holds.
     """
-    errors = []
+    errors, failed = [], []
     for step in reversed(self.steps()):
       items = {"state": ocp.args.StandardRestore(target)}
       if self._has_data(step):
@@ -55,16 +101,26 @@ class Checkpoints:
       elif jax.process_index() == 0:
         print(f"warning: checkpoint {step} holds no data-iterator state for {jax.process_count()} host(s) (saved "
               "by another host count, or converted); the data stream starts from its beginning")
+      has_digest = os.path.isdir(os.path.join(self.manager.directory, str(step), "digest"))
+      if has_digest:
+        items["digest"] = ocp.args.JsonRestore()
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        if has_digest:
+          _check_digest(restored["digest"], restored["state"])
       except Exception as e:  # pylint: disable=broad-except
-        errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-        logging.warning("checkpoint at step %d is unreadable (%s: %s); trying the previous one",
-                        step, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        errors.append(f"step {step}: {reason}")
+        failed.append(step)
+        logging.warning("checkpoint at step %d is unreadable (%s); trying the previous one", step, reason)
         if jax.process_index() == 0:
-          print(f"warning: checkpoint {step} is unreadable ({type(e).__name__}); falling back to an earlier one")
+          print(f"warning: checkpoint {step} is unreadable ({reason}); falling back to an earlier one")
         continue
+      self._set_aside(failed)
       return step, restored["state"]
+    if errors and all("DamagedCheckpoint" in e for e in errors):
+      raise ValueError(f"every checkpoint in {self.manager.directory} is damaged ({'; '.join(errors)}); "
+                       "nothing in this workdir can be resumed")
     if errors:
       raise ValueError(
           f"no checkpoint in {self.manager.directory} fits this config's train state ({'; '.join(errors)}). "
@@ -72,6 +128,22 @@ class Checkpoints:
           "optimizer setup (EMA, parameter groups, adapters), start a new --workdir with "
           "--config.train.init_from=<converted workdir>.")
     return None
+
+  def _set_aside(self, steps: list[int]) -> None:
+    """Moves damaged checkpoints out of the manager's sight, so that their steps can be saved again."""
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      aside = os.path.join(self.manager.directory, ".damaged")
+      os.makedirs(aside, exist_ok=True)
+      for step in steps:
+        target = os.path.join(aside, str(step))
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.move(os.path.join(self.manager.directory, str(step)), target)
+        print(f"warning: moved damaged checkpoint {step} to {target}")
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("jaxspeech: damaged checkpoints set aside")
+    self.manager.reload()
 
   def _has_data(self, step: int) -> bool:
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"

@@ -41,15 +41,38 @@ def utilisation(flops_per_step: float, step_time: float, devices: list[jax.Devic
   return out
 
 
+def _truncate_after(path: str, step: int) -> None:
+  """Drops the lines of metrics.jsonl whose step is past `step` (and a torn last line)."""
+  if not os.path.exists(path):
+    return
+  kept = []
+  with open(path) as f:
+    for line in f:
+      try:
+        if json.loads(line)["step"] <= step:
+          kept.append(line)
+      except (ValueError, KeyError):
+        continue
+  with open(path + ".tmp", "w") as f:
+    f.writelines(kept)
+  os.replace(path + ".tmp", path)
+
+
 class Writer:
-  """Writes scalars to TensorBoard and metrics.jsonl (process 0 only) and drives a progress bar."""
+  """Writes scalars to TensorBoard and metrics.jsonl (process 0 only) and drives a progress bar.
+
+  A run resumed at `initial_step` first drops what an earlier run wrote after that step (the steps it
+  trained past its last checkpoint), so each step appears once in both.
+  """
 
   def __init__(self, workdir: str, total_steps: int, initial_step: int):
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"))
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _truncate_after(path, initial_step)
+    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=initial_step + 1)
+    self.jsonl = open(path, "a")
     self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
                          mininterval=1.0, file=sys.stderr)
 

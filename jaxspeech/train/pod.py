@@ -35,6 +35,7 @@ class Program:
   over: int               # > 0: does not fit by this many bytes
   flops: float            # compiler FLOPs per chip per step (all microbatches)
   seconds: float | None   # estimated step time; None where the cost model gives none (v6e)
+  bytes_accessed: float   # compiler's HBM bytes per chip per step
   collectives: dict[str, int]
   loops: int              # loops left in the cost compile (their bodies counted once)
 
@@ -46,6 +47,7 @@ class PodPlan:
   chips: int
   hbm_gib: float
   peak_flops: float
+  hbm_bandwidth: float
   mesh: dict[str, int]
   params: int
   train_flops: float      # analytic, per global batch
@@ -61,6 +63,11 @@ class PodPlan:
     if program.seconds is None or program is not self.train:
       return None
     return self.train_flops / (self.chips * self.peak_flops * program.seconds)
+
+  def roofline(self, program: Program) -> float:
+    """Seconds at the chip's peak rates for the compiler's FLOPs and HBM bytes: a lower bound on the step, the
+    time figure left where the cost model gives none."""
+    return max(program.flops / self.peak_flops, program.bytes_accessed / self.hbm_bandwidth)
 
 
 def cost_config(cfg):
@@ -120,6 +127,7 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
       cost = aot.compile_for(cost_run.train_step, (cost_run.target, cost_batch), cost=True)
   train = Program(name="train step", state=real.argument, temp=real.temp, peak=real.peak, over=real.over_bytes,
                   flops=accum * cost.flops, seconds=None if cost.seconds is None else accum * cost.seconds,
+                  bytes_accessed=accum * cost.bytes_accessed,
                   collectives={k: accum * v for k, v in cost.collectives.items()}, loops=cost.loops)
   programs = [train]
   if inference and run.family.inference is not None:
@@ -128,7 +136,7 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
   units = run.family.units(full_batch(shapes))
   unit = list(units)[-1]
   pod = PodPlan(family=cfg.family, topology=topology.name, chips=topology.chips, hbm_gib=topology.hbm_gib,
-                peak_flops=topology.peak_flops, mesh={k: int(v) for k, v in run.mesh.shape.items()},
+                peak_flops=topology.peak_flops, hbm_bandwidth=topology.hbm_bandwidth, mesh={k: int(v) for k, v in run.mesh.shape.items()},
                 params=state_lib.param_count(run.target.params), train_flops=run.flops_per_step, unit=unit,
                 units_per_step=units[unit], programs=programs)
   return pod, real.executable if keep_executable else None
@@ -156,7 +164,7 @@ def inference_programs(run, programs: dict[str, tuple]) -> list[Program]:
                        donate_argnums=2)
       c = aot.compile_for(jitted, (run.target.params, run.target.rest, args), cost=True)
       out.append(Program(name=name, state=c.argument, temp=c.temp, peak=c.peak, over=c.over_bytes, flops=c.flops,
-                         seconds=c.seconds, collectives=c.collectives,
+                         seconds=c.seconds, bytes_accessed=c.bytes_accessed, collectives=c.collectives,
                          loops=c.loops))
   return out
 
@@ -171,8 +179,8 @@ def report(pod: PodPlan) -> str:
            f"{pod.peak_flops / 1e12:.0f} TFLOP/s bf16 each), mesh {mesh}; {pod.params:,} parameters",
            "per chip; times and MFU are the TPU compiler's estimates (its cost model), not measurements",
            "| program | fits? | state GiB | temp GiB | peak GiB | compiler TFLOP | analytic TFLOP | est. step ms | "
-           f"est. {pod.unit}/s | est. MFU | all-gather GiB | reduce-scatter GiB | all-reduce GiB |",
-           "| --- " * 13 + "|"]
+           f"est. {pod.unit}/s | est. MFU | roofline ms | all-gather GiB | reduce-scatter GiB | all-reduce GiB |",
+           "| --- " * 14 + "|"]
   for p in pod.programs:
     fits = "yes" if not p.over else f"NO: by {_gib(p.over)} GiB"
     analytic = f"{pod.train_flops / pod.chips / 1e12:.3g}" if p is pod.train else "-"
@@ -180,11 +188,12 @@ def report(pod: PodPlan) -> str:
     rate = "n/a" if p.seconds is None or p is not pod.train else f"{pod.units_per_step / pod.chips / p.seconds:,.0f}"
     mfu = pod.mfu(p)
     lines.append(f"| {p.name} | {fits} | {_gib(p.state)} | {_gib(p.temp)} | {_gib(p.peak)} | {p.flops / 1e12:.3g} | "
-                 f"{analytic} | {ms} | {rate} | {'n/a' if mfu is None else f'{mfu:.1%}'} | "
+                 f"{analytic} | {ms} | {rate} | {'n/a' if mfu is None else f'{mfu:.1%}'} | {pod.roofline(p) * 1e3:.4g} | "
                  f"{_gib(p.collectives['all-gather'])} | {_gib(p.collectives['reduce-scatter'])} | "
                  f"{_gib(p.collectives['all-reduce'])} |")
   if any(p.seconds is None for p in pod.programs):
-    lines.append("n/a: this libtpu's cost model gives no (a negative) step time here (v6e: memory and FLOPs only)")
+    lines.append("n/a: this libtpu's cost model gives a negative step time here (always on v6e); the roofline "
+                 "column (the compiler's FLOPs and HBM bytes at the chip's peak rates) is a lower bound")
   if any(p.loops for p in pod.programs):
     lines.append("note: loops remain in the cost compile; the cost model counts their bodies once, so FLOPs and "
                  "time are low")

@@ -16,13 +16,13 @@ import re
 
 from jax.experimental import topologies
 
-# chip: (HBM GiB per chip, dense bf16 peak FLOP/s per chip, TensorCores counted per chip by gcloud's names,
-# dimensions of a slice's chip grid)
+# chip: (HBM GiB per chip, dense bf16 peak FLOP/s per chip, HBM bytes/s per chip, TensorCores counted per chip
+# by gcloud's names, dimensions of a slice's chip grid); Google Cloud's published figures
 CHIPS = {
-    "v4": (32.0, 275e12, 2, 3),
-    "v5p": (95.0, 459e12, 2, 3),
-    "v5e": (16.0, 197e12, 1, 2),
-    "v6e": (32.0, 918e12, 1, 2),
+    "v4": (32.0, 275e12, 1228e9, 2, 3),
+    "v5p": (95.0, 459e12, 2765e9, 2, 3),
+    "v5e": (16.0, 197e12, 819e9, 1, 2),
+    "v6e": (32.0, 918e12, 1640e9, 1, 2),
 }
 ALIASES = {"v5litepod": "v5e"}
 MAX_CHIPS = {"v4": 4096, "v5p": 8960, "v5e": 256, "v6e": 256}
@@ -52,6 +52,10 @@ class Topology:
     return CHIPS[self.chip][1]
 
   @property
+  def hbm_bandwidth(self) -> float:
+    return CHIPS[self.chip][2]
+
+  @property
   def name(self) -> str:
     slices = f" × {self.num_slices} slices" if self.num_slices > 1 else ""
     return f"{self.chip}:{'x'.join(map(str, self.shape))}{slices}"
@@ -79,7 +83,7 @@ def parse(name: str, num_slices: int = 1) -> Topology:
   chip = ALIASES.get(chip, chip)
   if chip not in CHIPS:
     raise ValueError(f"unknown TPU chip {match.group(1)!r} in {name!r}; chips are {', '.join(CHIPS)} (v5litepod = v5e)")
-  _, _, cores, dims = CHIPS[chip]
+  *_, cores, dims = CHIPS[chip]
   if grid is not None:
     shape = tuple(int(d) for d in grid.split("x"))
     if len(shape) != dims or 0 in shape:

@@ -2,8 +2,10 @@
 
 Metrics are fetched one step late: step n+1 is dispatched before step n's scalars are read, so the
 host never waits on the device. Checkpoints save asynchronously every `train.checkpoint_every`
-steps and at the end; SIGTERM/SIGINT save one and return. A workdir that already holds checkpoints
-resumes from the newest readable one, with the data iterator where it was.
+steps and at the end; SIGTERM/SIGINT (during a step or an eval, which it cuts short) save one and return,
+and the message that says so is printed only once the save is on disk. A workdir that already holds
+checkpoints resumes from the newest readable one, with the data iterator where it was; one trainer at a
+time holds a workdir (`jaxspeech.workdir.lock`).
 """
 
 import contextlib
@@ -20,7 +22,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from jaxspeech import registry, sharding
+from jaxspeech import registry, sharding, workdir as workdir_lib
 from jaxspeech.data import pipeline
 from jaxspeech.train import checkpoint, goodput, host, init_from, metrics as metrics_lib, optim, profile
 from jaxspeech.train import state as state_lib
@@ -78,6 +80,13 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
+def _any_host(flag: bool) -> bool:
+  """True on every host if it is on any (a signal may reach the hosts of a pod at different steps)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.process_allgather(np.array(flag)).any())
+
+
 class Trainer:
   def __init__(self, cfg: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None = None,
                family: Family | None = None):
@@ -125,10 +134,13 @@ class Trainer:
       template = template or batch
       yield batch
 
-  def evaluate(self, state) -> dict[str, float]:
+  def evaluate(self, state, stop=None) -> dict[str, float]:
+    """Metrics over the eval split; {} if `stop.signal` is raised before the pass ends."""
     sums = {}
     with sharding.use_rules(self.mesh, self.rules):
       for batch in self._eval_batches():
+        if stop is not None and _any_host(stop.signal is not None):
+          return {}
         out = jax.device_get(self.eval_step(state, self._global(batch)))
         for name, (total, count) in out.items():
           s, c = sums.get(name, (0.0, 0.0))
@@ -147,6 +159,13 @@ class Trainer:
 
   def train(self) -> dict[str, float]:
     """Runs to `train.steps` (or a stop signal); returns the last eval metrics."""
+    try:
+      with workdir_lib.lock(self.workdir, take=jax.process_index() == 0):
+        return self._train()
+    except workdir_lib.WorkdirInUse as e:
+      raise TrainingError(str(e)) from None
+
+  def _train(self) -> dict[str, float]:
     cfg, t = self.cfg, self.cfg.train
     _check_workdir(self.workdir, cfg)
     clock, profiler = goodput.Clock(), profile.Profiler(t.profile_steps, self.workdir)
@@ -157,7 +176,7 @@ class Trainer:
       state = self.restore_or_init(iterator, checkpoints)
     step = int(jax.device_get(state.step))
     writer = metrics_lib.Writer(self.workdir, t.steps, step)
-    eval_metrics, pending, last_time, compiled = {}, None, time.perf_counter(), False
+    eval_metrics, pending, last_time, compiled, saved = {}, None, time.perf_counter(), False, None
     try:
       with _StopRequest() as stop, sharding.use_rules(self.mesh, self.rules):
         while step < t.steps and stop.signal is None:
@@ -177,22 +196,34 @@ class Trainer:
           if step % t.checkpoint_every == 0 or step == t.steps or stop.signal:
             with clock.lost_to("checkpoint"):
               checkpoints.save(step, state, iterator)
-          if t.eval_every and (step % t.eval_every == 0 or step == t.steps):
+            saved = step
+          evaluated = t.eval_every and (step % t.eval_every == 0 or step == t.steps) and stop.signal is None
+          if evaluated:
             self._report(writer, *pending, last_time, clock)
             pending = None
             with clock.lost_to("eval"):
-              eval_metrics = self.evaluate(state)
-            writer.write(step, eval_metrics, prefix="eval/")
-            with clock.lost_to("checkpoint"):
-              checkpoints.save_best(step, state, eval_metrics)
+              eval_metrics = self.evaluate(state, stop)
+            if eval_metrics:
+              writer.write(step, eval_metrics, prefix="eval/")
+              with clock.lost_to("checkpoint"):
+                checkpoints.save_best(step, state, eval_metrics)
             last_time = time.perf_counter()
+          if evaluated and _any_host(stop.signal is not None) and saved != step:  # a signal during the eval
+            stop.signal = stop.signal or "SIGTERM"
+            with clock.lost_to("checkpoint"):
+              checkpoints.save(step, state, iterator)
+            saved = step
         if pending is not None:
           self._report(writer, *pending, last_time, clock)
         if not eval_metrics and t.eval_every and stop.signal is None:  # e.g. rerun on a finished workdir
-          eval_metrics = self.evaluate(state)
-        if stop.signal and jax.process_index() == 0:
-          writer.bar.write(f"{stop.signal}: saved a checkpoint at step {step}; rerun the same command to resume",
-                           file=sys.stderr)
+          eval_metrics = self.evaluate(state, stop)
+        if stop.signal:
+          with clock.lost_to("checkpoint"):
+            checkpoints.wait()
+          if jax.process_index() == 0:
+            said = (f"saved a checkpoint at step {step}; rerun the same command to resume" if step in checkpoints.steps()
+                    else f"stopped at step {step} with no checkpoint of it")
+            writer.bar.write(f"{stop.signal}: {said}", file=sys.stderr)
     finally:
       profiler.close()
       with clock.lost_to("checkpoint"):

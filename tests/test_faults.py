@@ -1,0 +1,130 @@
+"""Faults against the trainer (issue #16): signals during eval, damaged checkpoints, two trainers on a workdir.
+
+The invariant: after any of these the next run ends with the same params as an uninterrupted run, or refuses
+with one line, and never reports a save it did not make. Each run is AST at test size on the test corpus.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxspeech import workdir as workdir_lib
+from jaxspeech.train import checkpoint, trainer
+from tests.ast_config import OVERRIDES, ROOT, tiny_ast
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the 8 host devices of conftest.py, as the in-process runs have
+
+
+def _params(workdir, step):
+  state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  return jax.tree.leaves(state["params"])
+
+
+def _steps(workdir):
+  return sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+
+
+def _train_cli(workdir, corpus_path, *extra):
+  """`jaxspeech train` of the test AST (tests/ast_config.py) in its own process."""
+  cmd = [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/ast.py:tiny", f"--workdir={workdir}",
+         f"--config.data.path={corpus_path}", *OVERRIDES, *extra]
+  return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.fixture(scope="module")
+def straight(corpus_path, tmp_path_factory):
+  """An uninterrupted 8-step run, checkpoints at 4 and 8."""
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  trainer.Trainer(tiny_ast(corpus_path, steps=8, checkpoint_every=4), workdir).train()
+  return workdir
+
+
+def test_sigterm_during_eval_saves_that_step(corpus_path, tmp_path, capsys):
+  """The signal lands while the step-5 eval runs, with no checkpoint due: the step is saved all the same."""
+  run = trainer.Trainer(tiny_ast(corpus_path, steps=1000, checkpoint_every=1000, eval_every=5), str(tmp_path))
+  eval_step = run.eval_step
+
+  def signalled(*args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return eval_step(*args)
+
+  run.eval_step = signalled
+  run.train()
+  assert _steps(tmp_path) == [5]
+  assert "SIGTERM: saved a checkpoint at step 5" in capsys.readouterr().err
+
+
+def _damage(kind: str, step_dir: str) -> None:
+  """Damages the state of one checkpoint; the array kinds hit every data file (which holds which leaf depends on
+  the OCDBT layout)."""
+  state = os.path.join(step_dir, "state")
+  arrays = [os.path.join(root, f) for root, _, files in os.walk(state) for f in files
+            if os.path.basename(root) == "d"]
+  for path in arrays if kind in ("truncated", "garbage", "bit_flip") else []:
+    size = os.path.getsize(path)
+    if kind == "truncated":
+      os.truncate(path, size // 2)
+    elif kind == "garbage":
+      with open(path, "r+b") as f:
+        f.write(os.urandom(size))
+    else:
+      with open(path, "r+b") as f:
+        f.seek(size // 2)
+        byte = f.read(1)
+        f.seek(size // 2)
+        f.write(bytes([byte[0] ^ 0x10]))
+  if kind in ("truncated", "garbage", "bit_flip"):
+    assert arrays
+  elif kind == "no_metadata":
+    os.remove(os.path.join(state, "_METADATA"))
+  elif kind == "no_state":
+    shutil.rmtree(state)
+  else:
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "bit_flip", "no_metadata", "no_state"])
+def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_an_uninterrupted_one(
+    corpus_path, straight, tmp_path, kind):
+  """The damaged run resumes in a new process, as after a crash (this one's TensorStore cache holds the bytes)."""
+  workdir = str(tmp_path)
+  trainer.Trainer(tiny_ast(corpus_path, steps=8, checkpoint_every=4), workdir).train()
+  _damage(kind, os.path.join(workdir, "checkpoints", "8"))
+  out = _train_cli(workdir, corpus_path, "--config.train.steps=8", "--config.train.checkpoint_every=4")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "checkpoint 8 is unreadable" in out.stdout and "moved damaged checkpoint 8" in out.stdout, out.stderr[-3000:]
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", ".damaged", "8")) and _steps(workdir) == [4, 8]
+  for a, b in zip(_params(straight, 8), _params(workdir, 8), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_flipped_bit_is_caught_by_the_digest(straight, tmp_path):
+  """A state whose bytes differ from the digest saved with it does not restore."""
+  saved = checkpoint.digest({"w": np.arange(6, dtype=np.float32)})
+  flipped = np.arange(6, dtype=np.float32)
+  flipped.view(np.uint32)[3] ^= 1 << 7
+  with pytest.raises(checkpoint.DamagedCheckpoint, match=r"\['w'\]"):
+    checkpoint._check_digest(saved, {"w": flipped})  # pylint: disable=protected-access
+  checkpoint._check_digest(saved, {"w": np.arange(6, dtype=np.float32)})  # pylint: disable=protected-access
+
+
+def test_a_second_trainer_on_a_held_workdir_refuses_in_one_line(corpus_path, tmp_path):
+  with workdir_lib.lock(str(tmp_path)):
+    out = _train_cli(tmp_path, corpus_path, "--config.train.steps=2")
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = [line for line in out.stderr.splitlines() if "error" in line]
+  assert len(lines) == 1 and f"pid {os.getpid()}" in lines[0] and "in use" in lines[0], out.stderr[-2000:]
+
+
+def test_a_stale_lock_is_taken_over(corpus_path, tmp_path):
+  """The lock file of a dead trainer (its flock gone with it) does not block the next run."""
+  (tmp_path / "lock").write_text('{"host": "gone", "pid": 999999, "since": "2026-01-01T00:00:00+00:00"}')
+  trainer.Trainer(tiny_ast(corpus_path, steps=2, checkpoint_every=2), str(tmp_path)).train()
+  assert _steps(tmp_path) == [2] and f'"pid": {os.getpid()}' in (tmp_path / "lock").read_text()
