@@ -128,3 +128,10 @@ def test_a_stale_lock_is_taken_over(corpus_path, tmp_path):
   (tmp_path / "lock").write_text('{"host": "gone", "pid": 999999, "since": "2026-01-01T00:00:00+00:00"}')
   trainer.Trainer(tiny_ast(corpus_path, steps=2, checkpoint_every=2), str(tmp_path)).train()
   assert _steps(tmp_path) == [2] and f'"pid": {os.getpid()}' in (tmp_path / "lock").read_text()
+
+
+@pytest.mark.parametrize("field,value", [("checkpoint_every", 0), ("steps", -5), ("log_every", 0)])
+def test_step_counts_the_loop_cannot_honour_are_refused_before_any_work(corpus_path, tmp_path, field, value):
+  with pytest.raises(trainer.TrainingError, match=f"train.{field}={value} must be at least"):
+    trainer.Trainer(tiny_ast(corpus_path, **{field: value}), str(tmp_path)).train()
+  assert not (tmp_path / "checkpoints").exists()

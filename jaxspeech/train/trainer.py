@@ -38,6 +38,13 @@ class NonFiniteLoss(TrainingError):
   pass
 
 
+def _check_schedule(t: ml_collections.ConfigDict) -> None:
+  """Refuses step counts the loop cannot honour (a zero checkpoint interval, no steps at all)."""
+  for name, least in (("steps", 1), ("checkpoint_every", 1), ("log_every", 1), ("eval_every", 0)):
+    if int(t[name]) < least:
+      raise TrainingError(f"train.{name}={t[name]} must be at least {least}")
+
+
 def _check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
   """Refuses a workdir whose checkpoints belong to another family or model shape."""
   os.makedirs(workdir, exist_ok=True)
@@ -167,6 +174,7 @@ class Trainer:
 
   def _train(self) -> dict[str, float]:
     cfg, t = self.cfg, self.cfg.train
+    _check_schedule(t)
     _check_workdir(self.workdir, cfg)
     clock, profiler = goodput.Clock(), profile.Profiler(t.profile_steps, self.workdir)
     iterator = pipeline.make_iterator(self._data(cfg.data.train_split, train=True))
