@@ -69,6 +69,8 @@ def _text_train(args):
 
 
 def _synthesize(args):
+  if not args.text.strip():
+    raise ValueError(f"--text {args.text!r} has nothing to speak")
   if args.lm and args.dit:
     raise ValueError("synthesize takes one model: --lm or --dit")
   if args.lm:

@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxspeech import workdir as workdir_lib
+from jaxspeech import cli, workdir as workdir_lib
 from jaxspeech.train import checkpoint, trainer
 from tests.ast_config import OVERRIDES, ROOT, tiny_ast
 
@@ -135,3 +135,9 @@ def test_step_counts_the_loop_cannot_honour_are_refused_before_any_work(corpus_p
   with pytest.raises(trainer.TrainingError, match=f"train.{field}={value} must be at least"):
     trainer.Trainer(tiny_ast(corpus_path, **{field: value}), str(tmp_path)).train()
   assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("model", ["--lm", "--dit"])
+def test_empty_text_is_refused(tmp_path, capsys, model):
+  assert cli.main(["synthesize", "--text", " \t", "--out", str(tmp_path / "x.wav"), model, str(tmp_path)]) == 2
+  assert "has nothing to speak" in capsys.readouterr().err and not (tmp_path / "x.wav").exists()
