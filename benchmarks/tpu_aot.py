@@ -112,7 +112,8 @@ def main() -> int:
         "FLOPs and time come from a loop-free compile (layers unrolled, one microbatch, no windowed einsums), "
         "times accumulation; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
         "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
-        "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e step, "
+        "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e "
+        "step, "
         "and some others) the row has n/a; `roofline ms` (the compiler's FLOPs and HBM bytes at the chip's peak "
         "rates) is a lower bound on any step.",
         "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "

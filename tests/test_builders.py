@@ -146,7 +146,8 @@ def test_ljspeech_keeps_every_valid_clip_and_counts_every_bad_one(tmp_path):
 
 
 def _libritts(root):
-  """LibriTTS subsets (native 24 kHz, one speaker at 16 kHz) with text fallbacks and layout faults."""
+  """LibriTTS subsets (native 24 kHz, one speaker at 16 kHz) with text fallbacks and layout faults: stray audio,
+  a directory symlink loop and a directory symlink out of the corpus."""
   made = {}
 
   def utt(subset, speaker, chapter, uid, normalized=None, original=None, rate=24_000, audio=True):
@@ -168,8 +169,15 @@ def _libritts(root):
   utt("train-clean-100", "19", "198", "19_198_000000_000003")
   utt("train-clean-100", "19", "198", "19_198_000000_000004", b"na\xefve", "naive")
   utt("train-clean-100", "19", "198", "19_198_000000_000005", "\n", "Empty normalized.")
-  _write(os.path.join(root, "stray.wav"), _noise(0.2), RATE)
-  _write_bytes(os.path.join(root, "stray.normalized.txt"), b"Stray.")
+  for folder in ("", "LibriTTS/train-clean-100", "LibriTTS/train-clean-100/19"):
+    _write(os.path.join(root, folder, "stray.wav"), _noise(0.2), RATE)
+    _write_bytes(os.path.join(root, folder, "stray.normalized.txt"), b"Stray.")
+  chapter = os.path.join(root, "LibriTTS", "train-clean-100", "19", "198")
+  os.symlink("..", os.path.join(chapter, "loop"))
+  elsewhere = os.path.join(os.path.dirname(root), "elsewhere")
+  _write(os.path.join(elsewhere, "19_198_000000_000009.wav"), _noise(0.2), RATE)
+  _write_bytes(os.path.join(elsewhere, "19_198_000000_000009.normalized.txt"), b"Elsewhere.")
+  os.symlink(elsewhere, os.path.join(root, "LibriTTS", "train-clean-100", "19", "199"))
   return made
 
 
@@ -177,7 +185,9 @@ def test_libritts_splits_by_subset_and_keeps_native_rates(tmp_path):
   made = _libritts(str(tmp_path / "corpus"))
   result = builders.build("libritts", str(tmp_path / "corpus"), str(tmp_path / "data"))
   assert result.report["skipped"] == {"empty_transcript": 1, "missing_audio": 1, "missing_transcript": 1,
-                                      "non_utf8_text": 1, "outside_layout": 1}
+                                      "non_utf8_text": 1, "outside_layout": 3}
+  assert result.report["skipped_where"]["outside_layout"] == [
+      "stray.wav", "LibriTTS/train-clean-100/stray.wav", "LibriTTS/train-clean-100/19/stray.wav"]
   assert result.report["repaired"] == {}
   assert result.report["sample_rates"] == {"16000": 1, "24000": 4}
 

@@ -4,6 +4,8 @@ The invariant: after any of these the next run ends with the same params as an u
 with one line, and never reports a save it did not make. Each run is AST at test size on the test corpus.
 """
 
+import functools
+import json
 import os
 import shutil
 import signal
@@ -18,6 +20,7 @@ import pytest
 from jaxspeech import cli, workdir as workdir_lib
 from jaxspeech.train import checkpoint, trainer
 from tests.ast_config import OVERRIDES, ROOT, tiny_ast
+from tests.test_llasa_family import code_data, tiny_config as tiny_llasa  # noqa: F401 (code_data: a fixture)
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the 8 host devices of conftest.py, as the in-process runs have
 
@@ -38,14 +41,6 @@ def _train_cli(workdir, corpus_path, *extra):
   return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
 
 
-@pytest.fixture(scope="module")
-def straight(corpus_path, tmp_path_factory):
-  """An uninterrupted 8-step run, checkpoints at 4 and 8."""
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  trainer.Trainer(tiny_ast(corpus_path, steps=8, checkpoint_every=4), workdir).train()
-  return workdir
-
-
 def test_sigterm_during_eval_saves_that_step(corpus_path, tmp_path, capsys):
   """The signal lands while the step-5 eval runs, with no checkpoint due: the step is saved all the same."""
   run = trainer.Trainer(tiny_ast(corpus_path, steps=1000, checkpoint_every=1000, eval_every=5), str(tmp_path))
@@ -59,6 +54,95 @@ def test_sigterm_during_eval_saves_that_step(corpus_path, tmp_path, capsys):
   run.train()
   assert _steps(tmp_path) == [5]
   assert "SIGTERM: saved a checkpoint at step 5" in capsys.readouterr().err
+
+
+def _config(family, corpus_path, code_data, **train):  # pylint: disable=redefined-outer-name
+  if family == "ast":
+    return tiny_ast(corpus_path, steps=8, checkpoint_every=4, **train)
+  cfg = tiny_llasa(code_data)
+  cfg.train.update(**{**dict(steps=8, checkpoint_every=4, log_every=1, eval_every=0, best_metric="", batch_size=8),
+                      **train})
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus_path, code_data, tmp_path_factory):  # pylint: disable=redefined-outer-name
+  """family -> the params after an uninterrupted 8-step run (checkpoints at 4 and 8), each run once."""
+  @functools.cache
+  def params(family):
+    workdir = str(tmp_path_factory.mktemp(f"uninterrupted_{family}"))
+    trainer.Trainer(_config(family, corpus_path, code_data), workdir).train()
+    return _params(workdir, 8)
+  return params
+
+
+def _signal_on_call(fn, n: int, sig: signal.Signals, after: bool = False):
+  """`fn`, sending this process `sig` as its n-th call starts (or once it returns, with `after`)."""
+  calls = [0]
+
+  def wrapped(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == n and not after:
+      os.kill(os.getpid(), sig)
+    out = fn(*args, **kwargs)
+    if calls[0] == n and after:
+      os.kill(os.getpid(), sig)
+    return out
+  return wrapped
+
+
+# moment: (the runs before the last, each as (what is signalled: a Trainer attribute or a Checkpoints method,
+# on which call, the signal, once the call returns?), and the train overrides of those runs)
+TERM, INT = signal.SIGTERM, signal.SIGINT
+MOMENTS = {
+    "restore": ([("train_step", 3, TERM, False), ("restore_or_init", 1, TERM, False)], {}),
+    "first step, compiling": ([("train_step", 1, TERM, False)], {}),
+    "a middle step (SIGINT)": ([("train_step", 3, INT, False)], {}),
+    "the last step": ([("train_step", 8, TERM, False)], {}),
+    "a batch going to the devices": ([("_global", 2, TERM, False)], {}),
+    "the metrics of a step": ([("_report", 3, INT, False)], {}),
+    "a checkpoint save": ([("Checkpoints.save", 1, TERM, False)], {}),
+    "an async save in flight": ([("Checkpoints.save", 1, TERM, True)], {}),
+    "an eval": ([("eval_step", 1, TERM, False)], {"eval_every": 2}),
+    "the best-checkpoint save": ([("Checkpoints.save_best", 1, TERM, False)],
+                                 {"eval_every": 2, "best_metric": "loss", "best_mode": "min"}),
+    "the end-of-run wait": ([("Checkpoints.wait", 1, TERM, False)], {}),
+    "two signals, 2 steps apart": ([("train_step", 2, TERM, False), ("train_step", 2, INT, False)], {}),
+}
+LLASA_MOMENTS = ("restore", "a middle step (SIGINT)", "an async save in flight", "an eval")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,moment", [("ast", m) for m in MOMENTS] + [("llasa", m) for m in LLASA_MOMENTS])
+def test_a_signal_at_any_moment_resumes_to_the_uninterrupted_params(
+    corpus_path, code_data, uninterrupted, tmp_path, capsys, monkeypatch, family, moment):  # noqa: F811
+  """Each signalled run stops at a step and says whether that step is on disk, truthfully; the next run ends
+  with the uninterrupted run's params, bit for bit, and every step's metrics once."""
+  runs, overrides = MOMENTS[moment]
+  for what, n, sig, after in runs:
+    run = trainer.Trainer(_config(family, corpus_path, code_data, **overrides), str(tmp_path))
+    if what.startswith("Checkpoints."):
+      name = what.split(".")[1]
+      monkeypatch.setattr(checkpoint.Checkpoints, name, _signal_on_call(getattr(checkpoint.Checkpoints, name), n,
+                                                                        sig, after))
+    else:
+      setattr(run, what, _signal_on_call(getattr(run, what), n, sig, after))
+    run.train()
+    monkeypatch.undo()
+    said = capsys.readouterr().err.splitlines()
+    stops = [line for line in said if line.startswith(f"{sig.name}: ")]
+    assert len(stops) <= 1, said[-20:]
+    if not stops:  # the signal came once the run had ended: all of it is saved
+      assert _steps(tmp_path)[-1] == 8
+    elif "saved a checkpoint at step" in stops[0] or "the checkpoint at step" in stops[0]:
+      assert int(stops[0].split("step ")[1].split(";")[0].split(" ")[0]) in _steps(tmp_path), stops[0]
+    else:
+      assert "with no checkpoint of it" in stops[0], stops[0]
+  trainer.Trainer(_config(family, corpus_path, code_data), str(tmp_path)).train()
+  for a, b in zip(uninterrupted(family), _params(tmp_path, 8), strict=True):
+    np.testing.assert_array_equal(a, b)
+  steps = [line["step"] for line in map(json.loads, open(tmp_path / "metrics.jsonl")) if "loss" in line]
+  assert sorted(steps) == list(range(1, 9)), steps
 
 
 def _damage(kind: str, step_dir: str) -> None:
@@ -92,7 +176,7 @@ def _damage(kind: str, step_dir: str) -> None:
 
 @pytest.mark.parametrize("kind", ["truncated", "garbage", "bit_flip", "no_metadata", "no_state"])
 def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_an_uninterrupted_one(
-    corpus_path, straight, tmp_path, kind):
+    corpus_path, uninterrupted, tmp_path, kind):
   """The damaged run resumes in a new process, as after a crash (this one's TensorStore cache holds the bytes)."""
   workdir = str(tmp_path)
   trainer.Trainer(tiny_ast(corpus_path, steps=8, checkpoint_every=4), workdir).train()
@@ -101,11 +185,11 @@ def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_an_uninterru
   assert out.returncode == 0, out.stderr[-3000:]
   assert "checkpoint 8 is unreadable" in out.stdout and "moved damaged checkpoint 8" in out.stdout, out.stderr[-3000:]
   assert os.path.isdir(os.path.join(workdir, "checkpoints", ".damaged", "8")) and _steps(workdir) == [4, 8]
-  for a, b in zip(_params(straight, 8), _params(workdir, 8), strict=True):
+  for a, b in zip(uninterrupted("ast"), _params(workdir, 8), strict=True):
     np.testing.assert_array_equal(a, b)
 
 
-def test_a_flipped_bit_is_caught_by_the_digest(straight, tmp_path):
+def test_a_flipped_bit_is_caught_by_the_digest():
   """A state whose bytes differ from the digest saved with it does not restore."""
   saved = checkpoint.digest({"w": np.arange(6, dtype=np.float32)})
   flipped = np.arange(6, dtype=np.float32)

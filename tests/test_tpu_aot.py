@@ -17,14 +17,12 @@ import pytest
 
 from jaxspeech.train import aot, topology
 from tests.ast_config import ROOT
-from tests.tpu_cases import check_train_step
+from tests.tpu_cases import cases, check_train_step
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family,name,slices,mesh", [
-    ("ast", "v5e:2x2", 1, "fsdp=4"), ("llasa", "v5e:2x2", 1, "fsdp=4"),
-    ("ast", "v5p:2x2x1", 2, "fsdp=4,dcn_data=2"), ("llasa", "v5p:2x2x1", 2, "fsdp=4,dcn_data=2")])
+@pytest.mark.parametrize("family,name,slices,mesh", cases("ast", "llasa"))
 def test_transformer_families_compile_for_tpu_and_fit(family, name, slices, mesh):
   check_train_step(family, name, slices, mesh)
 

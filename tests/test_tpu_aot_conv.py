@@ -6,13 +6,11 @@ v5p:2x2x1 slices over a dcn axis; tests/tpu_cases.py says what each must pass.
 
 import pytest
 
-from tests.tpu_cases import check_train_step
+from tests.tpu_cases import cases, check_train_step
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("family,name,slices,mesh", [
-    ("dit", "v5e:2x2", 1, "data=4"), ("codec", "v5e:2x2", 1, "data=4"),
-    ("dit", "v5p:2x2x1", 2, "data=4,dcn_data=2"), ("codec", "v5p:2x2x1", 2, "data=4,dcn_data=2")])
+@pytest.mark.parametrize("family,name,slices,mesh", cases("dit", "codec"))
 def test_conv_families_compile_for_tpu_and_fit(family, name, slices, mesh):
   check_train_step(family, name, slices, mesh)

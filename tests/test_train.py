@@ -107,6 +107,7 @@ def test_nan_guard_names_the_step_and_keeps_the_last_good_checkpoint(corpus_path
   bad = int(info.value.args[0].split("at step ")[1].split(" ")[0])
   saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
   assert saved and saved[-1] <= bad
+  assert f"the latest checkpoint is step {saved[-1]}." in info.value.args[0]
   for leaf in _params(tmp_path, saved[-1]):
     assert np.all(np.isfinite(leaf))
 

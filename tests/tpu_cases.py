@@ -36,6 +36,16 @@ def config(family: str):
   return cfg
 
 
+# Each family on its presets' layout: FSDP for the transformers, data parallel for the DiT and the codec.
+LAYOUT = {"ast": "fsdp=4", "llasa": "fsdp=4", "dit": "data=4", "codec": "data=4"}
+
+
+def cases(*families: str) -> list[tuple[str, str, int, str]]:
+  """(family, topology, slices, mesh): each family on one v5e:2x2 slice and on two v5p:2x2x1 slices (dcn)."""
+  return ([(f, "v5e:2x2", 1, LAYOUT[f]) for f in families]
+          + [(f, "v5p:2x2x1", 2, f"{LAYOUT[f]},dcn_data=2") for f in families])
+
+
 def check_train_step(family: str, name: str, slices: int, mesh: str):
   """Compiles `family`'s test config for `slices` × `name` on `mesh` (with its inference programs on one slice)."""
   cfg = config(family)

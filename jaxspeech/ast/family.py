@@ -167,6 +167,8 @@ def evaluate(model, batch, cfg):
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
+  pipeline.require_speech(cfg.data.path, "the ast family")
+  _check_classes(cfg)
   source = tfds_io.data_source(cfg.data.path, split)
   size = crop_samples(cfg)
   if cfg.train.batch_size % shard_count:
@@ -177,6 +179,15 @@ def make_data(cfg, split, *, train, shard_index, shard_count):
       source, seed=cfg.seed, map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, crop_samples=size), batching=fixed,
       shard_index=shard_index, shard_count=shard_count, shuffle=train, num_epochs=None if train else 1,
       worker_count=cfg.data.worker_count)
+
+
+def _check_classes(cfg) -> None:
+  """A classifier with fewer classes than the dataset's speakers would take out-of-range labels (NaN losses)."""
+  speakers = tfds_io.metadata(cfg.data.path).get("speakers")
+  classes = model_config(cfg).num_classes
+  if task(cfg) != "ssast" and speakers and len(speakers) > classes:
+    raise ValueError(f"dataset {cfg.data.path} has {len(speakers)} speakers (speaker_id 0..{len(speakers) - 1}); "
+                     f"the classifier has model.num_classes={classes}: set it to at least {len(speakers)}")
 
 
 def batch_axes(cfg):

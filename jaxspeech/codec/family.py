@@ -117,6 +117,7 @@ def make_gan_data(cfg, split, *, train, shard_index, shard_count, sample_rate: i
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
+  pipeline.require_speech(cfg.data.path, "the codec family")
   if cfg.model.semantic.enabled and not cfg.model.semantic.get("w2vbert"):
     raise ValueError("training the semantic branch on the corpus needs its w2v-BERT teacher (model.semantic.w2vbert: "
                      "configs/codec.py:tiny_semantic or base_w2vbert); or set --config.model.semantic.enabled=False")

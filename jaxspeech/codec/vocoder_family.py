@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxspeech.codec import family as codec_family, losses
 from jaxspeech.codec.vocoder import Vocoder
+from jaxspeech.data import pipeline
 from jaxspeech.train.family import Family
 
 
@@ -43,6 +44,7 @@ def evaluate(model, batch, cfg):
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
+  pipeline.require_speech(cfg.data.path, "the vocoder family")
   return codec_family.make_gan_data(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
                                     sample_rate=cfg.model.sample_rate, frame=cfg.model.hop)
 

@@ -10,7 +10,7 @@ Bad input never stops a build. Each utterance is kept or skipped for one reason:
   missing_transcript  audio without a transcript
   empty_transcript    a transcript of only whitespace
   missing_audio       a transcript without its audio file
-  outside_layout      LibriTTS audio that is not inside <speaker>/<chapter>/
+  outside_layout      LibriTTS audio that is not inside <speaker>/<chapter>/ (a subset's name is no speaker)
   duplicate_id        an id seen before (the first is kept)
   unreadable_audio    libsndfile cannot open or decode it: non-audio bytes, an empty file, a cut header
   truncated_audio     the file ends before the samples its header declares

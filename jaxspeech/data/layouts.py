@@ -82,10 +82,13 @@ def _wavs(folder: str) -> dict[str, str]:
 def scan_libritts(root: str) -> Scan:
   """`[subset/]<speaker>/<chapter>/<utt>.wav` + `<utt>.normalized.txt` (or `.original.txt`).
 
-  Every directory below `root` is searched, following symlinks. The split comes from the nearest
+  Every directory below `root` is searched; symlinked files are read, symlinked directories are not
+  entered (they could leave the corpus or loop back into it). The split comes from the nearest
   directory above the speaker that is named like a LibriTTS subset (train-*, dev-*, test-*), else
-  it is train. An empty `.normalized.txt` is an empty transcript; `.original.txt` only stands in
-  for a missing one.
+  it is train. Audio with no speaker and chapter directory above it, or whose speaker or chapter
+  directory is named like a subset (`train-clean-100/x.wav`, `train-clean-100/19/x.wav`), is
+  outside the layout. An empty `.normalized.txt` is an empty transcript; `.original.txt` only
+  stands in for a missing one.
   """
   for (folder, stem), files in sorted(_utterance_files(root).items()):
     rel = os.path.relpath(folder, root).split(os.sep)
@@ -93,7 +96,7 @@ def scan_libritts(root: str) -> Scan:
     where = os.path.relpath(files.get(".wav") or text_file, root)
     if ".wav" not in files:
       yield Skipped("missing_audio", where)
-    elif len(rel) < 2:
+    elif not _in_layout(rel):
       yield Skipped("outside_layout", where)
     elif text_file is None:
       yield Skipped("missing_transcript", where)
@@ -108,10 +111,15 @@ def scan_libritts(root: str) -> Scan:
         yield Utterance(stem, files[".wav"], text, rel[-2], "en-us", split)
 
 
+def _in_layout(rel: list[str]) -> bool:
+  """Whether a folder (its parts below the root) is a <speaker>/<chapter> folder."""
+  return len(rel) >= 2 and split_of(rel[-2]) is None and split_of(rel[-1]) is None
+
+
 def _utterance_files(root: str) -> dict[tuple[str, str], dict[str, str]]:
   """{(folder, utterance stem): {".wav" | ".normalized.txt" | ".original.txt": path}}."""
   found = collections.defaultdict(dict)
-  for folder, _, names in os.walk(root, followlinks=True):
+  for folder, _, names in os.walk(root):
     for name in names:
       for suffix in (".wav", ".normalized.txt", ".original.txt"):
         if name.endswith(suffix):

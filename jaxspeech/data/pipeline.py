@@ -39,6 +39,7 @@ import numpy as np
 
 from jaxspeech.audio import io as audio_io
 from jaxspeech.data import batching as batching_lib
+from jaxspeech.data import tfds_io
 
 READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=32)
 
@@ -106,6 +107,7 @@ class DecodeSpeech:
   when `features` is given (e.g. to add a log-mel or text tokens). Empty audio raises, so the record
   is skipped and counted as a decode error.
   """
+  NEEDS = ("audio", "sample_rate", "speaker_id")  # the record features it reads
   sample_rate: int
   crop_samples: int | None = None
   features: Callable[[dict, Mapping[str, Any]], dict] | None = None
@@ -122,6 +124,12 @@ class DecodeSpeech:
     wav_S = audio_io.resample(wav_S, rate, self.sample_rate)[:self.crop_samples]
     example = {"audio": wav_S, "speaker_id": np.int32(record["speaker_id"])}
     return example if self.features is None else self.features(example, record)
+
+
+def require_speech(path: str, user: str, extra: tuple[str, ...] = ()) -> None:
+  """Refuses in one line a dataset at `path` without the features `DecodeSpeech` (and `extra`) reads."""
+  tfds_io.require_features(path, DecodeSpeech.NEEDS + extra, user,
+                           hint="it trains on a speech dataset, as `jaxspeech data synth` or `data build` writes")
 
 
 def make_pipeline(source, *, seed: int, map_fn: Callable[[Mapping[str, Any], np.random.Generator], Any],

@@ -116,6 +116,17 @@ def data_source(path: str | os.PathLike, split: str):
   return builder.as_data_source(split=split)
 
 
+def require_features(path: str | os.PathLike, needed: Iterable[str], user: str, hint: str = "") -> None:
+  """A one-line ValueError naming the dataset's features and what `user` (e.g. "the llasa family") needs, when the
+  dataset at `path` lacks any of the `needed` features: else a pipeline would skip every record as undecodable."""
+  needed = list(needed)
+  features = sorted(load(path).info.features.keys())
+  missing = [name for name in needed if name not in features]
+  if missing:
+    raise ValueError(f"dataset {os.fspath(path)} has features {', '.join(features)}, but {user} needs "
+                     f"{', '.join(needed)} ({', '.join(missing)} missing)" + (f"; {hint}" if hint else ""))
+
+
 def metadata(path: str | os.PathLike) -> dict:
   """The jaxspeech metadata (sample rate, speakers, build report) stored with a dataset."""
   file = os.path.join(os.fspath(path), "jaxspeech.json")

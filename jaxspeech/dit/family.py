@@ -83,6 +83,7 @@ def frame_budget(cfg, shard_count: int, row_multiple: int | None = None) -> batc
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
+  pipeline.require_speech(cfg.data.path, "the dit family", extra=("text",))
   tokens = vocab.of_config(cfg)
   if len(tokens) > cfg.model.text_num_embeds:
     raise ValueError(f"the vocabulary has {len(tokens)} tokens but model.text_num_embeds is "

@@ -123,6 +123,8 @@ class Tokenize:
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
+  tfds_io.require_features(cfg.data.path, ("codes", "text"), "the llasa family",
+                           hint="it trains on a codes dataset, as `jaxspeech codec encode` writes")
   source = tfds_io.data_source(cfg.data.path, split)
   if cfg.train.batch_size % shard_count:
     raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over {shard_count} hosts")

@@ -93,7 +93,7 @@ class Checkpoints:
     `checkpoints/.damaged/`. If none loads, that is an error: starting afresh would silently drop the run
     (or the converted params) the workdir holds.
     """
-    errors, failed = [], []
+    errors, failed, damaged = [], [], True
     for step in reversed(self.steps()):
       items = {"state": ocp.args.StandardRestore(target)}
       if self._has_data(step):
@@ -112,13 +112,14 @@ class Checkpoints:
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         errors.append(f"step {step}: {reason}")
         failed.append(step)
+        damaged = damaged and isinstance(e, DamagedCheckpoint)
         logging.warning("checkpoint at step %d is unreadable (%s); trying the previous one", step, reason)
         if jax.process_index() == 0:
           print(f"warning: checkpoint {step} is unreadable ({reason}); falling back to an earlier one")
         continue
       self._set_aside(failed)
       return step, restored["state"]
-    if errors and all("DamagedCheckpoint" in e for e in errors):
+    if errors and damaged:
       raise ValueError(f"every checkpoint in {self.manager.directory} is damaged ({'; '.join(errors)}); "
                        "nothing in this workdir can be resumed")
     if errors:

@@ -45,6 +45,7 @@ DEVICES = {
 USABLE_HBM = 0.9         # XLA_PYTHON_CLIENT_MEM_FRACTION on GPUs (launch/common.py); runtime headroom on TPUs
 DISAGREE_PCT = 10.0
 CHILD_ENV = "JAXSPEECH_PLAN_DEVICES"
+MAX_FAKE_DEVICES = 1024  # each fake CPU device costs host memory and compile time; pods go through --topology
 GIB = 2.0**30
 
 
@@ -267,6 +268,9 @@ def main(argv: list[str]) -> int:
   except ValueError as e:
     return _error(str(e).strip().splitlines()[-1])
   n = math.prod(mesh.values())
+  if not opts["native"].value and n > MAX_FAKE_DEVICES:
+    return _error(f"--mesh needs {n:,} devices; the CPU planner simulates at most {MAX_FAKE_DEVICES:,} "
+                  "(plan TPU pods with --topology)")
   if opts["native"].value and n > jax.device_count():
     return _error(f"--native: the mesh needs {n} devices, this host has {jax.device_count()}")
   if not opts["native"].value and os.environ.get(CHILD_ENV) != str(n):
@@ -276,6 +280,8 @@ def main(argv: list[str]) -> int:
   except FileNotFoundError as e:
     return _error(f"{e} (the planner reads one batch of the config's dataset for its shapes; point "
                   "--config.data.path at it)")
+  except ValueError as e:
+    return _error(str(e).strip().splitlines()[-1])
   if opts["json"].value:
     print(json.dumps(dataclasses.asdict(plan)))
   else:

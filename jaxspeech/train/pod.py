@@ -136,7 +136,8 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
   units = run.family.units(full_batch(shapes))
   unit = list(units)[-1]
   pod = PodPlan(family=cfg.family, topology=topology.name, chips=topology.chips, hbm_gib=topology.hbm_gib,
-                peak_flops=topology.peak_flops, hbm_bandwidth=topology.hbm_bandwidth, mesh={k: int(v) for k, v in run.mesh.shape.items()},
+                peak_flops=topology.peak_flops, hbm_bandwidth=topology.hbm_bandwidth,
+                mesh={k: int(v) for k, v in run.mesh.shape.items()},
                 params=state_lib.param_count(run.target.params), train_flops=run.flops_per_step, unit=unit,
                 units_per_step=units[unit], programs=programs)
   return pod, real.executable if keep_executable else None
@@ -188,7 +189,8 @@ def report(pod: PodPlan) -> str:
     rate = "n/a" if p.seconds is None or p is not pod.train else f"{pod.units_per_step / pod.chips / p.seconds:,.0f}"
     mfu = pod.mfu(p)
     lines.append(f"| {p.name} | {fits} | {_gib(p.state)} | {_gib(p.temp)} | {_gib(p.peak)} | {p.flops / 1e12:.3g} | "
-                 f"{analytic} | {ms} | {rate} | {'n/a' if mfu is None else f'{mfu:.1%}'} | {pod.roofline(p) * 1e3:.4g} | "
+                 f"{analytic} | {ms} | {rate} | {'n/a' if mfu is None else f'{mfu:.1%}'} | "
+                 f"{pod.roofline(p) * 1e3:.4g} | "
                  f"{_gib(p.collectives['all-gather'])} | {_gib(p.collectives['reduce-scatter'])} | "
                  f"{_gib(p.collectives['all-reduce'])} |")
   if any(p.seconds is None for p in pod.programs):

@@ -31,14 +31,28 @@ def abstract_model(family: Family, cfg: ml_collections.ConfigDict):
 
 
 def state_shardings(abstract: TrainState, mesh: Mesh) -> TrainState:
-  """Params, EMA and optimizer moments follow the logical axis rules; scalars are replicated."""
+  """Params, EMA and optimizer moments follow the logical axis rules; scalars are replicated. ValueError, naming
+  the param, when the mesh splits one of its dims into pieces that do not divide it."""
   replicated = NamedSharding(mesh, PartitionSpec())
-  return TrainState(
+  shardings = TrainState(
       step=replicated, rng=replicated,
       params=sharding.param_shardings(abstract.params, mesh),
       rest=sharding.param_shardings(abstract.rest, mesh),
       opt_state=sharding.param_shardings(abstract.opt_state, mesh),
       ema=None if abstract.ema is None else sharding.param_shardings(abstract.ema, mesh))
+  jax.tree_util.tree_map_with_path(_check_divides, abstract.params, shardings.params)
+  return shardings
+
+
+def _check_divides(path, leaf, shard: NamedSharding) -> None:
+  for dim, (size, axes) in enumerate(zip(leaf.shape, shard.spec)):
+    axes = (axes,) if isinstance(axes, str) else axes or ()
+    pieces = int(np.prod([shard.mesh.shape[a] for a in axes]))
+    if size % pieces:
+      name = "/".join(str(k.key if hasattr(k, "key") else k.idx) for k in path if not hasattr(k, "name"))
+      split = " × ".join(f"{a}={shard.mesh.shape[a]}" for a in axes)
+      raise ValueError(f"the mesh splits dim {dim} (size {size}) of param {name} {tuple(leaf.shape)} over {split}, "
+                       f"which does not divide it; pick mesh sizes that divide the model's dims")
 
 
 def make_init(family: Family, cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation):

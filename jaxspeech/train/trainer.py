@@ -67,10 +67,11 @@ def _check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
 
 
 class _StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+  """Turns the first SIGTERM/SIGINT into a flag the loop checks between steps; a second one ends the process."""
 
   def __init__(self):
-    self.signal = None
+    self.signal = None  # set by the handler, on this host, at any moment
+    self.agreed = False  # set by `agree`, at the same point on every host
     self._previous = {}
 
   def __enter__(self):
@@ -81,17 +82,21 @@ class _StopRequest:
   def _handle(self, signum, frame):
     del frame
     self.signal = signal.Signals(signum).name
+    for sig, handler in self._previous.items():  # a second signal is not deferred: it ends the process
+      signal.signal(sig, handler)
+
+  def agree(self) -> bool:
+    """Whether any host has been signalled, the same answer on every host, so that all take the same branch
+    (a signal reaches the hosts of a pod at different steps, and saves are collective)."""
+    signalled = self.signal is not None
+    if jax.process_count() > 1:
+      signalled = bool(multihost_utils.process_allgather(np.array(signalled)).any())
+    self.agreed = self.agreed or signalled
+    return self.agreed
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-
-
-def _any_host(flag: bool) -> bool:
-  """True on every host if it is on any (a signal may reach the hosts of a pod at different steps)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(multihost_utils.process_allgather(np.array(flag)).any())
 
 
 class Trainer:
@@ -142,11 +147,11 @@ class Trainer:
       yield batch
 
   def evaluate(self, state, stop=None) -> dict[str, float]:
-    """Metrics over the eval split; {} if `stop.signal` is raised before the pass ends."""
+    """Metrics over the eval split; {} if a host is signalled before the pass ends."""
     sums = {}
     with sharding.use_rules(self.mesh, self.rules):
       for batch in self._eval_batches():
-        if stop is not None and _any_host(stop.signal is not None):
+        if stop is not None and stop.agree():
           return {}
         out = jax.device_get(self.eval_step(state, self._global(batch)))
         for name, (total, count) in out.items():
@@ -167,12 +172,12 @@ class Trainer:
   def train(self) -> dict[str, float]:
     """Runs to `train.steps` (or a stop signal); returns the last eval metrics."""
     try:
-      with workdir_lib.lock(self.workdir, take=jax.process_index() == 0):
-        return self._train()
+      with workdir_lib.lock(self.workdir, take=jax.process_index() == 0), _StopRequest() as stop:
+        return self._train(stop)
     except workdir_lib.WorkdirInUse as e:
       raise TrainingError(str(e)) from None
 
-  def _train(self) -> dict[str, float]:
+  def _train(self, stop: _StopRequest) -> dict[str, float]:
     cfg, t = self.cfg, self.cfg.train
     _check_schedule(t)
     _check_workdir(self.workdir, cfg)
@@ -182,12 +187,13 @@ class Trainer:
                                          best_metric=t.best_metric, best_mode=t.best_mode)
     with clock.lost_to("checkpoint"):
       state = self.restore_or_init(iterator, checkpoints)
-    step = int(jax.device_get(state.step))
+    step = first = int(jax.device_get(state.step))
     writer = metrics_lib.Writer(self.workdir, t.steps, step)
-    eval_metrics, pending, last_time, compiled, saved = {}, None, time.perf_counter(), False, None
+    eval_metrics, pending, last_time, compiled = {}, None, time.perf_counter(), False
     try:
-      with _StopRequest() as stop, sharding.use_rules(self.mesh, self.rules):
-        while step < t.steps and stop.signal is None:
+      with sharding.use_rules(self.mesh, self.rules):
+        stop.agree()  # a signal while the state was restored or built
+        while step < t.steps and not stop.agreed:
           with clock.lost_to("data"):
             host_batch = next(iterator)
             batch = self._global(host_batch)
@@ -201,12 +207,11 @@ class Trainer:
           if pending is not None:
             last_time = self._report(writer, *pending, last_time, clock)
           pending = (step, step_metrics, self.family.units(host_batch))
-          if step % t.checkpoint_every == 0 or step == t.steps or stop.signal:
+          due = step % t.checkpoint_every == 0 or step == t.steps
+          if stop.agree() or due:
             with clock.lost_to("checkpoint"):
               checkpoints.save(step, state, iterator)
-            saved = step
-          evaluated = t.eval_every and (step % t.eval_every == 0 or step == t.steps) and stop.signal is None
-          if evaluated:
+          if t.eval_every and (step % t.eval_every == 0 or step == t.steps) and not stop.agreed:
             self._report(writer, *pending, last_time, clock)
             pending = None
             with clock.lost_to("eval"):
@@ -216,22 +221,28 @@ class Trainer:
               with clock.lost_to("checkpoint"):
                 checkpoints.save_best(step, state, eval_metrics)
             last_time = time.perf_counter()
-          if evaluated and _any_host(stop.signal is not None) and saved != step:  # a signal during the eval
-            stop.signal = stop.signal or "SIGTERM"
-            with clock.lost_to("checkpoint"):
-              checkpoints.save(step, state, iterator)
-            saved = step
+            if stop.agree() and not due:  # a signal during the eval: saved, as one between steps is
+              with clock.lost_to("checkpoint"):
+                checkpoints.save(step, state, iterator)
         if pending is not None:
           self._report(writer, *pending, last_time, clock)
-        if not eval_metrics and t.eval_every and stop.signal is None:  # e.g. rerun on a finished workdir
+        if not eval_metrics and t.eval_every and not stop.agreed:  # e.g. rerun on a finished workdir
           eval_metrics = self.evaluate(state, stop)
-        if stop.signal:
+        if stop.agreed:
           with clock.lost_to("checkpoint"):
             checkpoints.wait()
           if jax.process_index() == 0:
-            said = (f"saved a checkpoint at step {step}; rerun the same command to resume" if step in checkpoints.steps()
-                    else f"stopped at step {step} with no checkpoint of it")
-            writer.bar.write(f"{stop.signal}: {said}", file=sys.stderr)
+            said = (f"stopped at step {step} with no checkpoint of it" if step not in checkpoints.steps()
+                    else f"saved a checkpoint at step {step}" if step > first
+                    else f"stopped before a step; the checkpoint at step {step} is as it was")
+            said += "; rerun the same command to resume" if step in checkpoints.steps() else ""
+            writer.bar.write(f"{stop.signal or 'SIGTERM'}: {said}", file=sys.stderr)
+    except NonFiniteLoss as e:
+      checkpoints.wait()
+      saved = checkpoints.steps()
+      said = f"the latest checkpoint is step {saved[-1]}" if saved else "no checkpoint was saved"
+      raise NonFiniteLoss(f"{e} Every checkpoint holds finite values; {said}. Lower optim.lr, raise "
+                          "optim.warmup_steps or check the data.") from None
     finally:
       profiler.close()
       with clock.lost_to("checkpoint"):
@@ -247,8 +258,7 @@ class Trainer:
     if not bool(values.pop("finite")):
       raise NonFiniteLoss(
           f"loss or gradient became non-finite at step {step} (loss={float(values['loss'])}, "
-          f"grad_norm={float(values['grad_norm'])}); the update was skipped and nothing after step "
-          f"{step - 1} was saved. Lower optim.lr, raise optim.warmup_steps or check the data.")
+          f"grad_norm={float(values['grad_norm'])}); that update was skipped.")
     writer.advance(step)
     if step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps:
       step_time = now - last_time
