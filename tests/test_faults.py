@@ -225,3 +225,45 @@ def test_step_counts_the_loop_cannot_honour_are_refused_before_any_work(corpus_p
 def test_empty_text_is_refused(tmp_path, capsys, model):
   assert cli.main(["synthesize", "--text", " \t", "--out", str(tmp_path / "x.wav"), model, str(tmp_path)]) == 2
   assert "has nothing to speak" in capsys.readouterr().err and not (tmp_path / "x.wav").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A mount point for a tmpfs whose size the test sets (needs root; skipped otherwise)."""
+  mount = tmp_path / "disk"
+  mount.mkdir()
+  yield mount
+  subprocess.run(["umount", str(mount)], check=False, capture_output=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_refuses_in_one_line_and_the_run_resumes_once_there_is_room(corpus_path, uninterrupted,
+                                                                                small_disk):
+  """A run stopped at step 5 (checkpoints 4 and 5), then a disk filled to 64 KiB short: the step-8 save is refused
+  before a byte of it is written, naming step 5; with the space back, the run ends as an uninterrupted one."""
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small_disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  workdir = small_disk / "run"
+  run = trainer.Trainer(tiny_ast(corpus_path, steps=8, checkpoint_every=4), str(workdir))
+  run.train_step = _signal_on_call(run.train_step, 5, signal.SIGTERM)
+  run.train()
+  assert _steps(workdir) == [4, 5]
+  filler = small_disk / "filler"
+  with open(filler, "wb") as f:
+    while (spare := shutil.disk_usage(small_disk).free - 64 * 1024) > 0:
+      f.write(b"\0" * min(spare, 2**20))
+      f.flush()
+  out = _train_cli(workdir, corpus_path, "--config.train.steps=8", "--config.train.checkpoint_every=4")
+  assert out.returncode == 2, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("jaxspeech train: error:")]
+  assert len(errors) == 1 and "Traceback" not in out.stderr, out.stderr[-3000:]
+  assert errors[0].startswith("jaxspeech train: error: no space for checkpoint 8") and "latest checkpoint is step 5" \
+      in errors[0], errors[0]
+  assert _steps(workdir) == [4, 5]
+  filler.unlink()
+  out = _train_cli(workdir, corpus_path, "--config.train.steps=8", "--config.train.checkpoint_every=4")
+  assert out.returncode == 0, out.stderr[-3000:]
+  for a, b in zip(uninterrupted("ast"), _params(workdir, 8), strict=True):
+    np.testing.assert_array_equal(a, b)

@@ -21,8 +21,15 @@ import orbax.checkpoint as ocp
 _GOLDEN = np.uint32(2654435761)  # odd: every element's weight (2i + 1) · _GOLDEN is odd, so any one flipped bit shows
 
 
+_METADATA_PER_LEAF = 2048  # bytes Orbax writes per leaf besides its data (metadata, shardings), measured ~1.7 KiB
+
+
 class DamagedCheckpoint(ValueError):
   """A checkpoint whose restored bytes differ from the digest saved with it."""
+
+
+class DiskFull(OSError):
+  """Too little free space for the next checkpoint, found before any of it is written."""
 
 
 def _leaf_digest(x: jax.Array) -> jax.Array:
@@ -73,6 +80,7 @@ class Checkpoints:
               enable_async_checkpointing=async_save))
 
   def save(self, step: int, state, iterator) -> None:
+    self._check_space(step, state)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(iterator),
         digest=ocp.args.JsonSave(digest(state))), force=True)
@@ -81,6 +89,24 @@ class Checkpoints:
     if self.best is not None and self.best_metric in metrics:
       self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                      metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
+
+  def _check_space(self, step: int, state) -> None:
+    """DiskFull, before Orbax's writer threads fail one by one, when a local disk lacks the state's bytes."""
+    directory = str(self.manager.directory)
+    if "://" in directory:
+      return
+    leaves = [x for x in jax.tree.leaves(state) if hasattr(x, "nbytes")]
+    need = sum(x.nbytes for x in leaves) + _METADATA_PER_LEAF * len(leaves)
+    if shutil.disk_usage(directory).free >= need:
+      return
+    self.manager.wait_until_finished()  # a save in flight is on disk, or failed, before the message names one
+    free = shutil.disk_usage(directory).free
+    if free < need:
+      latest = self.steps()
+      raise DiskFull(f"no space for checkpoint {step}: it needs about {need / 2**20:.1f} MiB in {directory}, which "
+                     f"has {free / 2**20:.1f} MiB free; "
+                     + (f"the latest checkpoint is step {latest[-1]}" if latest else "no checkpoint was saved")
+                     + ". Free some space (or lower train.keep) and rerun the same command to resume")
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())

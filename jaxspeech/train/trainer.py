@@ -174,7 +174,7 @@ class Trainer:
     try:
       with workdir_lib.lock(self.workdir, take=jax.process_index() == 0), _StopRequest() as stop:
         return self._train(stop)
-    except workdir_lib.WorkdirInUse as e:
+    except (workdir_lib.WorkdirInUse, checkpoint.DiskFull) as e:
       raise TrainingError(str(e)) from None
 
   def _train(self, stop: _StopRequest) -> dict[str, float]:
