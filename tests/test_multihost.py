@@ -87,6 +87,9 @@ def test_killing_one_process_makes_the_other_exit(corpus_path, tmp_path):
   start = time.time()
   out, _ = proc.communicate(timeout=200)
   # The survivor notices its dead peer by itself (no launcher kill) and fails, well within the grace period.
-  assert proc.returncode != 0
+  assert proc.returncode == 2, out[-3000:]
   assert "still running" not in out, out[-2000:]
+  said = [line for line in out.splitlines() if line.startswith("[0] jaxspeech train: error: process 0 of 2: ")]
+  assert len(said) == 1 and "another process of the job died" in said[0], out[-3000:]
+  assert "Traceback" not in out and "stack trace" not in out, out[-3000:]
   assert time.time() - start < 120

@@ -6,8 +6,12 @@ TPU VMs and SLURM jobs are detected by JAX itself; anything else runs as a singl
 """
 
 import os
+import sys
 
 import jax
+
+# words of the runtime errors a collective or the coordination service raises when a peer process is gone
+_LOST_PEER = ("closed by peer", "heartbeat", "unhealthy", "UNAVAILABLE", "Barrier", "Connection reset")
 
 
 def _auto_cluster() -> bool:
@@ -42,3 +46,18 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     where = coordinator_address or "the coordinator JAX detected"
     raise ConnectionError(f"process {process_id} could not join the job at {where} within {timeout_s} s "
                        f"({num_processes} processes expected; is every host started?): {e}") from e
+
+
+def exit_if_peer_lost(program: str, error: Exception) -> None:
+  """Exits 2 with one line when `error` is a collective that failed because another process of the job died;
+  returns otherwise. `os._exit`, because JAX's exit-time shutdown would wait on the dead peer and then abort
+  the process with a C++ stack trace."""
+  if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
+    return
+  text = str(error)
+  if not any(word in text for word in _LOST_PEER):
+    return
+  print(f"{program}: error: process {jax.process_index()} of {jax.process_count()}: {text.strip().splitlines()[0]}; "
+        "another process of the job died or was stopped: see its log", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(2)

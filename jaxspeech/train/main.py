@@ -34,6 +34,9 @@ def _run(command: str) -> None:
   except (trainer.TrainingError, FileNotFoundError, KeyError, ValueError, ConnectionError) as e:
     print(f"jaxspeech {command}: error: {e}", file=sys.stderr)
     sys.exit(2)
+  except Exception as e:  # pylint: disable=broad-except
+    distributed.exit_if_peer_lost(f"jaxspeech {command}", e)
+    raise
   if result:
     print(f"{command} done: " + "  ".join(f"eval/{k} {v:.4f}" for k, v in sorted(result.items())))
 
