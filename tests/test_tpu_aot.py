@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxspeech.train import aot, topology
+from jaxspeech.train import aot, pod, topology
 from tests.ast_config import ROOT
-from tests.tpu_cases import cases, check_train_step
+from tests.tpu_cases import cases, check_train_step, config
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +25,21 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("family,name,slices,mesh", cases("ast", "llasa"))
 def test_transformer_families_compile_for_tpu_and_fit(family, name, slices, mesh):
   check_train_step(family, name, slices, mesh)
+
+
+def test_accumulation_scales_the_microbatch_and_counts_the_update_once():
+  """The cost compile is one microbatch's step; `accum` of them share one optimizer and EMA update."""
+  cfg = config("ast")
+  cfg.train.update(batch_size=16, ema_decay=0.999)
+  target = topology.parse("v5e:2x2")
+  one, _ = pod.measure(cfg, target, {"data": 4}, inference=False)
+  cfg.train.batch_size, cfg.optim.accum_steps = 32, 2
+  two, _ = pod.measure(cfg, target, {"data": 4}, inference=False)
+  update = 2 * one.train.flops - two.train.flops
+  params = one.params
+  # AdamW and the EMA: some 10-30 FLOPs per parameter on each chip (the update is not sharded over `data`).
+  assert 10 * params < update < 30 * params, (update, params)
+  assert two.train.bytes_accessed < 2 * one.train.bytes_accessed
 
 
 def test_topology_names():

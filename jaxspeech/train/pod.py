@@ -20,7 +20,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from jaxspeech import sharding
-from jaxspeech.train import aot, state as state_lib, topology as topology_lib, trainer
+from jaxspeech.train import aot, state as state_lib, step as step_lib, topology as topology_lib, trainer
 
 GIB = 2.0**30
 
@@ -125,10 +125,15 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
     _, cost_batch = _abstract_batch(cost_run, cheap)
     with sharding.use_rules(cost_run.mesh, cost_run.rules):
       cost = aot.compile_for(cost_run.train_step, (cost_run.target, cost_batch), cost=True)
+  once = _update_cost(cost_run) if accum > 1 else aot.Compiled()
+  def per_step(microbatch, update):  # the microbatches' forward and backward `accum` times, the update once
+    return accum * (microbatch - update) + update
+  seconds = None if cost.seconds is None or once.seconds is None else per_step(cost.seconds, once.seconds)
   train = Program(name="train step", state=real.argument, temp=real.temp, peak=real.peak, over=real.over_bytes,
-                  flops=accum * cost.flops, seconds=None if cost.seconds is None else accum * cost.seconds,
-                  bytes_accessed=accum * cost.bytes_accessed,
-                  collectives={k: accum * v for k, v in cost.collectives.items()}, loops=cost.loops)
+                  flops=per_step(cost.flops, once.flops), seconds=seconds,
+                  bytes_accessed=per_step(cost.bytes_accessed, once.bytes_accessed),
+                  collectives={k: per_step(v, once.collectives[k]) for k, v in cost.collectives.items()},
+                  loops=cost.loops)
   programs = [train]
   if inference and run.family.inference is not None:
     with sharding.use_rules(cost_run.mesh, cost_run.rules):  # shapes that split over the mesh's rows
@@ -141,6 +146,17 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
                 params=state_lib.param_count(run.target.params), train_flops=run.flops_per_step, unit=unit,
                 units_per_step=units[unit], programs=programs)
   return pod, real.executable if keep_executable else None
+
+
+def _update_cost(run) -> aot.Compiled:
+  """The optimizer and EMA step alone, compiled as the train step holds its state, for a cost compile of one
+  microbatch's train step to be scaled to `accum` microbatches without scaling the update too."""
+  update = step_lib.make_update(run.cfg, run.tx)
+  grads = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), run.target.params)
+  jitted = jax.jit(update, in_shardings=(run.shardings, run.shardings.params),
+                   out_shardings=(run.shardings.params, run.shardings.opt_state, run.shardings.ema))
+  with sharding.use_rules(run.mesh, run.rules):
+    return aot.compile_for(jitted, (run.target, grads), cost=True)
 
 
 def _is_axes(x) -> bool:

@@ -20,9 +20,23 @@ def _microbatches(batch, accum: int):
   return jax.tree.map(split, batch)
 
 
+def make_update(cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation):
+  """`update(state, grads) -> (params, opt_state, ema)`: the optimizer and EMA step, once per train step."""
+  ema_decay = float(cfg.train.ema_decay)
+
+  def update(state: TrainState, grads):
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = None if state.ema is None else jax.tree.map(
+        lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema, params)
+    return params, opt_state, ema
+  return update
+
+
 def make_train_step(family: Family, cfg: ml_collections.ConfigDict, graphdef: nnx.GraphDef,
                     tx: optax.GradientTransformation, schedules, state_shardings: TrainState, batch_shardings):
-  accum, ema_decay = int(cfg.optim.accum_steps), float(cfg.train.ema_decay)
+  accum = int(cfg.optim.accum_steps)
+  apply_update = make_update(cfg, tx)
 
   def loss_fn(params, rest, batch, key):
     return family.loss(nnx.merge(graphdef, params, rest), batch, key, cfg)
@@ -49,15 +63,9 @@ def make_train_step(family: Family, cfg: ml_collections.ConfigDict, graphdef: nn
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-    def update(_):
-      updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      params = optax.apply_updates(state.params, updates)
-      ema = None if state.ema is None else jax.tree.map(
-          lambda e, p: ema_decay * e + (1 - ema_decay) * p, state.ema, params)
-      return params, opt_state, ema
-
     # A non-finite step leaves the state as it was, so any checkpoint taken later is still good.
-    params, opt_state, ema = jax.lax.cond(finite, update, lambda _: (state.params, state.opt_state, state.ema), None)
+    params, opt_state, ema = jax.lax.cond(finite, lambda _: apply_update(state, grads),
+                                          lambda _: (state.params, state.opt_state, state.ema), None)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
     metrics.update({"lr" if name == "default" else f"lr_{name}": fn(state.step) for name, fn in schedules.items()})
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
