@@ -125,7 +125,7 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
     _, cost_batch = _abstract_batch(cost_run, cheap)
     with sharding.use_rules(cost_run.mesh, cost_run.rules):
       cost = aot.compile_for(cost_run.train_step, (cost_run.target, cost_batch), cost=True)
-  once = _update_cost(cost_run) if accum > 1 else aot.Compiled()
+  once = _update_cost(cost_run) if accum > 1 else aot.Compiled(seconds=0.0)
   def per_step(microbatch, update):  # the microbatches' forward and backward `accum` times, the update once
     return accum * (microbatch - update) + update
   seconds = None if cost.seconds is None or once.seconds is None else per_step(cost.seconds, once.seconds)
