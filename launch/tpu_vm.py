@@ -13,7 +13,7 @@ TPU runtime gives every host its MEGASCALE_* variables, JAX forms one job over a
 
 `run` ships the code (the local checkout's HEAD by `git archive`, or `--branch` of `--repo`), builds
 ~/jaxspeech-venv with `pip install -e . jax[tpu]`, then starts the command in the background on every
-worker; each worker writes /tmp/jaxspeech-<run>/<hostname>.log. `stop` sends SIGTERM: the trainer saves a
+worker; each worker writes ~/jaxspeech-runs/<run>/<hostname>.log. `stop` sends SIGTERM: the trainer saves a
 checkpoint and exits. Every subcommand takes `--dry-run`, which prints the exact commands.
 """
 
@@ -52,7 +52,7 @@ def _scp(args, src: str, dst: str) -> list[str]:
 
 
 def _log_dir(args) -> str:
-  return f"/tmp/jaxspeech-{args.run}"
+  return f"~/jaxspeech-runs/{args.run}"
 
 
 def create(args) -> list[list[str]]:
@@ -73,9 +73,10 @@ def _setup(args) -> list[list[str]]:
              f"{shlex.quote(args.repo)} {REMOTE_CODE}"]
     commands = []
   else:
-    archive = f"/tmp/jaxspeech-{args.run}-src.tar.gz"
-    commands = [["git", "-C", ROOT, "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
-                _scp(args, archive, f"{args.name}:jaxspeech-src.tar.gz")]
+    archive = f".cache/jaxspeech-{args.run}-src.tar.gz"  # in the checkout (git-ignored)
+    commands = [["mkdir", "-p", os.path.relpath(os.path.join(ROOT, ".cache"))],
+                ["git", "-C", ROOT, "archive", "--format=tar.gz", f"--output={archive}", "HEAD"],
+                _scp(args, os.path.relpath(os.path.join(ROOT, archive)), f"{args.name}:jaxspeech-src.tar.gz")]
     fetch = [f"rm -rf {REMOTE_CODE} && mkdir -p {REMOTE_CODE}",
              f"tar -xzf ~/jaxspeech-src.tar.gz -C {REMOTE_CODE}"]
   venv = [f"python3 -m venv {REMOTE_VENV}", f"{REMOTE_VENV}/bin/pip install -q -U pip",
@@ -95,7 +96,7 @@ def run(args, parser) -> list[list[str]]:
 
 
 def logs(args) -> list[list[str]]:
-  return [["mkdir", "-p", args.dest], _scp(args, f"{args.name}:{_log_dir(args)}/*.log", args.dest)]
+  return [["mkdir", "-p", args.dest], _scp(args, f"{args.name}:{_log_dir(args).removeprefix('~/')}/*.log", args.dest)]
 
 
 def stop(args) -> list[list[str]]:
@@ -124,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
   for name, text in (("run", "set up every worker and start the training command"),
                      ("logs", "copy every worker's log here"), ("stop", "SIGTERM the run: it checkpoints and exits")):
     p = actions.add_parser(name, parents=[shared], help=text)
-    p.add_argument("--run", required=True, help="run name: logs go to /tmp/jaxspeech-<run>/ on the workers")
+    p.add_argument("--run", required=True, help="run name: logs go to ~/jaxspeech-runs/<run>/ on the workers")
   p = actions.choices["run"]
   p.add_argument("--repo", default=None, help="git URL to clone on the workers (with --branch)")
   p.add_argument("--branch", default=None, help="branch of --repo; default: ship the local checkout's HEAD")

@@ -44,9 +44,12 @@ def test_tpu_vm_single_slice(capsys):
   assert _dry_run(tpu_vm, capsys, "create", *WHERE, "--accelerator", "v5p-64") == [
       ["gcloud", "compute", "tpus", "tpu-vm", "create", "pod", *LOCATION, "--accelerator-type=v5p-64",
        "--version=v2-alpha-tpuv5"]]
-  archive, scp, setup, start = _dry_run(tpu_vm, capsys, "run", *WHERE, "--run", "r1", "--env", "A=b c", "--", *TRAIN)
-  assert archive == ["git", "-C", ROOT, "archive", "--format=tar.gz", "--output=/tmp/jaxspeech-r1-src.tar.gz", "HEAD"]
-  assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", "/tmp/jaxspeech-r1-src.tar.gz",
+  mkdir, archive, scp, setup, start = _dry_run(tpu_vm, capsys, "run", *WHERE, "--run", "r1", "--env", "A=b c", "--",
+                                              *TRAIN)
+  assert mkdir == ["mkdir", "-p", os.path.relpath(os.path.join(ROOT, ".cache"))]
+  assert archive == ["git", "-C", ROOT, "archive", "--format=tar.gz", "--output=.cache/jaxspeech-r1-src.tar.gz", "HEAD"]
+  assert scp == ["gcloud", "compute", "tpus", "tpu-vm", "scp", os.path.relpath(os.path.join(ROOT, ".cache",
+                                                                                        "jaxspeech-r1-src.tar.gz")),
                  "pod:jaxspeech-src.tar.gz", "--worker=all", *LOCATION]
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", "--worker=all", *LOCATION, "--command"]
   assert setup[:-1] == ssh and start[:-1] == ssh
@@ -55,15 +58,15 @@ def test_tpu_vm_single_slice(capsys):
       "python3 -m venv ~/jaxspeech-venv", "~/jaxspeech-venv/bin/pip install -q -U pip",
       '~/jaxspeech-venv/bin/pip install -q -e ~/jaxspeech "jax[tpu]"']
   assert start[-1].split(" && ") == [
-      "mkdir -p /tmp/jaxspeech-r1", "cd ~/jaxspeech", "export PATH=~/jaxspeech-venv/bin:$PATH", "export A='b c'",
-      f"(setsid nohup {shlex.join(TRAIN)} > /tmp/jaxspeech-r1/$(hostname).log 2>&1 < /dev/null "
-      "& echo $! > /tmp/jaxspeech-r1/$(hostname).pid)"]
+      "mkdir -p ~/jaxspeech-runs/r1", "cd ~/jaxspeech", "export PATH=~/jaxspeech-venv/bin:$PATH", "export A='b c'",
+      f"(setsid nohup {shlex.join(TRAIN)} > ~/jaxspeech-runs/r1/$(hostname).log 2>&1 < /dev/null "
+      "& echo $! > ~/jaxspeech-runs/r1/$(hostname).pid)"]
   assert _dry_run(tpu_vm, capsys, "logs", *WHERE, "--run", "r1", "--dest", "logs/r1") == [
       ["mkdir", "-p", "logs/r1"],
-      ["gcloud", "compute", "tpus", "tpu-vm", "scp", "pod:/tmp/jaxspeech-r1/*.log", "logs/r1", "--worker=all",
+      ["gcloud", "compute", "tpus", "tpu-vm", "scp", "pod:jaxspeech-runs/r1/*.log", "logs/r1", "--worker=all",
        *LOCATION]]
   assert _dry_run(tpu_vm, capsys, "stop", *WHERE, "--run", "r1") == [
-      ssh + ["kill -TERM $(cat /tmp/jaxspeech-r1/$(hostname).pid)"]]
+      ssh + ["kill -TERM $(cat ~/jaxspeech-runs/r1/$(hostname).pid)"]]
   assert _dry_run(tpu_vm, capsys, "delete", *WHERE) == [
       ["gcloud", "compute", "tpus", "tpu-vm", "delete", "pod", *LOCATION, "--quiet"]]
 
