@@ -79,8 +79,8 @@ def fbank_family():
   import optax
   from jaxspeech.ast import family as ast_family
 
-  def loss(model, batch, key, cfg):
-    del key, cfg
+  def loss(model, batch, key, step, cfg):
+    del key, step, cfg
     logits_BxC = model(batch["fbank"])
     ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["label"])
     return ce_B.mean(), {"accuracy": (jnp.argmax(logits_BxC, -1) == batch["label"]).mean()}
@@ -133,13 +133,13 @@ class JaxSide:
         step = make(fam, cfg, graphdef, tx, schedules, shardings, batch_shardings)
         fbank, label = inputs()
         self.batch = {k: jax.device_put(v, batch_shardings[k]) for k, v in (("fbank", fbank), ("label", label))}
-        forward = jax.jit(lambda params, rest, batch: fam.loss(nnx.merge(graphdef, params, rest), batch, None, cfg)[0])
+        forward = jax.jit(lambda params, rest, batch: fam.loss(nnx.merge(graphdef, params, rest), batch, None, 0, cfg)[0])
         self.forward = forward.lower(self.state.params, self.state.rest, self.batch).compile()
         t0 = time.perf_counter()
         self.step = step.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t0
         if with_optimizer:
-          grads = jax.jit(jax.grad(lambda p: fam.loss(nnx.merge(graphdef, p, self.state.rest), self.batch, None,
+          grads = jax.jit(jax.grad(lambda p: fam.loss(nnx.merge(graphdef, p, self.state.rest), self.batch, None, 0,
                                                       cfg)[0]))(self.state.params)
           self.grads, self.loss_value = grads, self.forward(self.state.params, self.state.rest, self.batch)
           self.optimizer = jax.jit(optimizer_part(tx), donate_argnums=0).lower(
@@ -173,7 +173,6 @@ def optimizer_part(tx):
   import jax
   import jax.numpy as jnp
   import optax
-  from jaxspeech.train import optim
 
   def run(state, grads, loss):
     grad_norm = optax.global_norm(grads)
@@ -279,10 +278,9 @@ def _select_step(family, cfg, graphdef, tx, schedules, state_shardings, batch_sh
   import jax.numpy as jnp
   import optax
   from flax import nnx
-  from jaxspeech.train import optim
 
   def loss_fn(params, rest, batch, key):
-    return family.loss(nnx.merge(graphdef, params, rest), batch, key, cfg)
+    return family.loss(nnx.merge(graphdef, params, rest), batch, key, 0, cfg)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -38,7 +38,6 @@ def reference_config(size: str) -> dict:
 
 def measure(size: str, seconds: float, repeats: int) -> dict[str, list[float]]:
   """{"<side> <encode|decode>": seconds per repeat} for `seconds` of audio."""
-  import jax
   import numpy as np
   import torch
   from flax import nnx

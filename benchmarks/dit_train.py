@@ -60,7 +60,8 @@ def mel_family():
   from jaxspeech.dit import family
   from jaxspeech.dit.objective import flow_matching_loss
 
-  def loss(model, batch, key, cfg):
+  def loss(model, batch, key, step, cfg):
+    del step
     frames_B = jnp.full((batch["mel"].shape[0],), batch["mel"].shape[1])
     return flow_matching_loss(model, batch["mel"], frames_B, batch["text"], key, family.objective(cfg))[0], {}
 

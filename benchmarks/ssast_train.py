@@ -77,7 +77,8 @@ class JaxSide:
 
     self.cfg = cfg = jax_config(variant)
 
-    def loss(model, batch, key, cfg):
+    def loss(model, batch, key, step, cfg):
+      del step
       terms = ast_family.ssast_terms(model, batch["fbank"], key, cfg)
       return terms["loss"].mean(), {k: v.mean() for k, v in terms.items() if k != "loss"}
 

@@ -13,7 +13,8 @@ teacher, train `base` acoustic-only: `--config.model.semantic.enabled=False`. A 
 `--config.gan.warmup_steps=N`.
 """
 
-from jaxspeech.codec import losses, sizes
+from jaxspeech.codec import sizes
+from jaxspeech.gan import losses
 from jaxspeech.train import config as base
 
 VARIANTS = ("tiny", "tiny_semantic", "base", "base_w2vbert")

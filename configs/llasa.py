@@ -27,7 +27,7 @@ import ml_collections
 
 from jaxspeech.llasa.model import LlamaConfig
 from jaxspeech.llasa.sizes import SIZES
-from jaxspeech.text.llasa_vocab import LLAMA3_TEXT_VOCAB, NUM_SPEECH_TOKENS, SPECIAL_TOKENS
+from jaxspeech.llasa.vocab import LLAMA3_TEXT_VOCAB, NUM_SPEECH_TOKENS, SPECIAL_TOKENS
 from jaxspeech.train import config as base
 
 VARIANTS = tuple(SIZES)

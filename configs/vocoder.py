@@ -11,7 +11,7 @@ decoder (Vocos' own blocks are ConvNeXt); `tiny` is CPU-sized.
 
 import ml_collections
 
-from jaxspeech.codec import losses
+from jaxspeech.gan import losses
 from jaxspeech.train import config as base
 
 VARIANTS = ("tiny", "base")

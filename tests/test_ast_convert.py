@@ -21,8 +21,9 @@ from flax import nnx
 
 from jaxspeech.ast import convert
 from jaxspeech.ast.model import AST, ASTConfig
-from jaxspeech.convert import cli as convert_cli, mapping, workdir
+from jaxspeech.convert import cli as convert_cli, mapping
 from jaxspeech.train import trainer as trainer_lib
+from jaxspeech.workdir import NotAWorkdir, Workdir
 from tests.ast_config import ROOT, load_config
 from tests.test_ast_parity import perturbed
 
@@ -57,7 +58,7 @@ def run_inprocess(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def params_of(path) -> dict[str, np.ndarray]:
-  return workdir.read(str(path), "ast", weights="params").params
+  return Workdir(str(path)).read_params("ast", weights="params").params
 
 
 def assert_same(a: dict, b: dict):
@@ -404,14 +405,14 @@ def test_trainer_accepts_a_matching_config_and_refuses_another(classifier):
   wd = str(classifier[2])
   model = json.loads((classifier[2] / "config.json").read_text())["model"]
   assert set(model) == set(load_config("ast", "tiny").model.keys())
-  trainer_lib._check_workdir(wd, tiny_config(model))  # pylint: disable=protected-access
-  with pytest.raises(trainer_lib.TrainingError, match="different model"):
-    trainer_lib._check_workdir(wd, tiny_config({**model, "hidden": 64}))  # pylint: disable=protected-access
+  Workdir(wd).claim(tiny_config(model), write=False)
+  with pytest.raises(NotAWorkdir, match="different model"):
+    Workdir(wd).claim(tiny_config({**model, "hidden": 64}), write=False)
 
 
 def _restore_or_init(cfg, workdir):
   import grain
-  from jaxspeech.train import checkpoint
+  from jaxspeech.workdir import checkpoints as checkpoint
   trainer = trainer_lib.Trainer(cfg, str(workdir))
   checkpoints = checkpoint.Checkpoints(str(workdir), keep=3, async_save=False)
   try:

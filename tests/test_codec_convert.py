@@ -16,7 +16,8 @@ import safetensors.torch
 import torch
 
 from jaxspeech.codec import convert, sizes
-from jaxspeech.convert import cli as convert_cli, workdir
+from jaxspeech.convert import cli as convert_cli
+from jaxspeech.workdir import Workdir
 from tests.test_codec_parity import CONFIGS, Reference, codec_config, inputs, reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +90,7 @@ def test_cli_round_trip_is_identical_and_loads_strictly(tmp_path):
   with open(tmp_path / "wd" / "config.json") as f:
     saved = json.load(f)
   assert saved["family"] == "codec" and saved["model"] == cfg.to_dict()
-  assert workdir.read(str(tmp_path / "wd"), "codec", weights="params").step == 0
+  assert Workdir(str(tmp_path / "wd")).read_params("codec", weights="params").step == 0
   result = cli("--to", "xcodec2", "--src", tmp_path / "wd", "--dst", tmp_path / "out")
   assert result.returncode == 0, result.stderr
   exported = safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))

@@ -14,7 +14,7 @@ reference_stubs.stub_references()
 from vocos import discriminators as vocos_disc  # noqa: E402
 from vocos import loss as vocos_loss  # noqa: E402
 
-from jaxspeech.codec import discriminators, losses  # noqa: E402
+from jaxspeech.gan import discriminators, losses  # noqa: E402
 from jaxspeech.convert import mapping  # noqa: E402
 from tests.test_ast_parity import perturbed  # noqa: E402
 

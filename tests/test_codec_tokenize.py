@@ -11,10 +11,12 @@ import soundfile
 from flax import nnx
 
 from jaxspeech import cli
-from jaxspeech.codec import family, inference, losses, sizes, tokenize
+from jaxspeech.codec import family, inference, sizes, tokenize
+from jaxspeech.gan import losses
 from jaxspeech.codec.model import Codec
 from jaxspeech.convert import mapping, workdir as workdir_lib
 from jaxspeech.data import schema, tfds_io
+from jaxspeech.workdir import Workdir
 
 
 def small_codec_config() -> ml_collections.ConfigDict:
@@ -46,9 +48,9 @@ def small_corpus(corpus_path, tmp_path_factory) -> str:
 
 
 def test_restore_gives_the_saved_codec(codec_workdir):
-  codec, model_cfg = inference.restore(codec_workdir, "codec", Codec)
+  codec, model_cfg = Workdir(codec_workdir).load_model(family.FAMILY)
   expected = Codec(small_codec_config(), rngs=nnx.Rngs(3))
-  assert model_cfg.to_dict() == small_codec_config().to_dict()
+  assert model_cfg.model.to_dict() == small_codec_config().to_dict()
   wav = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (1, 1600)), jnp.float32)
   np.testing.assert_array_equal(np.asarray(codec.encode(wav)), np.asarray(expected.encode(wav)))
 
@@ -56,7 +58,7 @@ def test_restore_gives_the_saved_codec(codec_workdir):
 def test_converted_workdir_holds_the_codec_for_train_init_from(codec_workdir):
   """No discriminators (X-codec2's release has none): `train.init_from` starts GAN training from the codec's
   params, which must be a subset of the GAN model's in the same shapes; the discriminators keep their init."""
-  params = workdir_lib.read(codec_workdir, "codec").params
+  params = Workdir(codec_workdir).read_params("codec").params
   assert params and not any(losses.is_discriminator(tuple(k.split("."))) for k in params)
   cfg = ml_collections.ConfigDict({"model": small_codec_config(), "gan": losses.defaults()})
   gan = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0))), nnx.Param))
@@ -77,7 +79,7 @@ def test_encode_writes_codes_with_metadata_and_skips_finished_chunks(codec_workd
   assert cli.main(["codec", "encode", "--workdir", codec_workdir, "--data-dir", small_corpus, "--out", out,
                    "--chunk", "2", "--per-device", "1"]) == 0
   assert not os.path.exists(parts)
-  codec, _ = inference.restore(codec_workdir, "codec", Codec)
+  codec, _ = Workdir(codec_workdir).load_model(family.FAMILY)
   for split, n in (("train", 3), ("validation", 2)):
     source, codes = tfds_io.data_source(small_corpus, split), tfds_io.data_source(out, split)
     assert len(codes) == n
@@ -106,7 +108,7 @@ def test_decode_writes_the_codec_output(codec_workdir, tmp_path):
   assert cli.main(["codec", "decode", "--workdir", codec_workdir, "--codes", str(tmp_path / "codes.txt"),
                    "--out", out]) == 0
   wav, rate = soundfile.read(out, dtype="float32")
-  codec, _ = inference.restore(codec_workdir, "codec", Codec)
+  codec, _ = Workdir(codec_workdir).load_model(family.FAMILY)
   expected = np.clip(np.asarray(codec.decode(jnp.asarray(codes)[None]))[0], -1, 1)
   assert rate == 16000 and wav.shape == (10 * 320,)
   np.testing.assert_allclose(wav, expected, atol=1 / 32768)   # 16-bit PCM

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxspeech.codec import family, losses, sizes, vocoder, vocoder_family
+from jaxspeech.codec import family, sizes
+from jaxspeech.gan import losses
+from jaxspeech.vocoder import family as vocoder_family
 from jaxspeech.train import optim
 from tests.ast_config import ROOT, load_config
 
@@ -61,7 +63,7 @@ def test_vocoder_trains_through_the_cli_and_vocodes(corpus_path, tmp_path):
   steps = [m for m in _metrics(tmp_path) if "loss" in m]
   assert [m["step"] for m in steps] == [1, 2] and all(math.isfinite(m["loss"]) for m in steps)
   mel_BxTxM = jnp.zeros((1, 12, 100)) - 5.0
-  wav_BxS = vocoder.vocode(str(tmp_path), mel_BxTxM)
+  wav_BxS = vocoder_family.vocode(str(tmp_path), mel_BxTxM)
   assert wav_BxS.shape == (1, 12 * 256) and bool(jnp.all(jnp.isfinite(wav_BxS)))
 
 
@@ -71,15 +73,15 @@ def _small_cfg(name: str):
   return cfg
 
 
-def _batch(samples: int, step: int, seed: int = 0):
+def _batch(samples: int, seed: int = 0):
   rng = np.random.default_rng(seed)
   return {"audio": jnp.asarray(0.2 * rng.standard_normal((2, samples)), jnp.float32),
-          "audio_lengths": jnp.full((2,), samples, jnp.int32), "valid": jnp.ones((2,), bool),
-          "step": jnp.full((2,), step, jnp.int32)}
+          "audio_lengths": jnp.full((2,), samples, jnp.int32), "valid": jnp.ones((2,), bool)}
 
 
-def _grads_by_player(fam, cfg, batch, term: str):
-  """{"generator": max |grad|, "discriminator": max |grad|} of one loss term (a metric) or the total ("loss")."""
+def _grads_by_player(fam, cfg, batch, term: str, step: int = 5):
+  """{"generator": max |grad|, "discriminator": max |grad|} of one loss term (a metric) or the total ("loss") at
+  optimizer step `step`."""
   model = fam.build_model(cfg, nnx.Rngs(0))
   # At init the ISTFT head gives silence (the codec's features are all zero, see the xfail above), whose mels sit
   # below the log floor (no gradient): a random head makes audible output.
@@ -88,7 +90,7 @@ def _grads_by_player(fam, cfg, batch, term: str):
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def fn(p):
-    total, metrics = fam.loss(nnx.merge(graphdef, p, rest), batch, None, cfg)
+    total, metrics = fam.loss(nnx.merge(graphdef, p, rest), batch, None, jnp.int32(step), cfg)
     return total if term == "loss" else metrics[term]
 
   grads = jax.jit(jax.grad(fn))(params)
@@ -104,8 +106,8 @@ def _grads_by_player(fam, cfg, batch, term: str):
 def test_each_player_learns_only_from_its_own_loss(name):
   fam = {"codec": family, "vocoder": vocoder_family}[name]
   cfg = _small_cfg(name)
-  g = _grads_by_player(fam.FAMILY, cfg, _batch(3200, step=5), "g_loss")
-  d = _grads_by_player(fam.FAMILY, cfg, _batch(3200, step=5), "d_loss")
+  g = _grads_by_player(fam.FAMILY, cfg, _batch(3200), "g_loss", step=5)
+  d = _grads_by_player(fam.FAMILY, cfg, _batch(3200), "d_loss", step=5)
   assert g["discriminator"] == 0.0 and g["generator"] > 0.0, g
   assert d["generator"] == 0.0 and d["discriminator"] > 0.0, d
 
@@ -154,9 +156,9 @@ def test_codec_param_groups_freeze_the_w2vbert_teacher():
 def test_generator_only_warmup_leaves_the_discriminators_alone():
   cfg = _small_cfg("codec")
   cfg.gan.warmup_steps = 3
-  during = _grads_by_player(family.FAMILY, cfg, _batch(3200, step=2), "loss")
-  mel_only = _grads_by_player(family.FAMILY, cfg, _batch(3200, step=2), "mel")
-  after = _grads_by_player(family.FAMILY, cfg, _batch(3200, step=3), "loss")
+  during = _grads_by_player(family.FAMILY, cfg, _batch(3200), "loss", step=2)
+  mel_only = _grads_by_player(family.FAMILY, cfg, _batch(3200), "mel", step=2)
+  after = _grads_by_player(family.FAMILY, cfg, _batch(3200), "loss", step=3)
   assert during["discriminator"] == 0.0 and during["generator"] > 0.0, during
   np.testing.assert_allclose(during["generator"], cfg.gan.mel_weight * mel_only["generator"], rtol=1e-5)
   assert after["discriminator"] > 0.0, after
@@ -179,7 +181,7 @@ def test_base_variants_have_the_published_shapes(name):
 def test_codec_eval_step_scores_valid_rows_on_the_host():
   cfg = _small_cfg("codec")
   graphdef, state = nnx.split(family.build_model(cfg, nnx.Rngs(0)))
-  batch = _batch(8000, step=0)
+  batch = _batch(8000)
   batch["valid"] = jnp.array([True, False])
   sums = jax.jit(lambda s, b: family.FAMILY.evaluate(nnx.merge(graphdef, s), b, cfg))(state, batch)
   assert set(sums) == {"mel_distance", "stoi", "pesq"}

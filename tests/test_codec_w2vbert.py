@@ -19,11 +19,13 @@ from transformers import SeamlessM4TFeatureExtractor, Wav2Vec2BertConfig, Wav2Ve
 
 from jaxspeech import sharding
 from jaxspeech.audio import features
-from jaxspeech.codec import convert, family, model as model_lib, sizes, w2vbert_convert
-from jaxspeech.codec.w2vbert import W2VBert
-from jaxspeech.convert import cli as convert_cli, mapping, workdir
+from jaxspeech.codec import convert, family, model as model_lib, sizes
+from jaxspeech.teachers.w2vbert import convert as w2vbert_convert
+from jaxspeech.teachers.w2vbert.model import W2VBert
+from jaxspeech.convert import cli as convert_cli, mapping
 from jaxspeech.convert.mapping import ConversionError
 from jaxspeech.train import optim, state as state_lib, step as step_lib
+from jaxspeech.workdir import Workdir
 from tests.ast_config import load_config
 
 HIDDEN_ATOL = 1e-4
@@ -156,8 +158,7 @@ def test_train_step_trains_the_semantic_branch_and_leaves_the_teacher_alone():
     before = jax.device_get(state.params)
     rng = np.random.default_rng(0)
     batch = {"audio": jnp.asarray(0.2 * rng.standard_normal((2, 6400)), jnp.float32),
-             "audio_lengths": jnp.full((2,), 6400, jnp.int32), "valid": jnp.ones((2,), bool),
-             "step": jnp.zeros((2,), jnp.int32)}
+             "audio_lengths": jnp.full((2,), 6400, jnp.int32), "valid": jnp.ones((2,), bool)}
     state, metrics = train_step(state, batch)
   assert bool(metrics["finite"]) and float(metrics["semantic"]) > 0
   after = jax.device_get(state.params)
@@ -182,7 +183,7 @@ def test_convert_codec_imports_w2vbert_alongside_and_exports_without_it(tmp_path
                                    str(tmp_path / "wd"), "--heads", "4", "--norm-groups", "16", "--w2vbert",
                                    str(tmp_path / "w2v-bert"), "--w2vbert-layers", "2"]) == 0
   assert "semantic_model" not in capsys.readouterr().err
-  imported = workdir.read(str(tmp_path / "wd"), "codec")
+  imported = Workdir(str(tmp_path / "wd")).read_params("codec")
   assert imported.model["semantic"]["w2vbert"]["layers"] == 2
   hf = ref.state_dict()
   for ours, theirs in [("layers.1.self_attn.distance_embedding", "encoder.layers.1.self_attn.distance_embedding"),

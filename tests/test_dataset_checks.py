@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxspeech import registry
+from jaxspeech.train import registry
 from jaxspeech.codec import tokenize
 from jaxspeech.data import tfds_io
 from tests.ast_config import ROOT, load_config

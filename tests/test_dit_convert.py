@@ -9,9 +9,9 @@ import safetensors.torch
 import torch
 
 from jaxspeech.convert import cli as convert_cli
-from jaxspeech.convert import workdir
 from jaxspeech.dit import convert
 from jaxspeech.dit.model import DiTConfig
+from jaxspeech.workdir import Workdir
 from tests import test_dit_parity as ref
 from tests import reference_stubs
 
@@ -55,7 +55,7 @@ def test_pt_to_workdir_to_safetensors_loads_in_f5(tmp_path, capsys):
                   *OVERRIDES, "--vocab", str(vocab))
   assert code == 0, out
   assert "text_num_embeds=40" in out  # read from the checkpoint, not tiny's 256
-  params = workdir.read(str(tmp_path / "wd"), "dit").params
+  params = Workdir(str(tmp_path / "wd")).read_params("dit").params
   want = convert.from_f5_state_dict({k.removeprefix("transformer."): v for k, v in source.state_dict().items()}, CFG)
   assert params.keys() == want.keys() and all(np.array_equal(params[k], want[k]) for k in want)
 
@@ -77,7 +77,7 @@ def test_safetensors_ema_checkpoint_imports(tmp_path, capsys):
                   str(tmp_path / "wd"), *OVERRIDES)
   assert code == 0, out
   assert "no --vocab" in out
-  got = workdir.read(str(tmp_path / "wd"), "dit").params["blocks.1.attn.query.kernel"]
+  got = Workdir(str(tmp_path / "wd")).read_params("dit").params["blocks.1.attn.query.kernel"]
   want = source.state_dict()["transformer.transformer_blocks.1.attn.to_q.weight"].numpy()
   np.testing.assert_array_equal(got.reshape(48, 48).T, want)
 

@@ -17,8 +17,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from jaxspeech import cli, workdir as workdir_lib
-from jaxspeech.train import checkpoint, trainer
+from jaxspeech import cli
+from jaxspeech.train import trainer
+from jaxspeech.workdir import checkpoints as checkpoint, lock as workdir_lib
 from tests.ast_config import OVERRIDES, ROOT, tiny_ast
 from tests.test_llasa_family import code_data, tiny_config as tiny_llasa  # noqa: F401 (code_data: a fixture)
 

@@ -15,8 +15,9 @@ import tokenizers
 import torch
 import transformers
 
-from jaxspeech.convert import cli as convert_cli, workdir
+from jaxspeech.convert import cli as convert_cli
 from jaxspeech.llasa import convert
+from jaxspeech.workdir import Workdir
 from tests.test_llasa_parity import HF_CONFIGS, hf_llama
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,5 +171,5 @@ def test_cli_as_a_user_runs_it(tmp_path):
                            str(tmp_path / "hf"), "--dst", str(tmp_path / "wd")],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=240)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert workdir.read(str(tmp_path / "wd"), "llasa").params.keys() == set(
+  assert Workdir(str(tmp_path / "wd")).read_params("llasa").params.keys() == set(
       convert.param_shapes(convert.hf_config_to_llama(json.load(open(tmp_path / "hf" / "config.json")))))

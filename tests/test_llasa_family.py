@@ -18,7 +18,7 @@ from jaxspeech.data import pipeline, tfds_io
 from jaxspeech.data.synth import sentences
 from jaxspeech.llasa import family, objective
 from jaxspeech.text import spm
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 from tests.ast_config import ROOT, load_config
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}

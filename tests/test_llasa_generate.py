@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from jaxspeech.llasa import generate
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 from tests.test_llasa_parity import hf_llama, ours_from
 
 

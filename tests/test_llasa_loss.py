@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from jaxspeech.llasa import family
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 from tests.ast_config import load_config
 
 VOCAB = LlasaVocab(256, 8192)
@@ -38,7 +38,7 @@ def loss_and_grad(cfg):
   data = batch()
 
   def loss(state):
-    return family.loss(nnx.merge(graphdef, state), data, None, cfg)
+    return family.loss(nnx.merge(graphdef, state), data, None, 0, cfg)
   step = jax.jit(jax.value_and_grad(loss, has_aux=True))
   (value, metrics), grads = step(state)
   return value, metrics, grads, step.lower(state).compile().memory_analysis().temp_size_in_bytes

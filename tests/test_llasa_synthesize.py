@@ -18,7 +18,7 @@ from jaxspeech.data.synth import sentences
 from jaxspeech.llasa import generate, synthesis, verify
 from jaxspeech.llasa.model import Llama, LlamaConfig
 from jaxspeech.text import spm
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 from tests.ast_config import ROOT
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
@@ -76,7 +76,7 @@ def test_voice_prompted_best_of_n_synthesis(tokenizer):
 def workdirs(tmp_path_factory):
   """(LM workdir, codec workdir) of random-init tiny models, as `jaxspeech convert` writes them."""
   import dataclasses  # pylint: disable=import-outside-toplevel
-  from jaxspeech import registry  # pylint: disable=import-outside-toplevel
+  from jaxspeech.train import registry  # pylint: disable=import-outside-toplevel
   root = tmp_path_factory.mktemp("workdirs")
   lm = Llama(LM, nnx.Rngs(0))
   workdir.write(str(root / "lm"), "llasa", workdir.Imported(

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import transformers
 
-from jaxspeech import registry, sharding
+from jaxspeech import sharding
+from jaxspeech.train import registry
 from jaxspeech.ast import convert, family as ast_family
 from jaxspeech.data import pipeline
 from jaxspeech.train import plan as plan_lib, state as state_lib, trainer

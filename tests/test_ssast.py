@@ -17,7 +17,8 @@ from jaxspeech.ast.family import model_config
 from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.convert import mapping
 from jaxspeech.data import pipeline
-from jaxspeech.train import checkpoint, init_from, state as state_lib, trainer
+from jaxspeech.train import init_from, state as state_lib, trainer
+from jaxspeech.workdir import checkpoints as checkpoint
 from tests.ast_config import load_config
 
 PATCH_GRID, FRAME_GRID = (8, 64), (1, 512)   # SSAST's 16×16 and 128×2 grids over 1024 frames

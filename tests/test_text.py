@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from jaxspeech.data import tfds_io
-from jaxspeech.text import llasa_vocab, spm
+from jaxspeech.llasa import vocab as llasa_vocab
+from jaxspeech.text import spm
 
 
 def test_llasa_ids_match_published_layout():

@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def test_torn_latest_checkpoint_falls_back_to_previous(corpus_path, tmp_path, ca
       if not name.startswith("_"):
         os.remove(os.path.join(root, name))
   t = trainer.Trainer(cfg, str(tmp_path))
-  from jaxspeech.train import checkpoint
+  from jaxspeech.workdir import checkpoints as checkpoint
   from jaxspeech.data import pipeline
   iterator = pipeline.make_iterator(t._data("train", train=True))  # pylint: disable=protected-access
   state = t.restore_or_init(iterator, checkpoint.Checkpoints(str(tmp_path), keep=3, async_save=False))
@@ -170,7 +169,7 @@ def test_workdir_of_another_shape_is_refused(corpus_path, tmp_path):
 
 def test_restore_onto_another_mesh(corpus_path, tmp_path):
   from jaxspeech.data import pipeline
-  from jaxspeech.train import checkpoint
+  from jaxspeech.workdir import checkpoints as checkpoint
   cfg = tiny_ast(corpus_path, steps=2, checkpoint_every=2)
   cfg.model.update(hidden=64, mlp=128)
   cfg.mesh.update(data=8)

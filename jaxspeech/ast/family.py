@@ -149,8 +149,9 @@ def _per_example(model, batch, key, cfg):
   return ce_B, {"accuracy": correct_B}, batch["valid"].astype(jnp.float32)
 
 
-def loss(model, batch, key, cfg):
+def loss(model, batch, key, step, cfg):
   """Mean over the valid rows; SSAST draws its masks from `key` (the step's), so a resumed run draws the same."""
+  del step
   loss_B, metrics, valid_B = _per_example(model, batch, key, cfg)
   n = jnp.maximum(valid_B.sum(), 1.0)
   metrics = {k: (v * valid_B).sum() / n for k, v in metrics.items()}
@@ -169,16 +170,11 @@ def evaluate(model, batch, cfg):
 def make_data(cfg, split, *, train, shard_index, shard_count):
   pipeline.require_speech(cfg.data.path, "the ast family")
   _check_classes(cfg)
-  source = tfds_io.data_source(cfg.data.path, split)
   size = crop_samples(cfg)
-  if cfg.train.batch_size % shard_count:
-    raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over {shard_count} hosts")
-  fixed = batching.FixedBatch(cfg.train.batch_size // shard_count, "audio", batching.Buckets((size,)),
+  fixed = batching.FixedBatch(pipeline.host_batch_size(cfg, shard_count), "audio", batching.Buckets((size,)),
                               drop_remainder=train)
-  return pipeline.make_pipeline(
-      source, seed=cfg.seed, map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, crop_samples=size), batching=fixed,
-      shard_index=shard_index, shard_count=shard_count, shuffle=train, num_epochs=None if train else 1,
-      worker_count=cfg.data.worker_count)
+  return pipeline.for_family(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
+                             map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, crop_samples=size), batching=fixed)
 
 
 def _check_classes(cfg) -> None:

@@ -28,16 +28,7 @@ from jaxspeech.audio.istft import hann_window
 from jaxspeech.codec import sizes
 from jaxspeech.codec.encoder import LOWPASS
 from jaxspeech.convert import mapping
-from jaxspeech.convert.mapping import HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
-
-
-def conv1d_to_torch(kernel_KxIxO: np.ndarray) -> np.ndarray:
-  """A (K, I, O) kernel as a torch `Conv1d` weight (O, I, K)."""
-  return kernel_KxIxO.transpose(2, 1, 0)
-
-
-def conv1d_from_torch(weight_OxIxK: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  return weight_OxIxK.transpose(2, 1, 0)
+from jaxspeech.convert.mapping import CONV1D, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
 
 
 def gain_to_torch(g_O: np.ndarray) -> np.ndarray:
@@ -49,7 +40,6 @@ def gain_from_torch(g_Ox1x1: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   return g_Ox1x1.reshape(shape)
 
 
-CONV1D = Transform(conv1d_to_torch, conv1d_from_torch)
 GAIN = Transform(gain_to_torch, gain_from_torch)
 
 # Weight-norm key suffixes: (g, v) as torch.nn.utils.parametrizations.weight_norm, and as the older weight_norm.
@@ -333,7 +323,7 @@ def import_checkpoint(source: str, src: str, args):
 
 def _import_w2vbert(cfg, src: str, layers: int) -> dict[str, np.ndarray]:
   """Sets `cfg.semantic.w2vbert` from the HF directory `src`; its params under the codec's `semantic_model.`."""
-  from jaxspeech.codec import w2vbert_convert  # pylint: disable=import-outside-toplevel
+  from jaxspeech.teachers.w2vbert import convert as w2vbert_convert  # pylint: disable=import-outside-toplevel
   from jaxspeech.codec.model import TEACHER  # pylint: disable=import-outside-toplevel
   if not cfg.semantic.enabled:
     raise ConversionError("--w2vbert", ["this checkpoint has no semantic branch (SemanticEncoder_module)"])

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxspeech.codec.conv import Conv1d
+from jaxspeech.nn.conv import Conv1d
 from jaxspeech.sharding import constrain
 
 BLOCK_AXES = ("activation_batch", "activation_length", "activation_embed")

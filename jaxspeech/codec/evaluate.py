@@ -46,7 +46,8 @@ def codebook_stats(counts_K: np.ndarray) -> dict[str, float]:
 def evaluate_workdir(workdir: str, data_dir: str, split: str = "validation", *, per_device: int = 4,
                      bucket_seconds: float = 1.0, limit: int | None = None) -> dict[str, float]:
   """Every metric of a codec workdir's newest checkpoint on whole utterances of `split` (the first `limit`)."""
-  from jaxspeech.codec import inference, losses, tokenize  # pylint: disable=import-outside-toplevel
+  from jaxspeech.codec import inference, tokenize  # pylint: disable=import-outside-toplevel
+  from jaxspeech.gan import losses  # pylint: disable=import-outside-toplevel
   from jaxspeech.data import tfds_io  # pylint: disable=import-outside-toplevel
   codec, sample_rate, hop = tokenize.load_codec(workdir)
   source = tfds_io.data_source(data_dir, split)

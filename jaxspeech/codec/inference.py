@@ -1,36 +1,15 @@
-"""Trained codecs and vocoders out of their workdirs, and whole utterances through them in padded batches.
-
-`restore` builds the generator alone (no discriminators) with the params of a workdir's newest checkpoint
-(its EMA when it has one, as `jaxspeech eval` uses). `run_batched` runs a jitted function over utterances
+"""Whole utterances through a codec in padded batches (load one with `Workdir(path).load_model(family.FAMILY)`:
+the generator alone, with the newest checkpoint's params, its EMA when it has one). `run_batched` runs a jitted function over utterances
 padded to whole `bucket`s (few shapes, so few compiles), with the rows sharded over this host's devices.
 """
 
 from collections.abc import Callable, Iterable, Iterator
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxspeech.audio import io as audio_io
-from jaxspeech.codec import losses
-from jaxspeech.convert import mapping, workdir as workdir_lib
-
-
-def restore(workdir: str, family: str, build: Callable[..., nnx.Module]
-            ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-  """(`build(model_config, rngs=...)` with `workdir`'s params, the model config)."""
-  checkpoint = workdir_lib.read(workdir, family)
-  model_cfg = ml_collections.ConfigDict(checkpoint.model)
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: build(model_cfg, rngs=nnx.Rngs(0))))
-  params = {k: v for k, v in checkpoint.params.items() if not losses.is_discriminator(tuple(k.split(".")))}
-  missing = mapping.param_shapes(state).keys() - params.keys()
-  if missing:
-    raise mapping.ConversionError(f"workdir {workdir}", [f"has no param {k}" for k in sorted(missing)])
-  nnx.replace_by_pure_dict(state, mapping.unflatten({k: jnp.asarray(v) for k, v in params.items()}))
-  return nnx.merge(graphdef, state), model_cfg
 
 
 def local_mesh() -> Mesh:

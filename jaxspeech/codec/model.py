@@ -19,11 +19,11 @@ import numpy as np
 from flax import nnx
 
 from jaxspeech.audio import features
-from jaxspeech.codec.decoder import VocosDecoder
+from jaxspeech.vocoder.decoder import VocosDecoder
 from jaxspeech.codec.encoder import Encoder
 from jaxspeech.codec.fsq import FSQ
 from jaxspeech.codec.semantic import SemanticConv
-from jaxspeech.codec.w2vbert import W2VBert
+from jaxspeech.teachers.w2vbert.model import W2VBert
 from jaxspeech.nn import layers
 
 W2VBERT_HOP = 320   # w2v-BERT's frames: a 10 ms fbank stacked in pairs, 20 ms at 16 kHz

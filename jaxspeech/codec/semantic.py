@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxspeech.codec.conv import Conv1d
+from jaxspeech.nn.conv import Conv1d
 
 
 class SemanticConv(nnx.Module):

@@ -1,17 +1,12 @@
 """Codec model configs (`config.model` of the codec family): `base` is the released X-codec2 shape.
 
-`semantic.w2vbert` is the frozen w2v-BERT encoder the codec runs on its own input (`jaxspeech.codec.w2vbert`);
+`semantic.w2vbert` is the frozen w2v-BERT encoder the codec runs on its own input (`jaxspeech.teachers.w2vbert`);
 None: the semantic branch takes its features as an argument (`semantic_features_BxNxF`).
 """
 
 import ml_collections
 
-
-def w2vbert_2_0() -> ml_collections.ConfigDict:
-  """facebook/w2v-bert-2.0 (HF `Wav2Vec2BertConfig` defaults) up to hidden_states[16], the layer X-codec2 uses."""
-  return ml_collections.ConfigDict(dict(
-      input_dim=160, dim=1024, layers=16, heads=16, intermediate=4096, conv_kernel=31,
-      position="relative_key", left_max=64, right_max=8, rotary_base=10000, eps=1e-5))
+from jaxspeech.teachers.w2vbert import model as w2vbert_model
 
 
 def base() -> ml_collections.ConfigDict:
@@ -30,7 +25,7 @@ def base() -> ml_collections.ConfigDict:
 def base_w2vbert() -> ml_collections.ConfigDict:
   """`base` running w2v-BERT 2.0 itself (import its weights with `jaxspeech convert codec ... --w2vbert DIR`)."""
   cfg = base()
-  cfg.semantic.w2vbert = w2vbert_2_0()
+  cfg.semantic.w2vbert = w2vbert_model.config_2_0()
   return cfg
 
 
@@ -47,7 +42,7 @@ def tiny() -> ml_collections.ConfigDict:
 def tiny_semantic() -> ml_collections.ConfigDict:
   """`tiny` with the semantic branch over a 2-layer, 32-wide random w2v-BERT (the code path, not its features)."""
   cfg = tiny()
-  w2vbert = w2vbert_2_0()
+  w2vbert = w2vbert_model.config_2_0()
   w2vbert.update(dim=32, layers=2, heads=4, intermediate=64, conv_kernel=7)
   cfg.semantic.update(enabled=True, features=w2vbert.dim, w2vbert=w2vbert)
   return cfg

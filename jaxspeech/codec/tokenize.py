@@ -18,9 +18,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
-from jaxspeech.codec import inference
+from jaxspeech.codec import family, inference
 from jaxspeech.codec.model import Codec
 from jaxspeech.data import tfds_io
+from jaxspeech.workdir import Workdir
 
 KEPT = ("id", "text", "speaker", "speaker_id", "language")
 FEATURES = tfds.features.FeaturesDict({
@@ -36,11 +37,11 @@ FEATURES = tfds.features.FeaturesDict({
 
 def load_codec(workdir: str) -> tuple[Codec, int, int]:
   """(codec, sample rate, hop) of a codec workdir's newest checkpoint."""
-  codec, model_cfg = inference.restore(workdir, "codec", Codec)
+  codec, cfg = Workdir(workdir).load_model(family.FAMILY)
   if codec.semantic:
     raise ValueError(f"the codec in {workdir} has the semantic branch, which needs w2v-BERT 2.0 features "
                      "that jaxspeech does not compute yet")
-  return codec, int(model_cfg.sample_rate), codec.hop
+  return codec, int(cfg.model.sample_rate), codec.hop
 
 
 def _chunk_path(parts: str, split: str, index: int) -> str:

@@ -8,11 +8,11 @@
   jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
 
 A family's converter sits next to the module the registry names (`codec/family.py` → `codec/convert.py`,
-`codec/vocoder_family.py` → `codec/vocoder_convert.py`, which does not exist: the vocoder has none). It
+`vocoder/family.py` → `vocoder/convert.py`, which does not exist: the vocoder has none). It
 provides `SOURCES` and `TARGETS` ({name: help}), `add_arguments(parser)` for its own flags,
 `import_checkpoint(source, src, args) -> workdir.Imported` and
 `export_checkpoint(target, checkpoint, dst, args) -> list[str]` (lines to print). This module imports it
-by name only when asked, so it never imports a family itself.
+by name only when asked.
 
 Problems (a checkpoint of another family, missing, unexpected or misshaped keys) are printed one per line
 as `jaxspeech convert: error: ...` and exit 2, with nothing written at --dst.
@@ -22,6 +22,13 @@ import argparse
 import importlib
 import os
 import sys
+
+from absl import logging
+
+from jaxspeech.convert import workdir
+from jaxspeech.convert.mapping import ConversionError
+from jaxspeech.train import registry
+from jaxspeech.workdir import Workdir
 
 PROG = "jaxspeech convert"
 
@@ -38,7 +45,6 @@ def add_parser(groups) -> None:
 
 def converter(family: str):
   """The family's converter module."""
-  from jaxspeech import registry
   if family not in registry.FAMILIES:
     raise KeyError(f"unknown family {family!r}; known families: {sorted(registry.FAMILIES)}")
   package, module = registry.FAMILIES[family].rsplit(".", 1)
@@ -70,7 +76,6 @@ def family_parser(family: str, module) -> argparse.ArgumentParser:
 
 
 def _print_error(e: Exception) -> None:
-  from jaxspeech.convert.mapping import ConversionError
   if isinstance(e, ConversionError):
     print(f"{PROG}: error: {e.what}:", file=sys.stderr)
     for problem in e.problems:
@@ -82,7 +87,6 @@ def _print_error(e: Exception) -> None:
 
 def run(family: str, argv: list[str]) -> int:
   """Runs one conversion; 0 on success, 2 on a problem the user must fix (printed, no traceback)."""
-  from absl import logging
   verbosity = logging.get_verbosity()
   logging.set_verbosity(logging.ERROR)  # Orbax reports every step at INFO and WARNING
   try:
@@ -92,7 +96,6 @@ def run(family: str, argv: list[str]) -> int:
 
 
 def _run(family: str, argv: list[str]) -> int:
-  from jaxspeech.convert import workdir
   try:
     module = converter(family)
   except KeyError as e:
@@ -114,7 +117,7 @@ def _run(family: str, argv: list[str]) -> int:
             + (f"; initialised {record['initialised']}" if record["initialised"] else ""))
     else:
       workdir.check_destination(args.dst)
-      checkpoint = workdir.read(os.path.abspath(args.src), family, step=args.step, best=args.best, weights=args.weights)
+      checkpoint = Workdir(args.src).read_params(family, step=args.step, best=args.best, weights=args.weights)
       if getattr(module, "EXPORTS_FILE", False):  # one file at --dst, which the converter stages itself
         lines = module.export_checkpoint(args.target, checkpoint, args.dst, args)
       else:

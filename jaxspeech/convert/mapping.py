@@ -83,6 +83,15 @@ def conv_from_hf(weight_OxIxHxW: np.ndarray, shape: tuple[int, ...]) -> np.ndarr
   return weight_OxIxHxW.transpose(2, 3, 1, 0)
 
 
+def conv1d_to_torch(kernel_KxIxO: np.ndarray) -> np.ndarray:
+  """A Flax Conv1d kernel (K, I/groups, O) as a torch `Conv1d` weight (O, I/groups, K)."""
+  return kernel_KxIxO.transpose(2, 1, 0)
+
+
+def conv1d_from_torch(weight_OxIxK: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  return weight_OxIxK.transpose(2, 1, 0)
+
+
 def split_qkv(w_3NxM: np.ndarray, parts: int = 3) -> list[np.ndarray]:
   """A fused projection's tensor (q/k/v stacked as row blocks, timm's `attn.qkv`) as its `parts` row blocks."""
   if w_3NxM.shape[0] % parts:
@@ -107,6 +116,7 @@ HEADS_IN = Transform(heads_in_to_hf, heads_in_from_hf)
 HEADS_OUT = Transform(heads_out_to_hf, heads_out_from_hf)
 HEADS_BIAS = Transform(heads_bias_to_hf, heads_bias_from_hf)
 CONV2D = Transform(conv_to_hf, conv_from_hf)
+CONV1D = Transform(conv1d_to_torch, conv1d_from_torch)
 QKV_IN = fused(HEADS_IN)       # (3·H·K, D) <-> query, key, value kernels (D, H, K)
 QKV_BIAS = fused(HEADS_BIAS)   # (3·H·K,) <-> query, key, value biases (H, K)
 

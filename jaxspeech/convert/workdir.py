@@ -1,4 +1,4 @@
-"""Converted checkpoints as jaxspeech workdirs, and workdirs' newest params back out.
+"""Converted checkpoints as jaxspeech workdirs (the params back out: `jaxspeech.workdir.Workdir.read_params`).
 
 An imported workdir is what `jaxspeech train` would have written at step 0 for the same model:
 
@@ -26,10 +26,16 @@ import os
 import shutil
 from collections.abc import Iterator
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from jaxspeech import sharding
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import ConversionError
+from jaxspeech.train import config as config_lib, optim, registry, state as state_lib
+from jaxspeech.workdir import Workdir
 
 STATE_CONFIG = ("jaxspeech.train.config.defaults() (AdamW with clipping, no EMA, the groups the family's "
                 "param_groups uses for this model with default settings)")
@@ -42,17 +48,6 @@ class Imported:
   params: dict[str, np.ndarray]      # our dotted param path -> float32 array
   provenance: dict = dataclasses.field(default_factory=dict)   # layout, generation, ignored keys, labels, ...
   notes: list[str] = dataclasses.field(default_factory=list)   # printed to stderr
-
-
-@dataclasses.dataclass
-class Checkpoint:
-  """A workdir's params at one step, as read for export."""
-  family: str
-  model: dict
-  params: dict[str, np.ndarray]      # dotted path -> float32 array
-  step: int
-  weights: str                       # "params" or "ema": which tree `params` holds
-  provenance: dict                   # the workdir's convert.json, {} if it has none
 
 
 def _version(package: str) -> str | None:
@@ -85,16 +80,8 @@ def staged(dst: str) -> Iterator[str]:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_json(path: str, obj) -> None:
-  with open(path, "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-
-
 def train_config(family: str, model: dict):
   """The config an imported state is built from: the shared defaults with this family and model."""
-  import ml_collections
-  from jaxspeech.train import config as config_lib
   cfg = config_lib.defaults()
   cfg.family = family
   cfg.model = ml_collections.ConfigDict(model)
@@ -105,9 +92,6 @@ def train_config(family: str, model: dict):
 
 def _group_labels(family: str, cfg) -> set[str]:
   """The optimizer groups the family's `param_groups` puts this model's params in."""
-  import jax
-  from jaxspeech import registry
-  from jaxspeech.train import optim, state as state_lib
   family_impl = registry.get(family)
   if family_impl.param_groups is None:
     return {"default"}
@@ -122,10 +106,6 @@ def _state(family_impl, cfg, tx, mesh, params: dict[str, np.ndarray]):
   XLA drops the rest of it, so importing a complete checkpoint compiles no init at all. The result is
   the same, bit for bit, as `state_lib.create` followed by replacing the params.
   """
-  import jax
-  import jax.numpy as jnp
-  from jaxspeech.train import optim, state as state_lib
-
   def key(path) -> str:
     return ".".join(optim.param_path(path))
 
@@ -160,10 +140,6 @@ def write(dst: str, family: str, imported: Imported, provenance: dict) -> dict:
   Every imported param must be one of the model's, in its shape; the model's params the import lacks keep
   their initial values and are listed in convert.json (`initialised`). Anything else is a ConversionError.
   """
-  import orbax.checkpoint as ocp
-  from jaxspeech import registry, sharding
-  from jaxspeech.train import optim, state as state_lib
-
   check_destination(dst)
   cfg = train_config(family, imported.model)
   family_impl = registry.get(family)
@@ -186,75 +162,7 @@ def write(dst: str, family: str, imported: Imported, provenance: dict) -> dict:
       "state_config": STATE_CONFIG, "jaxspeech": _version("jaxspeech"),
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   with staged(dst) as tmp:
-    manager = ocp.CheckpointManager(
-        os.path.join(tmp, "checkpoints"), item_handlers={"state": ocp.StandardCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=False))
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=True)
-    manager.wait_until_finished()
-    manager.close()
-    _write_json(os.path.join(tmp, "config.json"), {"family": family, "model": json.loads(cfg.model.to_json())})
-    _write_json(os.path.join(tmp, "convert.json"), record)
+    workdir = Workdir(tmp)
+    workdir.write_state(state)
+    workdir.write_config({"family": family, "model": json.loads(cfg.model.to_json())}, provenance=record)
   return record
-
-
-def _strip_value(tree):
-  """A restored nnx.State tree (each Variable saved as {"value": array}) as a plain nested dict of arrays."""
-  if isinstance(tree, dict):
-    if tree.keys() == {"value"} and not isinstance(tree["value"], dict):
-      return tree["value"]
-    return {k: _strip_value(v) for k, v in tree.items()}
-  return tree
-
-
-def steps(directory: str) -> list[int]:
-  """The finished checkpoint steps in `directory` (Orbax renames a step's temporary dir to its number when done)."""
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state")))
-
-
-def read(src: str, family: str, *, step: int | None = None, best: bool = False, weights: str = "auto"
-         ) -> Checkpoint:
-  """The params of `src`'s newest checkpoint (or `step`, or the best one), as float32 numpy.
-
-  `weights`: "params", "ema", or "auto" (the EMA when the checkpoint has one, as `jaxspeech eval` uses it).
-  """
-  import jax
-  import orbax.checkpoint as ocp
-
-  src = os.path.abspath(src)  # Orbax reads no metadata through a relative path
-  config_path = os.path.join(src, "config.json")
-  if not os.path.exists(config_path):
-    raise ConversionError(f"workdir {src}", ["has no config.json; is it a jaxspeech workdir?"])
-  with open(config_path) as f:
-    saved = json.load(f)
-  if saved.get("family") != family:
-    raise ConversionError(f"workdir {src}", [f"holds a {saved.get('family')!r} run, not {family!r}"])
-  directory = os.path.join(src, "best" if best else "checkpoints")
-  available = steps(directory)
-  if not available:
-    raise ConversionError(f"workdir {src}", [f"has no checkpoint in {directory}"])
-  if step is None:
-    step = available[-1]
-  elif step not in available:
-    raise ConversionError(f"workdir {src}", [f"has no checkpoint at step {step} (it has {available})"])
-  path = os.path.join(directory, str(step), "state")
-  checkpointer = ocp.PyTreeCheckpointer()
-  tree = checkpointer.metadata(path).item_metadata.tree
-  has_ema = tree.get("ema") is not None
-  if weights == "auto":
-    weights = "ema" if has_ema else "params"
-  if weights == "ema" and not has_ema:
-    raise ConversionError(f"checkpoint {path}", ["has no EMA (train.ema_decay was 0); use --weights params"])
-  target = {weights: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[weights])}
-  restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-      item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
-      partial_restore=True))
-  params = mapping.flatten(_strip_value(restored[weights]))
-  provenance = {}
-  if os.path.exists(os.path.join(src, "convert.json")):
-    with open(os.path.join(src, "convert.json")) as f:
-      provenance = json.load(f)
-  return Checkpoint(family=family, model=saved["model"], params=params, step=step, weights=weights,
-                    provenance=provenance)

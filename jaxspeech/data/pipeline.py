@@ -168,6 +168,21 @@ def make_pipeline(source, *, seed: int, map_fn: Callable[[Mapping[str, Any], np.
   return ds
 
 
+def for_family(cfg, split: str, *, train: bool, shard_index: int, shard_count: int, map_fn, batching
+               ) -> grain.IterDataset:
+  """A family's pipeline over `split` of `cfg.data.path`: shuffled and repeated to train, one pass to evaluate."""
+  return make_pipeline(tfds_io.data_source(cfg.data.path, split), seed=cfg.seed, map_fn=map_fn, batching=batching,
+                       shard_index=shard_index, shard_count=shard_count, shuffle=train,
+                       num_epochs=None if train else 1, worker_count=cfg.data.worker_count)
+
+
+def host_batch_size(cfg, shard_count: int) -> int:
+  """This host's rows of `train.batch_size`, which must split evenly over the `shard_count` hosts."""
+  if cfg.train.batch_size % shard_count:
+    raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over {shard_count} hosts")
+  return cfg.train.batch_size // shard_count
+
+
 def make_iterator(ds: grain.IterDataset, state: Mapping | str | None = None) -> grain.DatasetIterator:
   """An iterator over `ds`, restored from `state` (a `get_state()` dict or its JSON) when given."""
   iterator = iter(ds)

@@ -81,20 +81,10 @@ def evaluate(args) -> None:
 
 
 def load(workdir: str, weights: str = "auto"):
-  """(model holding the workdir's newest params, the workdir's config.json)."""
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from jaxspeech.convert import mapping, workdir as workdir_lib  # pylint: disable=import-outside-toplevel
-  from jaxspeech.dit.model import build, config_from  # pylint: disable=import-outside-toplevel
-  checkpoint = workdir_lib.read(workdir, "dit", weights=weights)
-  cfg = config_from(checkpoint.model)
-  model = nnx.eval_shape(lambda: build(cfg, nnx.Rngs(0)))
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, mapping.unflatten(checkpoint.params))
-  nnx.update(model, state)
-  with open(os.path.join(workdir, "config.json")) as f:
-    return model, json.load(f)
+  """(model holding the workdir's newest params, the config it was built from)."""
+  from jaxspeech.dit import family  # pylint: disable=import-outside-toplevel
+  from jaxspeech.workdir import Workdir  # pylint: disable=import-outside-toplevel
+  return Workdir(workdir).load_model(family.FAMILY, weights=weights)
 
 
 def tokens_of(workdir: str, config: dict) -> list[str]:

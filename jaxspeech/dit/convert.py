@@ -23,18 +23,9 @@ import numpy as np
 from flax import nnx
 
 from jaxspeech.convert import mapping
-from jaxspeech.convert.mapping import HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
+from jaxspeech.convert.mapping import CONV1D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
 from jaxspeech.dit import modules
 from jaxspeech.dit.model import DiTConfig, build, config_from
-
-
-def conv1d_to_f5(kernel_KxIxO: np.ndarray) -> np.ndarray:
-  """A Flax Conv1d kernel (K, I/groups, O) as a torch Conv1d weight (O, I/groups, K)."""
-  return kernel_KxIxO.transpose(2, 1, 0)
-
-
-def conv1d_from_f5(weight_OxIxK: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  return weight_OxIxK.transpose(2, 1, 0)
 
 
 def grn_to_f5(x_H: np.ndarray) -> np.ndarray:
@@ -46,7 +37,6 @@ def grn_from_f5(x_1x1xH: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
   return x_1x1xH.reshape(shape)
 
 
-CONV1D = Transform(conv1d_to_f5, conv1d_from_f5)
 GRN = Transform(grn_to_f5, grn_from_f5)
 ROPE_BUFFER = "rotary_embed.inv_freq"
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxspeech import sharding
 from jaxspeech.audio import features
-from jaxspeech.data import batching, pipeline, tfds_io
+from jaxspeech.data import batching, pipeline
 from jaxspeech.dit import sample, vocab
 from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.dit.objective import Objective, flow_matching_loss
@@ -48,7 +48,8 @@ def text_ids(batch):
   return jnp.where(batch["text_mask"], batch["text"], -1)
 
 
-def loss(model, batch, key, cfg):
+def loss(model, batch, key, step, cfg):
+  del step
   mel_BxTxM, frames_B = mel(batch, cfg)
   value, _, _ = flow_matching_loss(model, mel_BxTxM, frames_B, text_ids(batch), key, objective(cfg))
   return value, {}
@@ -88,11 +89,9 @@ def make_data(cfg, split, *, train, shard_index, shard_count):
   if len(tokens) > cfg.model.text_num_embeds:
     raise ValueError(f"the vocabulary has {len(tokens)} tokens but model.text_num_embeds is "
                      f"{cfg.model.text_num_embeds}")
-  return pipeline.make_pipeline(
-      tfds_io.data_source(cfg.data.path, split), seed=cfg.seed,
-      map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, features=AddText(tokens)), batching=frame_budget(cfg, shard_count),
-      shard_index=shard_index, shard_count=shard_count, shuffle=train, num_epochs=None if train else 1,
-      worker_count=cfg.data.worker_count)
+  return pipeline.for_family(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
+                             map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, features=AddText(tokens)),
+                             batching=frame_budget(cfg, shard_count))
 
 
 def batch_axes(cfg):

@@ -26,8 +26,8 @@ def vocode(vocoder: str | None, mel_TxM) -> np.ndarray:
   if vocoder is None:
     from jaxspeech.audio.griffin_lim import griffin_lim  # pylint: disable=import-outside-toplevel
     return griffin_lim(np.asarray(mel_TxM))
-  from jaxspeech.codec.vocoder import vocode as vocoder_vocode  # pylint: disable=import-outside-toplevel
-  return np.asarray(vocoder_vocode(vocoder, np.asarray(mel_TxM)[None])[0])
+  from jaxspeech.vocoder import family as vocoder_family  # pylint: disable=import-outside-toplevel
+  return np.asarray(vocoder_family.vocode(vocoder, np.asarray(mel_TxM)[None])[0])
 
 
 def speak(model, tokens: list[str], ref_S: np.ndarray, rate: int, ref_text: str, text: str, key, *,

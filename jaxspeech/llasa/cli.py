@@ -52,20 +52,20 @@ def _sampling(args):
 
 def _load(args, command: str, lm: bool = True):
   """(lm, codec, codec sample rate, vocab, tokenizer) of the flags; with `lm=False` the codec's only."""
-  from jaxspeech.codec import inference  # pylint: disable=import-outside-toplevel
-  from jaxspeech.codec.model import Codec  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa import family, synthesis  # pylint: disable=import-outside-toplevel
-  from jaxspeech.text.llasa_vocab import LlasaVocab, SPECIAL_TOKENS  # pylint: disable=import-outside-toplevel
+  from jaxspeech.codec import family as codec_family  # pylint: disable=import-outside-toplevel
+  from jaxspeech.llasa import family  # pylint: disable=import-outside-toplevel
+  from jaxspeech.workdir import Workdir  # pylint: disable=import-outside-toplevel
+  from jaxspeech.llasa.vocab import LlasaVocab, SPECIAL_TOKENS  # pylint: disable=import-outside-toplevel
   needed = (("--lm", args.lm), ("--codec", args.codec), ("--tokenizer", args.tokenizer)) if lm else (
       ("--codec", args.codec),)
   missing = [flag for flag, value in needed if not value]
   if missing:
     raise ValueError(f"{command} needs {' and '.join(missing)}")
-  codec, codec_cfg = inference.restore(args.codec, "codec", Codec)  # the generator of a GAN-trained workdir
-  sample_rate = int(codec_cfg.sample_rate)
+  codec, codec_cfg = Workdir(args.codec).load_model(codec_family.FAMILY)  # a GAN-trained workdir's generator
+  sample_rate = int(codec_cfg.model.sample_rate)
   if not lm:
     return None, codec, sample_rate, None, None
-  model, _ = synthesis.load_workdir_model(args.lm, "llasa")
+  model, _ = Workdir(args.lm).load_model(family.FAMILY)
   vocab = LlasaVocab(model.cfg.vocab_size - len(SPECIAL_TOKENS) - args.num_speech_tokens, args.num_speech_tokens)
   return model, codec, sample_rate, vocab, family.load_tokenizer(args.tokenizer)
 

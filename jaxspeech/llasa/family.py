@@ -17,7 +17,7 @@ from jaxspeech.data import packing, pipeline, tfds_io
 from jaxspeech.llasa import convert, objective
 from jaxspeech.llasa.model import Cache, Llama, LlamaConfig
 from jaxspeech.text import spm
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 from jaxspeech.train.family import Family
 
 
@@ -43,9 +43,9 @@ def _token_terms(model, batch, cfg):
                                int(llasa.get("loss_chunk", 0)))
 
 
-def loss(model, batch, key, cfg):
+def loss(model, batch, key, step, cfg):
   """Mean cross-entropy over the trained targets of the batch (`key` unused: no dropout)."""
-  del key
+  del key, step
   ce_BxL, correct_BxL, weights_BxL = _token_terms(model, batch, cfg)
   n = jnp.maximum(weights_BxL.sum(), 1.0)
   return (ce_BxL * weights_BxL).sum() / n, {"accuracy": (correct_BxL * weights_BxL).sum() / n,
@@ -125,14 +125,9 @@ class Tokenize:
 def make_data(cfg, split, *, train, shard_index, shard_count):
   tfds_io.require_features(cfg.data.path, ("codes", "text"), "the llasa family",
                            hint="it trains on a codes dataset, as `jaxspeech codec encode` writes")
-  source = tfds_io.data_source(cfg.data.path, split)
-  if cfg.train.batch_size % shard_count:
-    raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over {shard_count} hosts")
-  packer = packing.Packing(cfg.llasa.seq_len, cfg.train.batch_size // shard_count, drop_remainder=train)
-  return pipeline.make_pipeline(
-      source, seed=cfg.seed, map_fn=Tokenize(cfg.llasa.tokenizer, vocab(cfg)), batching=packer,
-      shard_index=shard_index, shard_count=shard_count, shuffle=train, num_epochs=None if train else 1,
-      worker_count=cfg.data.worker_count)
+  packer = packing.Packing(cfg.llasa.seq_len, pipeline.host_batch_size(cfg, shard_count), drop_remainder=train)
+  return pipeline.for_family(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
+                             map_fn=Tokenize(cfg.llasa.tokenizer, vocab(cfg)), batching=packer)
 
 
 def batch_axes(cfg):

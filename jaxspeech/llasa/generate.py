@@ -19,7 +19,7 @@ from flax import nnx
 
 from jaxspeech.llasa import objective
 from jaxspeech.llasa.model import Cache
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 
 NEG_INF = -jnp.inf
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 
 
 def text_part(vocab: LlasaVocab, text_ids) -> list[int]:

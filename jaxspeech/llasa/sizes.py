@@ -5,7 +5,7 @@ Llama 3.1 / 3.2's RoPE (θ 500,000, llama3 scaling ×8 or ×32 over 8,192 positi
 3B and 8B untied, as their HF checkpoints' `tie_word_embeddings`.
 """
 
-from jaxspeech.text.llasa_vocab import LlasaVocab
+from jaxspeech.llasa.vocab import LlasaVocab
 
 LLASA_VOCAB = LlasaVocab().size  # 193,800
 LLAMA3_ROPE = dict(rope_theta=500_000.0, rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,

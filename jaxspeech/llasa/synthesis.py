@@ -1,7 +1,7 @@
 """Text to speech with a Llasa LM workdir and a codec workdir: prompt, generate codes, decode, pick the best.
 
-    lm, _ = load_workdir_model("workdirs/llasa_tiny", "llasa")
-    codec, _ = codec.inference.restore("workdirs/codec_tiny", "codec", Codec)   # the generator only
+    lm, _ = Workdir("workdirs/llasa_tiny").load_model(llasa.family.FAMILY)
+    codec, _ = Workdir("workdirs/codec_tiny").load_model(codec.family.FAMILY)   # the generator only
     result = synthesize(lm, codec, tokenizer, vocab, "Hello there.", jax.random.PRNGKey(0), best_of=4,
                         verifiers=[verify.LengthRepetition()])
 """
@@ -12,23 +12,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from jaxspeech.convert import mapping, workdir
 from jaxspeech.llasa import generate, objective, verify
-from jaxspeech.text.llasa_vocab import LlasaVocab
-
-
-def load_workdir_model(path: str, family_name: str):
-  """(model, config) of a workdir's newest checkpoint (its EMA when it has one), built without a random init."""
-  from jaxspeech import registry  # pylint: disable=import-outside-toplevel
-  checkpoint = workdir.read(path, family_name)
-  cfg = workdir.train_config(family_name, checkpoint.model)
-  model = nnx.eval_shape(lambda: registry.get(family_name).build_model(cfg, nnx.Rngs(0)))
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, mapping.unflatten(checkpoint.params))
-  nnx.update(model, state)
-  return model, cfg
+from jaxspeech.llasa.vocab import LlasaVocab
 
 
 def reference_codes(codec, ref_wav) -> np.ndarray:

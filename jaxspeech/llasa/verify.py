@@ -72,8 +72,8 @@ def ast_embedder(ast_workdir: str):
   """`embed(wav_S) -> (D,)` of an AST workdir (16 kHz audio): the mean of its final-norm patch tokens."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jaxspeech.ast import family as ast_family  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa import synthesis  # pylint: disable=import-outside-toplevel
-  model, cfg = synthesis.load_workdir_model(ast_workdir, "ast")
+  from jaxspeech.workdir import Workdir  # pylint: disable=import-outside-toplevel
+  model, cfg = Workdir(ast_workdir).load_model(ast_family.FAMILY)
   encoder = getattr(model, "encoder", model)  # an SSAST run holds its AST as `encoder`
 
   def embed(wav_S: np.ndarray) -> np.ndarray:

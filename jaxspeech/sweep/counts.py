@@ -80,7 +80,7 @@ _PARAMS: dict[str, int] = {}
 def param_count(cfg: ml_collections.ConfigDict) -> int:
   """Trainable parameters (every nnx.Param), from the abstract model: nothing is allocated."""
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxspeech import registry  # pylint: disable=import-outside-toplevel
+  from jaxspeech.train import registry  # pylint: disable=import-outside-toplevel
   from jaxspeech.train import state  # pylint: disable=import-outside-toplevel
   key = json.dumps({"family": cfg.family, "model": cfg.model.to_dict()}, sort_keys=True)
   if key not in _PARAMS:
@@ -91,5 +91,5 @@ def param_count(cfg: ml_collections.ConfigDict) -> int:
 
 def flops_per_step(cfg: ml_collections.ConfigDict) -> float:
   """The family's analytic FLOPs of one training step (forward + backward) on the global batch."""
-  from jaxspeech import registry  # pylint: disable=import-outside-toplevel
+  from jaxspeech.train import registry  # pylint: disable=import-outside-toplevel
   return float(registry.get(cfg.family).train_flops(cfg))

@@ -17,8 +17,9 @@ class Family:
   name: str
   # (config, rngs) -> model
   build_model: Callable[[ml_collections.ConfigDict, nnx.Rngs], nnx.Module]
-  # (model, batch, key, config) -> (scalar loss, metrics); runs inside the jitted step
-  loss: Callable[[nnx.Module, Batch, jax.Array, ml_collections.ConfigDict], tuple[jax.Array, Metrics]]
+  # (model, batch, key, step, config) -> (scalar loss, metrics); runs inside the jitted step. `step` (int32
+  # scalar) is the optimizer steps taken before this one, e.g. for a GAN's generator-only warm-up.
+  loss: Callable[[nnx.Module, Batch, jax.Array, jax.Array, ml_collections.ConfigDict], tuple[jax.Array, Metrics]]
   # (model, batch, config) -> {name: (sum, count)} summed over an eval pass, reported as sum / count
   evaluate: Callable[[nnx.Module, Batch, ml_collections.ConfigDict], dict[str, tuple[jax.Array, jax.Array]]]
   # (config, split, train, shard_index, shard_count) -> grain IterDataset of host-local numpy batches

@@ -1,8 +1,6 @@
 """`train.init_from`: start a run from another workdir's params (a converted checkpoint, a pretraining
 run) with this config's optimizer, groups and EMA, as MaxText's `load_parameters_path` does."""
 
-import json
-import os
 import re
 import sys
 
@@ -13,6 +11,7 @@ import numpy as np
 from jaxspeech.train import optim
 from jaxspeech.train.family import Family
 from jaxspeech.train.state import TrainState
+from jaxspeech.workdir import Workdir
 
 
 def _key(path) -> str:
@@ -21,12 +20,10 @@ def _key(path) -> str:
 
 def apply(state: TrainState, family: Family, cfg: ml_collections.ConfigDict) -> TrainState:
   """`state` (a fresh init) with its params, and EMA, replaced by those of `cfg.train.init_from`."""
-  from jaxspeech.convert import workdir as workdir_lib  # reads any workdir's params as numpy
-
   src = cfg.train.init_from
-  with open(os.path.join(src, "config.json")) as f:
-    source_config = json.load(f)
-  loaded = workdir_lib.read(src, source_config["family"], weights="auto").params
+  source = Workdir(src)
+  source_config = source.config
+  loaded = source.read_params(weights="auto").params
   if family.adapt_init is not None:
     loaded = family.adapt_init(loaded, source_config, cfg)
   skip = re.compile(cfg.train.init_skip) if cfg.train.init_skip else None

@@ -38,22 +38,23 @@ def make_train_step(family: Family, cfg: ml_collections.ConfigDict, graphdef: nn
   accum = int(cfg.optim.accum_steps)
   apply_update = make_update(cfg, tx)
 
-  def loss_fn(params, rest, batch, key):
-    return family.loss(nnx.merge(graphdef, params, rest), batch, key, cfg)
+  def loss_fn(params, rest, batch, key, step):
+    return family.loss(nnx.merge(graphdef, params, rest), batch, key, step, cfg)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def gradients(state: TrainState, batch, key):
     if accum == 1:
-      return grad_fn(state.params, state.rest, batch, key)
+      return grad_fn(state.params, state.rest, batch, key, state.step)
 
     def body(acc, micro_i):
       micro, i = micro_i
-      (loss, aux), grads = grad_fn(state.params, state.rest, micro, jax.random.fold_in(key, i))
+      (loss, aux), grads = grad_fn(state.params, state.rest, micro, jax.random.fold_in(key, i), state.step)
       return jax.tree.map(jnp.add, acc, ((loss, aux), grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, state.rest,
-                                                        jax.tree.map(lambda x: x[0], _microbatches(batch, accum)), key))
+                                                        jax.tree.map(lambda x: x[0], _microbatches(batch, accum)), key,
+                                                        state.step))
     total, _ = jax.lax.scan(body, zeros, (_microbatches(batch, accum), jnp.arange(accum)))
     return jax.tree.map(lambda x: x / accum, total)
 

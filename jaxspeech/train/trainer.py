@@ -10,8 +10,6 @@ time holds a workdir (`jaxspeech.workdir.lock`).
 
 import contextlib
 import itertools
-import json
-import os
 import signal
 import sys
 import time
@@ -22,12 +20,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from jaxspeech import registry, sharding, workdir as workdir_lib
+from jaxspeech import sharding
 from jaxspeech.data import pipeline
-from jaxspeech.train import checkpoint, goodput, host, init_from, metrics as metrics_lib, optim, profile
+from jaxspeech.train import goodput, host, init_from, metrics as metrics_lib, optim, profile, registry
 from jaxspeech.train import state as state_lib
 from jaxspeech.train import step as step_lib
 from jaxspeech.train.family import Family
+from jaxspeech.workdir import NotAWorkdir, Workdir, checkpoints as checkpoint_lib, lock as lock_lib
 
 
 class TrainingError(RuntimeError):
@@ -43,27 +42,6 @@ def _check_schedule(t: ml_collections.ConfigDict) -> None:
   for name, least in (("steps", 1), ("checkpoint_every", 1), ("log_every", 1), ("eval_every", 0)):
     if int(t[name]) < least:
       raise TrainingError(f"train.{name}={t[name]} must be at least {least}")
-
-
-def _check_workdir(workdir: str, cfg: ml_collections.ConfigDict) -> None:
-  """Refuses a workdir whose checkpoints belong to another family or model shape."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    for key in ("family", "model"):
-      now = json.loads(cfg[key].to_json() if key == "model" else json.dumps(cfg[key]))
-      if key == "model" and isinstance(saved.get(key), dict):  # fields added since the run started are new knobs
-        now = {k: v for k, v in now.items() if k in saved[key]}
-      if saved.get(key) != now:
-        raise TrainingError(
-            f"workdir {workdir} holds a run with a different {key} ({key}={saved.get(key)!r}); "
-            f"this config has {key}={cfg[key]!r}. Use a new --workdir.")
-  elif jax.process_index() == 0:
-    with open(path + ".tmp", "w") as f:
-      f.write(cfg.to_json(indent=2))
-    os.replace(path + ".tmp", path)
 
 
 class _StopRequest:
@@ -159,7 +137,7 @@ class Trainer:
           sums[name] = (s + float(total), c + float(count))
     return {name: s / max(c, 1.0) for name, (s, c) in sums.items()}
 
-  def restore_or_init(self, iterator, checkpoints: checkpoint.Checkpoints):
+  def restore_or_init(self, iterator, checkpoints: checkpoint_lib.Checkpoints):
     with sharding.use_rules(self.mesh, self.rules):
       restored = checkpoints.restore_latest(self.target, iterator)
       if restored is not None:
@@ -172,18 +150,18 @@ class Trainer:
   def train(self) -> dict[str, float]:
     """Runs to `train.steps` (or a stop signal); returns the last eval metrics."""
     try:
-      with workdir_lib.lock(self.workdir, take=jax.process_index() == 0), _StopRequest() as stop:
+      with lock_lib.lock(self.workdir, take=jax.process_index() == 0), _StopRequest() as stop:
         return self._train(stop)
-    except (workdir_lib.WorkdirInUse, checkpoint.DiskFull) as e:
+    except (lock_lib.WorkdirInUse, checkpoint_lib.DiskFull, NotAWorkdir) as e:
       raise TrainingError(str(e)) from None
 
   def _train(self, stop: _StopRequest) -> dict[str, float]:
     cfg, t = self.cfg, self.cfg.train
     _check_schedule(t)
-    _check_workdir(self.workdir, cfg)
+    Workdir(self.workdir).claim(cfg, write=jax.process_index() == 0)
     clock, profiler = goodput.Clock(), profile.Profiler(t.profile_steps, self.workdir)
     iterator = pipeline.make_iterator(self._data(cfg.data.train_split, train=True))
-    checkpoints = checkpoint.Checkpoints(self.workdir, keep=t.keep, async_save=t.async_checkpoint,
+    checkpoints = checkpoint_lib.Checkpoints(self.workdir, keep=t.keep, async_save=t.async_checkpoint,
                                          best_metric=t.best_metric, best_mode=t.best_mode)
     with clock.lost_to("checkpoint"):
       state = self.restore_or_init(iterator, checkpoints)
@@ -274,10 +252,13 @@ class Trainer:
 def evaluate(cfg: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Evaluates the newest checkpoint in `workdir` on `data.eval_split`."""
   trainer = Trainer(cfg, workdir)
-  checkpoints = checkpoint.Checkpoints(workdir, keep=cfg.train.keep, async_save=False)
+  checkpoints = checkpoint_lib.Checkpoints(workdir, keep=cfg.train.keep, async_save=False)
   if not checkpoints.steps():
     raise TrainingError(f"no checkpoint in {workdir}; train first with `jaxspeech train`")
-  _check_workdir(workdir, cfg)
+  try:
+    Workdir(workdir).claim(cfg, write=False)
+  except NotAWorkdir as e:
+    raise TrainingError(str(e)) from None
   iterator = pipeline.make_iterator(trainer._data(cfg.data.train_split, train=True))  # pylint: disable=protected-access
   state = trainer.restore_or_init(iterator, checkpoints)
   checkpoints.close()

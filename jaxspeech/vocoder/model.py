@@ -4,17 +4,16 @@
     wav_BxS' = VocosDecoder(mel_BxTxM)               S' = T · hop, ≥ S
 
 Released Vocos (charactr/vocos-mel-24khz) has ConvNeXt blocks; this is the transformer decoder of the codec,
-at Vocos' width (512) and depth (8). `vocode(workdir, mel)` is what the DiT family calls.
+at Vocos' width (512) and depth (8). `family.vocode(workdir, mel)` is what the DiT family calls.
 """
 
-import functools
 
 import jax
 import ml_collections
 from flax import nnx
 
 from jaxspeech.audio import features
-from jaxspeech.codec.decoder import VocosDecoder
+from jaxspeech.vocoder.decoder import VocosDecoder
 
 
 class Vocoder(nnx.Module):
@@ -34,17 +33,3 @@ class Vocoder(nnx.Module):
   def __call__(self, mel_BxTxM: jax.Array) -> jax.Array:
     """wav (B, T · hop)."""
     return self.decoder(mel_BxTxM)
-
-
-@functools.lru_cache(maxsize=4)
-def load(workdir: str):
-  """`mel_BxTxM -> wav_BxS'`, jitted, with a vocoder workdir's newest params; cached per workdir."""
-  from jaxspeech.codec import inference  # pylint: disable=import-outside-toplevel
-  graphdef, state = nnx.split(inference.restore(workdir, "vocoder", Vocoder)[0])
-  call = jax.jit(lambda state, mel_BxTxM: nnx.merge(graphdef, state)(mel_BxTxM))
-  return functools.partial(call, state)
-
-
-def vocode(workdir: str, mel_BxTxM) -> jax.Array:
-  """Waveforms (B, T · hop) at the vocoder's rate from F5-style log-mels (B, T, n_mels)."""
-  return load(workdir)(mel_BxTxM)

@@ -23,6 +23,13 @@ from jaxspeech.nn import layers
 POSITIONS = ("relative_key", "rotary", None)
 
 
+
+def config_2_0() -> ml_collections.ConfigDict:
+  """facebook/w2v-bert-2.0 (HF `Wav2Vec2BertConfig` defaults) up to hidden_states[16], the layer X-codec2 uses."""
+  return ml_collections.ConfigDict(dict(
+      input_dim=160, dim=1024, layers=16, heads=16, intermediate=4096, conv_kernel=31,
+      position="relative_key", left_max=64, right_max=8, rotary_base=10000, eps=1e-5))
+
 class FeedForward(nnx.Module):
   def __init__(self, dim: int, hidden: int, dtype: jnp.dtype, rngs: nnx.Rngs):
     self.intermediate_dense = layers.dense(dim, hidden, ("embed", "mlp"), dtype=dtype, rngs=rngs)
@@ -122,7 +129,7 @@ class FeatureProjection(nnx.Module):
 
 class W2VBert(nnx.Module):
   """`cfg`: input_dim, dim, layers, heads, intermediate, conv_kernel, position, left_max, right_max, rotary_base,
-  eps (`jaxspeech.codec.sizes.w2vbert_2_0`). Computes in `dtype`; params float32."""
+  eps (`config_2_0`). Computes in `dtype`; params float32."""
 
   def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
     if cfg.position not in POSITIONS:

@@ -19,7 +19,7 @@ from flax import nnx
 import jaxspeech.nn  # noqa: F401  (turns flax's eager sharding off before any param is made)
 from jaxspeech.audio import features
 from jaxspeech.audio.istft import hann_window
-from jaxspeech.codec.conv import WN_INIT
+from jaxspeech.nn.conv import WN_INIT
 
 LRELU_SLOPE = 0.1
 MPD_CHANNELS = (32, 128, 512, 1024, 1024)

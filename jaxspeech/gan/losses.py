@@ -16,7 +16,7 @@ import ml_collections
 from flax import nnx
 
 from jaxspeech.audio import features
-from jaxspeech.codec.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
+from jaxspeech.gan.discriminators import MultiPeriodDiscriminator, MultiResolutionDiscriminator
 
 # X-codec2's AdamW (`config.optim` overrides), for the generator (group "default") and the discriminators, whose
 # group overrides nothing: the same recipe, with its own moments, schedule and clipping norm.
@@ -87,11 +87,12 @@ def _discriminate(discriminators, wav_BxS):
 
 
 def gan_loss(model: nnx.Module, wav_BxS: jax.Array, wav_hat_BxS: jax.Array, gan: ml_collections.ConfigDict,
-             sample_rate: int, adversarial_on: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+             sample_rate: int, step: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(G_loss + D_loss, metrics) for a generator output `wav_hat_BxS`; `model` holds the two discriminators.
 
-  `adversarial_on` (0 or 1) scales the adversarial, feature-matching and discriminator terms: 0 during warm-up.
+  The adversarial, feature-matching and discriminator terms are off for the first `gan.warmup_steps` steps.
   """
+  adversarial_on = (step >= gan.warmup_steps).astype(jnp.float32)
   live = (model.discriminator, model.spec_discriminator)
   graphdef, state = nnx.split(live)
   frozen = nnx.merge(graphdef, jax.lax.stop_gradient(state))
@@ -107,3 +108,11 @@ def gan_loss(model: nnx.Module, wav_BxS: jax.Array, wav_hat_BxS: jax.Array, gan:
             + adversarial_on * (gan.adversarial_weight * adversarial + gan.feature_matching_weight * fm))
   metrics = {"g_loss": g_loss, "d_loss": d_loss, "mel": mel, "adversarial": adversarial, "feature_matching": fm}
   return g_loss + adversarial_on * d_loss, metrics
+
+
+def train_flops(cfg: ml_collections.ConfigDict, build, loss_fn, batch) -> float:
+  """XLA's FLOP count of `loss_fn`'s gradient on `batch` (abstract), generator and discriminators together."""
+  graphdef, params, rest = nnx.split(nnx.eval_shape(lambda: build(cfg, nnx.Rngs(0))), nnx.Param, ...)
+  grad = jax.grad(lambda p, b: loss_fn(nnx.merge(graphdef, p, rest), b, None, jnp.int32(0), cfg)[0])
+  cost = jax.jit(grad).lower(params, batch).cost_analysis()
+  return float((cost or {}).get("flops", 0.0))

@@ -7,7 +7,7 @@ from jaxspeech.train.family import Family
 FAMILIES = {
     "ast": "jaxspeech.ast.family",
     "codec": "jaxspeech.codec.family",
-    "vocoder": "jaxspeech.codec.vocoder_family",
+    "vocoder": "jaxspeech.vocoder.family",
     "llasa": "jaxspeech.llasa.family",
     "dit": "jaxspeech.dit.family",
 }

@@ -1,4 +1,4 @@
-"""transformers' `Wav2Vec2BertModel` state dict (facebook/w2v-bert-2.0) → `jaxspeech.codec.w2vbert.W2VBert` params.
+"""transformers' `Wav2Vec2BertModel` state dict (facebook/w2v-bert-2.0) → `jaxspeech.teachers.w2vbert.model.W2VBert` params.
 
 Only the first `cfg.layers` conformer layers are read (X-codec2 uses hidden_states[16] of 24); the later layers,
 `masked_spec_embed` (SpecAugment's mask vector, training only) and what runs after the encoder (`adapter`,
@@ -13,10 +13,11 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxspeech.codec import sizes
-from jaxspeech.codec.convert import CONV1D
+from flax import nnx
+
 from jaxspeech.convert import mapping
-from jaxspeech.convert.mapping import HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, SAME, ConversionError, Rule, Transform
+from jaxspeech.convert.mapping import CONV1D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, SAME, ConversionError, Rule, Transform
+from jaxspeech.teachers.w2vbert.model import W2VBert, config_2_0
 
 
 def pointwise_to_hf(kernel_IxO: np.ndarray) -> np.ndarray:
@@ -74,8 +75,6 @@ def table(cfg: ml_collections.ConfigDict, ours: str = "", theirs: str = "") -> m
 
 
 def param_shapes(cfg: ml_collections.ConfigDict, ours: str = "") -> dict[str, tuple[int, ...]]:
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from jaxspeech.codec.w2vbert import W2VBert  # pylint: disable=import-outside-toplevel
   shapes = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: W2VBert(cfg, rngs=nnx.Rngs(0))), nnx.Param))
   return {ours + k: v for k, v in shapes.items()}
 
@@ -107,7 +106,7 @@ def config_from_hf(hf: dict, layers: int = 16) -> ml_collections.ConfigDict:
     problems.append(f"{layers} layers asked, the model has {hf['num_hidden_layers']}")
   if problems:
     raise ConversionError("Wav2Vec2BertConfig", problems)
-  cfg = sizes.w2vbert_2_0()
+  cfg = config_2_0()
   cfg.update(input_dim=hf.get("feature_projection_input_dim", 160), dim=hf.get("hidden_size", 1024), layers=layers,
              heads=hf.get("num_attention_heads", 16), intermediate=hf.get("intermediate_size", 4096),
              conv_kernel=hf.get("conv_depthwise_kernel_size", 31),

@@ -1,12 +1,13 @@
 """Orbax checkpoints of the train state and the Grain iterator, saved asynchronously.
 
-Layout: `workdir/checkpoints/<step>/{state,data,digest}`; the best by an eval metric is kept apart in
-`workdir/best/<step>`. `data` holds one iterator-state file per host; `digest` a checksum of every leaf of the
-state, checked when it is restored. A checkpoint that does not restore, or restores to other bytes than were
+Layout (see `jaxspeech.workdir`): `workdir/checkpoints/<step>/{state,data,digest}`; the best by an eval metric
+is kept apart in `workdir/best/<step>`. `data` holds one iterator-state file per host; `digest` a checksum of
+every leaf of the state, checked when it is restored. A checkpoint that does not restore, or restores to other bytes than were
 saved, is skipped for the one before it and then moved aside to `checkpoints/.damaged/<step>`, so that the
 run can save that step again.
 """
 
+import json
 import os
 import shutil
 
@@ -52,6 +53,16 @@ def digest(state) -> dict[str, int]:
   """{leaf path: checksum} of a train state (computed where its shards live; a few bytes come back)."""
   values = jax.device_get(_digests(state))
   return {jax.tree_util.keystr(path): int(v) for path, v in jax.tree_util.tree_leaves_with_path(values)}
+
+
+def _set_data_state(iterator, state) -> None:
+  """Restores `iterator` to a saved state; reads the states of checkpoints written before 2026-12, whose codec
+  and vocoder pipelines ended in a step counter ({"parent": state, "count": n}; the step now reaches the loss)."""
+  if (isinstance(state, dict) and state.keys() == {"parent", "count"}
+      and iterator.get_state().keys() != state.keys()):
+    state = state["parent"]
+  iterator.set_state(state)
+  iterator.start_prefetch()  # as grain.checkpoint.CheckpointRestore does
 
 
 def _check_digest(saved: dict[str, int], state) -> None:
@@ -122,9 +133,8 @@ class Checkpoints:
     errors, failed, damaged = [], [], True
     for step in reversed(self.steps()):
       items = {"state": ocp.args.StandardRestore(target)}
-      if self._has_data(step):
-        items["data"] = grain.checkpoint.CheckpointRestore(iterator)
-      elif jax.process_index() == 0:
+      data = self._data_file(step)
+      if not os.path.exists(data) and jax.process_index() == 0:
         print(f"warning: checkpoint {step} holds no data-iterator state for {jax.process_count()} host(s) (saved "
               "by another host count, or converted); the data stream starts from its beginning")
       has_digest = os.path.isdir(os.path.join(self.manager.directory, str(step), "digest"))
@@ -134,6 +144,9 @@ class Checkpoints:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         if has_digest:
           _check_digest(restored["digest"], restored["state"])
+        if os.path.exists(data):
+          with open(data) as f:
+            _set_data_state(iterator, json.load(f))
       except Exception as e:  # pylint: disable=broad-except
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         errors.append(f"step {step}: {reason}")
@@ -172,9 +185,10 @@ class Checkpoints:
       multihost_utils.sync_global_devices("jaxspeech: damaged checkpoints set aside")
     self.manager.reload()
 
-  def _has_data(self, step: int) -> bool:
+  def _data_file(self, step: int) -> str:
+    """This host's iterator state in checkpoint `step`, as `grain.checkpoint.CheckpointSave` writes it."""
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    return os.path.exists(os.path.join(self.manager.directory, str(step), "data", name))
+    return os.path.join(self.manager.directory, str(step), "data", name)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -15,7 +15,7 @@ import ml_collections
 from flax import nnx
 
 from jaxspeech.audio.istft import istft_same
-from jaxspeech.codec.conv import Conv1d
+from jaxspeech.nn.conv import Conv1d
 from jaxspeech.nn import layers
 from jaxspeech.sharding import constrain
 
