@@ -19,7 +19,7 @@ from jaxspeech.dit.model import DiTConfig, build
 from tests import reference_stubs
 
 reference_stubs.stub_references()
-from f5_tts.model import DiT, UNetT  # noqa: E402  pylint: disable=wrong-import-position
+from f5_tts.model import CFM, DiT, UNetT  # noqa: E402,F401  pylint: disable=wrong-import-position  (CFM: used by other test modules)
 
 
 def f5_kwargs(cfg: DiTConfig) -> dict:

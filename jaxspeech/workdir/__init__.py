@@ -87,7 +87,7 @@ class Workdir:
   def config(self) -> dict:
     """config.json as a dict."""
     if not os.path.exists(self.file(CONFIG)):
-      raise NotAWorkdir(f"{self.path} has no {CONFIG}; is it a jaxspeech workdir?")
+      raise FileNotFoundError(f"{self.path} has no {CONFIG}; is it a jaxspeech workdir?")
     with open(self.file(CONFIG)) as f:
       return json.load(f)
 
