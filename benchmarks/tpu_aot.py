@@ -88,6 +88,8 @@ def main() -> int:
   module = presets()
   parser.add_argument("--presets", default=",".join(module.VARIANTS), help="comma-separated preset names")
   parser.add_argument("--topologies", default=",".join(TOPOLOGIES), help="comma-separated TPU topologies")
+  parser.add_argument("--full-cost", action="store_true",
+                      help="price the step from the full unrolled compile, not from 1- and 2-layer ones extrapolated")
   parser.add_argument("--write", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
   args = parser.parse_args()
   rows = []
@@ -96,7 +98,7 @@ def main() -> int:
       target = topology.parse(spelled)
       cfg = scale(module, name, target.chips)
       start = time.time()
-      plan, _ = pod.measure(cfg, target, dict(cfg.mesh))
+      plan, _ = pod.measure(cfg, target, dict(cfg.mesh), extrapolate=not args.full_cost)
       for step in plan.programs:
         rows.append(row(name, target, plan, step, cfg, time.time() - start))
         print(rows[-1], flush=True)
@@ -109,8 +111,9 @@ def main() -> int:
         f"and keeps the others; each row has its date), compiled on {common.machine()} by libtpu's TPU compiler "
         f"for virtual devices; {common.versions(('jax', 'jaxlib', 'libtpu', 'flax'))}.", "",
         "Per chip. **Step time, throughput and MFU are the TPU compiler's cost-model estimates, not measurements**; "
-        "FLOPs and time come from a loop-free compile (layers unrolled, one microbatch, no windowed einsums), "
-        "times accumulation; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
+        "FLOPs and time come from loop-free compiles (layers unrolled, one microbatch, no windowed einsums) at 1 "
+        "and 2 layers, extrapolated to the model's depth (`jaxspeech plan --extrapolate`), times accumulation plus "
+        "one optimizer update; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
         "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
         "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e "
         "step, "

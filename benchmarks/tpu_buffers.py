@@ -1,6 +1,7 @@
 """Where a preset's TPU step spends its HBM traffic: the largest top-level buffers of its cost compile.
 
   JAX_PLATFORMS=cpu python benchmarks/tpu_buffers.py --preset dit_base_v5p64 --topology v5p-8 --depth 2
+  JAX_PLATFORMS=cpu python benchmarks/tpu_buffers.py --preset dit_base_v5p64 --topology v5p-8 --depth 1 --cpu-tricks
 
 The preset is laid onto the topology as benchmarks/tpu_aot.py lays it, compiled loop-free for one microbatch
 (`pod.cost_config`) by libtpu's TPU compiler for virtual devices, and the optimised HLO's instructions outside
@@ -15,6 +16,7 @@ import sys
 
 import tpu_aot
 from jaxspeech import sharding
+from jaxspeech.dit import modules as dit_modules
 from jaxspeech.train import aot, pod, topology, trainer
 
 BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "s8": 1, "u8": 1, "pred": 1}
@@ -49,12 +51,17 @@ def main() -> int:
   parser.add_argument("--topology", default="v5p-8", help="a TPU topology, e.g. v5p-8")
   parser.add_argument("--depth", type=int, default=0, help="layers to keep (model.depth or model.layers); 0: all")
   parser.add_argument("--top", type=int, default=25, help="buffers to list")
+  parser.add_argument("--cpu-tricks", action="store_true",
+                      help="trace the DiT's CPU-only kernels (tap-sum conv gradients, per-tap depthwise conv) for the "
+                           "TPU too: what gating them to CPU saves the TPU step")
   args = parser.parse_args()
   target = topology.parse(args.topology)
   cfg = pod.cost_config(tpu_aot.scale(tpu_aot.presets(), args.preset, target.chips))
   cfg.train.compilation_cache = ""
   if args.depth:
     cfg.model["depth" if "depth" in cfg.model else "layers"] = args.depth
+  if args.cpu_tricks:
+    dit_modules.platform = lambda: "cpu"
   run = trainer.Trainer(cfg, workdir="", devices=topology.devices(target))
   _, batch = pod._abstract_batch(run, cfg)  # pylint: disable=protected-access
   with sharding.use_rules(run.mesh, run.rules):

@@ -36,13 +36,15 @@ time as the whole row with 12.5 GiB of temporaries instead of 23.
 | llasa_1b_h100x8 | 8×H100 (80 GiB) | fsdp 8 | 4 × 8 | save_dots | 19 GiB (XLA, accumulation 16: 19.7 GiB) | 40-50 % |
 | llasa_3b_h100x8 | 8×H100 | fsdp 8 | 2 × 16 | full | 14 GiB (formula) | 40-50 % |
 | llasa_8b_h100x64 | 8 nodes × 8 H100 | data 8 (across nodes) × fsdp 8 | 4 × 1 | full | 30 GiB (formula) | 40-50 % |
-| dit_base_v5p64 | v5p-64 | data 64 | 9,600 mel frames × 4 | none | see below | 40-50 % |
+| dit_base_v5p64 | v5p-64 | data 64 | 38,400 mel frames × 1 | none | see below | 45-55 % |
 | dit_base_h100x8 | 8×H100 | data 8 | 9,600 mel frames × 4 | none | see below | 40-50 % |
 | codec_base_v5p64 | v5p-64 | data 64 | 1 crop (1 s) × 1, acoustic-only | none | - | 45 % |
 
 DiT base (336M params) is data-parallel: its state is 5 GiB per chip unsharded. On TPU its attention runs the
-splash kernel; elsewhere it is materialised (B×H×L×L scores in float32). Its blocks are not rematerialised, so a chip holds 9,600 frames at once, and 4
-accumulation steps give F5's 38,400 frames per chip per update.
+splash kernel; elsewhere it is materialised (B×H×L×L scores in float32). Its blocks are not rematerialised. A v5p
+chip holds F5's 38,400 frames per chip per update at once: per microbatch each chip casts and reads every weight
+and accumulates every gradient, so 4 microbatches of 9,600 frames cost the TPU compiler's estimate 31% more time
+per frame than one of 38,400 (RESULTS.md, "DiT base on v5p-8"). An H100 keeps 9,600 frames × 4 until measured.
 """
 
 import importlib.util
@@ -73,7 +75,7 @@ LLASA = {
 }
 # name: (mesh, mel frames per chip per microbatch, accumulation steps)
 DIT = {
-    "dit_base_v5p64": (dict(data=64), 9_600, 4),
+    "dit_base_v5p64": (dict(data=64), 38_400, 1),
     "dit_base_h100x8": (dict(data=8), 9_600, 4),
 }
 # name: (mesh, crops per chip per microbatch, accumulation steps); X-codec2's 64 one-second crops per update,

@@ -48,13 +48,22 @@ def rope_angles(n: int, dim_head: int) -> np.ndarray:
   return np.repeat(np.outer(np.arange(n, dtype=np.float32), inv_freq), 2, axis=-1)
 
 
+def _rotate_half(dim_head: int) -> np.ndarray:
+  """(K, K): x @ it is x-transformers' interleaved rotate_half, (x0, x1) → (−x1, x0)."""
+  r = np.zeros((dim_head, dim_head), np.float32)
+  r[1::2, ::2] -= np.eye(dim_head // 2, dtype=np.float32)
+  r[::2, 1::2] += np.eye(dim_head // 2, dtype=np.float32)
+  return r
+
+
 def apply_rope(x_BxLxHxK, angles_LxK):
-  """x·cos + rotate_half(x)·sin with x-transformers' interleaved rotate_half: (x0, x1) → (−x1, x0)."""
-  x = x_BxLxHxK.astype(jnp.float32)
-  pairs = x.reshape(x.shape[:-1] + (-1, 2))
-  rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], -1).reshape(x.shape)
+  """x·cos + rotate_half(x)·sin in float32. The pairs are swapped by a signed-permutation matmul (exact; ~1% of
+  a block's FLOPs): on TPU a (K/2, 2) reshape of the head dim is not lane-dense, and its float32 copies cost 9%
+  of a DiT base step's estimated time (benchmarks/RESULTS.md)."""
+  rotated = jnp.einsum("blhk,kj->blhj", x_BxLxHxK, _rotate_half(x_BxLxHxK.shape[-1]).astype(x_BxLxHxK.dtype),
+                       precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
   cos, sin = jnp.cos(angles_LxK)[:, None], jnp.sin(angles_LxK)[:, None]
-  return (x * cos + rotated * sin).astype(x_BxLxHxK.dtype)
+  return (x_BxLxHxK.astype(jnp.float32) * cos + rotated * sin).astype(x_BxLxHxK.dtype)
 
 
 def conv1d(channels: int, kernel: int, groups: int, dtype, rngs: nnx.Rngs) -> nnx.Conv:

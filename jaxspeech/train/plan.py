@@ -180,6 +180,9 @@ def _flags(argv: list[str]):
       save_executable=flags.DEFINE_string("save-executable", None, "with --topology: write the serialized compiled "
                                           "train step to this file (jax.experimental.serialize_executable)",
                                           flag_values=fv),
+      extrapolate=flags.DEFINE_boolean("extrapolate", False, "with --topology: price the train step from 1- and "
+                                       "2-layer loop-free compiles, extrapolated to the model's depth (minutes "
+                                       "instead of tens of minutes for deep models)", flag_values=fv),
       device=flags.DEFINE_enum("device", None, list(DEVICES), "the accelerator, for peak FLOP/s and HBM",
                                flag_values=fv),
       hbm=flags.DEFINE_float("hbm-gib", None, "HBM per device in GiB (default: the device's)", flag_values=fv),
@@ -227,7 +230,8 @@ def _pod_main(cfg, opts) -> int:
     rows = math.prod(v for k, v in sizes_of(mesh, target).items() if k in ("data", "fsdp"))
     if cfg.train.batch_size % rows:
       raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over data × fsdp = {rows} chips")
-    plan, executable = pod.measure(cfg, target, mesh, keep_executable=bool(opts["save_executable"].value))
+    plan, executable = pod.measure(cfg, target, mesh, keep_executable=bool(opts["save_executable"].value),
+                                   extrapolate=opts["extrapolate"].value)
   except (ValueError, RuntimeError) as e:
     return _error(str(e).strip().splitlines()[-1])
   if executable is not None:

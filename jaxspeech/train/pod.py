@@ -6,7 +6,10 @@ Each program is compiled twice for virtual devices of the topology (`topology.de
 - as it runs (layers scanned, gradient accumulation, windowed einsums): its per-chip memory and whether it fits;
 - without loops (layers unrolled, one microbatch, no windowed einsums: `cost_config`): the cost model's FLOPs,
   step time and collective bytes, since it counts a loop body once. The step is then accumulation × one
-  microbatch's (the optimizer update counted that many times: a small overcount).
+  microbatch's forward and backward plus one optimizer update (compiled alone, `_update_cost`).
+With `extrapolate`, the loop-free compile is made at 1 and 2 layers and each figure extrapolated linearly to the
+model's depth (every layer is the same program): minutes instead of tens of minutes for a deep model, and
+tests/test_tpu_aot.py holds it to the full unrolled compile.
 Estimated MFU is the family's analytic `train_flops` (causal attention counted as half the square) over
 chips × bf16 peak × the estimated step time. Every time and MFU here
 is the compiler's estimate, a model of the chip, not a measurement.
@@ -86,6 +89,33 @@ def cost_config(cfg):
   return cfg
 
 
+def depth_key(cfg) -> str | None:
+  """The model config's layer count field (`layers` or `depth`), None for a family without one."""
+  return next((k for k in ("layers", "depth") if k in cfg.model), None)
+
+
+def at_depth(cfg, layers: int):
+  cfg = cfg.copy_and_resolve_references()
+  cfg.model[depth_key(cfg)] = layers
+  return cfg
+
+
+def extrapolated(one: aot.Compiled, two: aot.Compiled, layers: int) -> aot.Compiled:
+  """A loop-free compile's figures at `layers` layers from its compiles at 1 and 2: one + (layers − 1) × (two − one)."""
+  line = lambda a, b: a + (layers - 1) * (b - a)  # noqa: E731
+  seconds = None if one.seconds is None or two.seconds is None else line(one.seconds, two.seconds)
+  return aot.Compiled(flops=line(one.flops, two.flops), seconds=seconds,
+                      bytes_accessed=line(one.bytes_accessed, two.bytes_accessed),
+                      collectives={k: line(one.collectives[k], two.collectives[k]) for k in one.collectives},
+                      loops=max(one.loops, two.loops))
+
+
+def _cost_compile(run) -> aot.Compiled:
+  _, batch = _abstract_batch(run, run.cfg)
+  with sharding.use_rules(run.mesh, run.rules):
+    return aot.compile_for(run.train_step, (run.target, batch), cost=True)
+
+
 def full_batch(shapes: dict) -> dict[str, np.ndarray]:
   """A host batch of these shapes with every row whole (valid, lengths at the padded size, one segment), for
   the family's `units`."""
@@ -105,9 +135,10 @@ def _abstract_batch(run, cfg):
 
 
 def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_executable: bool = False,
-            inference: bool = True) -> tuple[PodPlan, object]:
+            inference: bool = True, extrapolate: bool = False) -> tuple[PodPlan, object]:
   """(the plan, the compiled train step as it runs, or None) for `cfg` on `mesh` over the pod's chips; with
-  `inference`, the family's inference programs too."""
+  `inference`, the family's inference programs too; with `extrapolate`, the train step's cost from 1- and 2-layer
+  compiles (families with a layer count)."""
   devices = topology_lib.devices(topology)
   cfg = cfg.copy_and_resolve_references()
   cfg.mesh.update(mesh)
@@ -118,13 +149,16 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
     real = aot.compile_for(run.train_step, (run.target, batch))
   accum = int(cfg.optim.accum_steps)
   cheap = cost_config(cfg)
+  depth = depth_key(cheap)
   if real.fits and real.loops == 0 and cheap == cfg:
     cost, cost_run = real, run  # no loop (windowed einsums are loops too): nothing the cost model undercounts
+  elif extrapolate and depth is not None and cheap.model[depth] > 2:
+    cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
+    shallow = [_cost_compile(trainer.Trainer(at_depth(cheap, n), workdir="", devices=devices)) for n in (1, 2)]
+    cost = extrapolated(*shallow, cheap.model[depth])
   else:
     cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
-    _, cost_batch = _abstract_batch(cost_run, cheap)
-    with sharding.use_rules(cost_run.mesh, cost_run.rules):
-      cost = aot.compile_for(cost_run.train_step, (cost_run.target, cost_batch), cost=True)
+    cost = _cost_compile(cost_run)
   once = _update_cost(cost_run) if accum > 1 else aot.Compiled(seconds=0.0)
   def per_step(microbatch, update):  # the microbatches' forward and backward `accum` times, the update once
     return accum * (microbatch - update) + update
