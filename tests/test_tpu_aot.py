@@ -45,19 +45,19 @@ def test_accumulation_scales_the_microbatch_and_counts_the_update_once():
 @pytest.mark.parametrize("family", ["llasa", "dit"])
 def test_cost_extrapolated_from_two_shallow_compiles_matches_the_full_unrolled_one(family):
   """`extrapolate` prices a deep model from its 1- and 2-layer compiles; every layer is the same program, so the
-  figures must match the full unrolled compile's (measured: FLOPs, bytes and collectives within 0.1 %, time
-  within 1 %)."""
+  figures must match the full unrolled compile's (measured at these shapes, 2026-12-07: equal to float rounding
+  for both families)."""
   cfg = config(family)
   cfg.model[pod.depth_key(cfg)] = 5
   target = topology.parse("v5e:2x2")
   mesh = {"llasa": {"fsdp": 4}, "dit": {"data": 4}}[family]
   full, _ = pod.measure(cfg, target, mesh, inference=False)
   line, _ = pod.measure(cfg, target, mesh, inference=False, extrapolate=True)
-  assert line.train.flops == pytest.approx(full.train.flops, rel=1e-2)
-  assert line.train.bytes_accessed == pytest.approx(full.train.bytes_accessed, rel=2e-2)
-  assert line.train.seconds == pytest.approx(full.train.seconds, rel=3e-2)
+  assert line.train.flops == pytest.approx(full.train.flops, rel=1e-3)
+  assert line.train.bytes_accessed == pytest.approx(full.train.bytes_accessed, rel=1e-3)
+  assert line.train.seconds == pytest.approx(full.train.seconds, rel=1e-3)
   for kind, n in full.train.collectives.items():
-    assert line.train.collectives[kind] == pytest.approx(n, rel=1e-2, abs=1024)
+    assert line.train.collectives[kind] == pytest.approx(n, rel=1e-3)
   assert line.train.peak == full.train.peak  # memory always from the compile as it runs
 
 

@@ -88,7 +88,7 @@ class Checkpoints:
           os.path.join(os.path.abspath(workdir), "best"), item_handlers={"state": ocp.StandardCheckpointHandler()},
           options=ocp.CheckpointManagerOptions(
               max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode, create=True,
-              enable_async_checkpointing=async_save))
+              enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
 
   def save(self, step: int, state, iterator) -> None:
     self._check_space(step, state)
@@ -97,7 +97,9 @@ class Checkpoints:
         digest=ocp.args.JsonSave(digest(state))), force=True)
 
   def save_best(self, step: int, state, metrics: dict[str, float]) -> None:
-    if self.best is not None and self.best_metric in metrics:
+    """Saves `state` as the best so far if its eval metric beats the kept one. A step already there was written
+    by a run that died before its next checkpoint: the resumed run recomputes the same state bit for bit."""
+    if self.best is not None and self.best_metric in metrics and step not in self.best.all_steps():
       self.best.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)),
                      metrics={self.best_metric: float(metrics[self.best_metric])}, force=True)
 
