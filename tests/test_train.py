@@ -65,6 +65,43 @@ def test_sigkill_then_resume_matches_uninterrupted_run_bitwise(corpus_path, tmp_
   assert logged == list(range(1, 13)), logged
 
 
+def _finished_steps(directory):
+  return sorted(int(s) for s in os.listdir(directory) if s.isdigit()) if directory.exists() else []
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_best_checkpoint_save_resumes_and_keeps_one_readable_best(corpus_path, tmp_path):
+  """Killed once the best-by-eval manager has written a step and before the first checkpoint (step 8): the rerun
+  starts afresh, reaches that step again (Orbax refuses to save a step twice) and ends as an uninterrupted run,
+  with the same best checkpoint."""
+  steps = ["--config.train.steps=12", "--config.train.checkpoint_every=8", "--config.train.eval_every=2",
+           "--config.train.best_metric=loss", "--config.train.best_mode=min"]
+  straight = _run(_cli(tmp_path / "straight", corpus_path, *steps))
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_cli(killed, corpus_path, *steps), cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  best, deadline = killed / "best", time.time() + 240
+  while not any((best / str(s) / "_CHECKPOINT_METADATA").exists() for s in _finished_steps(best)):
+    assert time.time() < deadline and proc.poll() is None, "no best checkpoint was written"
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not _finished_steps(killed / "checkpoints")
+
+  resumed = _run(_cli(killed, corpus_path, *steps))
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  for a, b in zip(_params(tmp_path / "straight", 12), _params(killed, 12), strict=True):
+    np.testing.assert_array_equal(a, b)
+  assert sorted(os.listdir(best)) == [str(s) for s in _finished_steps(tmp_path / "straight" / "best")]
+  step = _finished_steps(best)[-1]
+  mine = ocp.StandardCheckpointer().restore(os.path.join(best, str(step), "state"))
+  theirs = ocp.StandardCheckpointer().restore(os.path.join(tmp_path / "straight" / "best", str(step), "state"))
+  for a, b in zip(jax.tree.leaves(mine["params"]), jax.tree.leaves(theirs["params"]), strict=True):
+    np.testing.assert_array_equal(a, b)
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_zero(corpus_path, tmp_path):
   proc = subprocess.Popen(_cli(tmp_path, corpus_path, "--config.train.steps=100000",
                                "--config.train.checkpoint_every=100000"),
