@@ -36,7 +36,7 @@ time as the whole row with 12.5 GiB of temporaries instead of 23.
 | llasa_1b_h100x8 | 8×H100 (80 GiB) | fsdp 8 | 4 × 8 | save_dots | 19 GiB (XLA, accumulation 16: 19.7 GiB) | 40-50 % |
 | llasa_3b_h100x8 | 8×H100 | fsdp 8 | 2 × 16 | full | 14 GiB (formula) | 40-50 % |
 | llasa_8b_h100x64 | 8 nodes × 8 H100 | data 8 (across nodes) × fsdp 8 | 4 × 1 | full | 30 GiB (formula) | 40-50 % |
-| dit_base_v5p64 | v5p-64 | data 64 | 38,400 mel frames × 1 | none | see below | 45-55 % |
+| dit_base_v5p64 | v5p-64 | data 64 | 38,400 mel frames × 1 | none | 35.9 GiB (TPU compiler, v5p-8, est. MFU 73 %) | 45-55 % |
 | dit_base_h100x8 | 8×H100 | data 8 | 9,600 mel frames × 4 | none | see below | 40-50 % |
 | codec_base_v5p64 | v5p-64 | data 64 | 1 crop (1 s) × 1, acoustic-only | none | - | 45 % |
 
