@@ -14,8 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspeech.audio import dft
-
 AST_MEAN, AST_STD = -4.2677393, 4.5689974  # AST's AudioSet fbank statistics
 # DAC's MelSpectrogramLoss (conf/base.yml): (n_fft, hop_length, win_length, n_mels), hop = window / 4.
 DAC_MEL_CONFIGS = tuple((w, w // 4, w, m) for w, m in zip((32, 64, 128, 256, 512, 1024, 2048),
@@ -133,7 +131,7 @@ def _mel_magnitude(wav_BxS, lengths_B, sample_rate, n_fft, hop_length, win_lengt
   left = (n_fft - win_length) // 2
   window_N = np.pad(_hann(win_length, periodic=True), (left, n_fft - win_length - left))
   frames_BxTxN = _frames(_reflect_pad(wav_BxS, lengths_B, n_fft // 2), n_fft, hop_length)
-  mag_BxTxF = jnp.abs(dft.rfft(frames_BxTxN * jnp.asarray(window_N, wav_BxS.dtype)))
+  mag_BxTxF = jnp.abs(jnp.fft.rfft(frames_BxTxN * jnp.asarray(window_N, wav_BxS.dtype), axis=-1))
   fb_FxM = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max, htk, norm), wav_BxS.dtype)
   return jnp.matmul(mag_BxTxF, fb_FxM, precision=_HIGHEST)
 
@@ -198,7 +196,7 @@ def kaldi_fbank(wav_BxS, sample_rate: int = 16000, num_mel_bins: int = 128, fram
   frames_BxTxN = frames_BxTxN - 0.97 * jnp.concatenate([frames_BxTxN[..., :1], frames_BxTxN[..., :-1]], -1)
   window_N = _hann(window_size, periodic=False) ** (0.85 if window_type == "povey" else 1.0)
   frames_BxTxN = frames_BxTxN * jnp.asarray(window_N, wav_BxS.dtype)
-  spectrum_BxTxF = dft.rfft(frames_BxTxN, n_fft)
+  spectrum_BxTxF = jnp.fft.rfft(frames_BxTxN, n=n_fft, axis=-1)
   power_BxTxF = jnp.real(spectrum_BxTxF) ** 2 + jnp.imag(spectrum_BxTxF) ** 2
   banks_FxM = jnp.asarray(kaldi_mel_banks(num_mel_bins, n_fft, sample_rate), wav_BxS.dtype)
   fbank_BxTxM = jnp.log(jnp.maximum(jnp.matmul(power_BxTxF, banks_FxM, precision=_HIGHEST), _KALDI_EPSILON))

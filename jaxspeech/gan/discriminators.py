@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import jaxspeech.nn  # noqa: F401  (turns flax's eager sharding off before any param is made)
-from jaxspeech.audio import dft, features
+from jaxspeech.audio import features
 from jaxspeech.audio.istft import hann_window
 from jaxspeech.nn.conv import WN_INIT
 
@@ -96,7 +96,7 @@ def spectrogram(wav_BxS: jax.Array, window: int, peak_floor: float = 1e-9) -> ja
   wav_BxS = 0.8 * wav_BxS / (jnp.abs(wav_BxS).max(-1, keepdims=True) + peak_floor)
   padded_BxS = jnp.pad(wav_BxS, ((0, 0), (window // 2, window // 2)), mode="reflect")
   frames_BxTxN = features._frames(padded_BxS, window, window // 4)  # pylint: disable=protected-access
-  spec_BxTxF = dft.rfft(frames_BxTxN * hann_window(window))
+  spec_BxTxF = jnp.fft.rfft(frames_BxTxN * hann_window(window), axis=-1)
   return jnp.stack([spec_BxTxF.real, spec_BxTxF.imag], axis=-1)
 
 
