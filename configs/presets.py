@@ -27,7 +27,7 @@ time as the whole row with 12.5 GiB of temporaries instead of 23.
 
 | preset | chips | mesh | rows per chip × accumulation | remat | peak per chip | MFU target |
 | --- | --- | --- | --- | --- | --- | --- |
-| llasa_1b_v5p64 | v5p-64 (64 chips, 95 GiB) | fsdp 64 | 4 × 1 | save_dots | 16.3 GiB (TPU compiler, v5p-8, est. MFU 64 %) | 55-65 % |
+| llasa_1b_v5p64 | v5p-64 (64 chips, 95 GiB) | fsdp 64 | 4 × 1 | save_dots | 16.3 GiB (TPU compiler, v5p-8, est. MFU 64 %; laid on v5p-8 with accumulation 16: 19.1 GiB, 66 %) | 55-65 % |
 | llasa_3b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | - | 55-65 % |
 | llasa_8b_v5p64 | v5p-64 | fsdp 64 | 4 × 1 | full | - | 55-65 % |
 | llasa_1b_v5e256 | v5e-256 (16 GiB) | fsdp 256 | 1 × 1 | full | - | 45-55 % |
