@@ -57,6 +57,7 @@ class PodPlan:
   unit: str               # what `units_per_step` counts (tokens, frames, samples)
   units_per_step: float
   programs: list[Program]
+  extrapolated: bool = False  # the train step's cost from 1- and 2-layer compiles (`measure(extrapolate=True)`)
 
   @property
   def train(self) -> Program:
@@ -150,12 +151,14 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
   accum = int(cfg.optim.accum_steps)
   cheap = cost_config(cfg)
   depth = depth_key(cheap)
-  if real.fits and real.loops == 0 and cheap == cfg:
+  loop_free = real.fits and real.loops == 0 and cheap == cfg
+  shallow = extrapolate and not loop_free and depth is not None and cheap.model[depth] > 2
+  if loop_free:
     cost, cost_run = real, run  # no loop (windowed einsums are loops too): nothing the cost model undercounts
-  elif extrapolate and depth is not None and cheap.model[depth] > 2:
+  elif shallow:
     cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
-    shallow = [_cost_compile(trainer.Trainer(at_depth(cheap, n), workdir="", devices=devices)) for n in (1, 2)]
-    cost = extrapolated(*shallow, cheap.model[depth])
+    one, two = (_cost_compile(trainer.Trainer(at_depth(cheap, n), workdir="", devices=devices)) for n in (1, 2))
+    cost = extrapolated(one, two, cheap.model[depth])
   else:
     cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
     cost = _cost_compile(cost_run)
@@ -178,7 +181,7 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
                 peak_flops=topology.peak_flops, hbm_bandwidth=topology.hbm_bandwidth,
                 mesh={k: int(v) for k, v in run.mesh.shape.items()},
                 params=state_lib.param_count(run.target.params), train_flops=run.flops_per_step, unit=unit,
-                units_per_step=units[unit], programs=programs)
+                units_per_step=units[unit], programs=programs, extrapolated=shallow)
   return pod, real.executable if keep_executable else None
 
 
@@ -246,6 +249,9 @@ def report(pod: PodPlan) -> str:
   if any(p.seconds is None for p in pod.programs):
     lines.append("n/a: this libtpu's cost model gives a negative step time here (always on v6e); the roofline "
                  "column (the compiler's FLOPs and HBM bytes at the chip's peak rates) is a lower bound")
+  if pod.extrapolated:
+    lines.append("the train step's FLOPs, time and collectives: its 1- and 2-layer loop-free compiles, extrapolated "
+                 "linearly to the model's depth (--extrapolate)")
   if any(p.loops for p in pod.programs):
     lines.append("note: loops remain in the cost compile; the cost model counts their bodies once, so FLOPs and "
                  "time are low")
