@@ -83,6 +83,27 @@ def merged(rows: list[str], date: str) -> list[str]:
   return kept + list(new.values())
 
 
+def write(rows: list[str]) -> None:
+  date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+  text = "\n".join([
+      f"## {SECTION}", "",
+      "`python benchmarks/tpu_aot.py --presets P,... --topologies T,... --write` (each run replaces its own rows "
+      f"and keeps the others; each row has its date), compiled on {common.machine()} by libtpu's TPU compiler "
+      f"for virtual devices; {common.versions(('jax', 'jaxlib', 'libtpu', 'flax'))}.", "",
+      "Per chip. **Step time, throughput and MFU are the TPU compiler's cost-model estimates, not measurements**; "
+      "FLOPs and time come from loop-free compiles (layers unrolled, one microbatch, no windowed einsums) at 1 "
+      "and 2 layers, extrapolated to the model's depth (`jaxspeech plan --extrapolate`), times accumulation plus "
+      "one optimizer update; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
+      "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
+      "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e "
+      "step, and some others) the row has n/a; `roofline ms` (the compiler's FLOPs and HBM bytes at the chip's "
+      "peak rates) is a lower bound on any step.",
+      "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
+      "est. MFU | roofline ms | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
+      "| --- " * 15 + "|", *merged(rows, date)])
+  common.write_section(SECTION, text)
+
+
 def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   module = presets()
@@ -92,37 +113,16 @@ def main() -> int:
                       help="price the step from the full unrolled compile, not from 1- and 2-layer ones extrapolated")
   parser.add_argument("--write", action="store_true", help=f"write the '{SECTION}' section of RESULTS.md")
   args = parser.parse_args()
-  rows = []
   for name in args.presets.split(","):
     for spelled in args.topologies.split(","):
       target = topology.parse(spelled)
       cfg = scale(module, name, target.chips)
       start = time.time()
       plan, _ = pod.measure(cfg, target, dict(cfg.mesh), extrapolate=not args.full_cost)
-      for step in plan.programs:
-        rows.append(row(name, target, plan, step, cfg, time.time() - start))
-        print(rows[-1], flush=True)
-  if args.write:
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
-    rows = merged(rows, date)
-    text = "\n".join([
-        f"## {SECTION}", "",
-        "`python benchmarks/tpu_aot.py --presets P,... --topologies T,... --write` (each run replaces its own rows "
-        f"and keeps the others; each row has its date), compiled on {common.machine()} by libtpu's TPU compiler "
-        f"for virtual devices; {common.versions(('jax', 'jaxlib', 'libtpu', 'flax'))}.", "",
-        "Per chip. **Step time, throughput and MFU are the TPU compiler's cost-model estimates, not measurements**; "
-        "FLOPs and time come from loop-free compiles (layers unrolled, one microbatch, no windowed einsums) at 1 "
-        "and 2 layers, extrapolated to the model's depth (`jaxspeech plan --extrapolate`), times accumulation plus "
-        "one optimizer update; memory from the compile as it runs. MFU = the family's analytic `train_flops` / "
-        "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
-        "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e "
-        "step, "
-        "and some others) the row has n/a; `roofline ms` (the compiler's FLOPs and HBM bytes at the chip's peak "
-        "rates) is a lower bound on any step.",
-        "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
-        "est. MFU | roofline ms | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
-        "| --- " * 15 + "|", *rows])
-    common.write_section(SECTION, text)
+      rows = [row(name, target, plan, step, cfg, time.time() - start) for step in plan.programs]
+      print("\n".join(rows), flush=True)
+      if args.write:  # after each compile, so that a long queue cut short keeps what it measured
+        write(rows)
   return 0
 
 

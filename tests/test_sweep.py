@@ -17,7 +17,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxspeech.sweep import backends, cli as sweep_cli, design, fit, report
+from jaxspeech.sweep import backends, cli as sweep_cli, counts, design, fit, report
+from jaxspeech.train import registry, state
 from tests.ast_config import ROOT
 
 # Chinchilla's fitted law (Hoffmann et al. 2022, approach 3).
@@ -365,6 +366,29 @@ def test_isoflop_plan_trains_each_size_on_c_over_6n_tokens():
     assert abs(run.compute / run.coords["budget"] - 1) < 0.5 / run.steps + 1e-9  # steps are rounded
     assert run.overrides["train.eval_every"] == -(-run.steps // 4)
   assert runs[0].params == 3_648
+
+
+@pytest.mark.parametrize("spec, per_step, frozen", [
+    ("llasa.py:tiny", 4 * 512, {}),                 # 4 packed rows of 512 tokens
+    ("dit.py:tiny", 4096, {}),                      # the batch's mel-frame budget
+    ("codec.py:tiny", 8 * 20, {}),                  # 8 crops of 0.4 s at 16 kHz, 20 codes each (hop 320)
+    ("codec.py:tiny_semantic", 8 * 20, {"semantic_model": 39_216}),  # the w2v-BERT teacher trains not
+    ("vocoder.py:tiny", 8 * 37, {}),                # 8 crops of 0.4 s at 24 kHz, 37 hops of 256
+    ("ast.py:lora", 16 * 128, {"lora": 579_712}),   # 8 × 16 patches; LoRA trains, the backbone does not
+])
+def test_every_family_declares_its_tokens_and_n_counts_only_params_that_train(spec, per_step, frozen):
+  sweep = design.Sweep(name="one", train_config=os.path.join(ROOT, "configs", spec),
+                       design=design.Grid(axes={"train.steps": [3]}))
+  (run,), notes = design.plan(sweep)
+  cfg = counts.load_config(sweep.train_config)
+  _, params, _ = state.abstract_model(registry.get(cfg.family), cfg)
+  left_out = {}
+  for module, n in counts.frozen_params(cfg).items():
+    left_out[module.split(".")[0]] = left_out.get(module.split(".")[0], 0) + n
+  assert run.tokens == 3 * per_step
+  assert left_out == frozen
+  assert run.params == state.param_count(params) - sum(frozen.values())
+  assert bool(frozen) == any(n.startswith("N counts the params that train; frozen and left out:") for n in notes)
 
 
 def test_one_real_ast_run_through_the_local_backend(tmp_path, corpus_path):

@@ -220,6 +220,11 @@ def train_flops(cfg) -> float:
   return 3.0 * forward * cfg.train.batch_size
 
 
+def tokens_per_step(cfg) -> float:
+  f, t = model_config(cfg).grid()
+  return float(f * t * cfg.train.batch_size)
+
+
 def units(batch) -> dict[str, float]:
   valid = np.asarray(batch["valid"])
   return {"examples": float(valid.sum()), "frames": float(np.asarray(batch["audio_lengths"])[valid].sum() / HOP)}
@@ -227,4 +232,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(
     name="ast", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, param_groups=param_groups, adapt_init=adapt_init, batch_shapes=batch_shapes)
+    train_flops=train_flops, units=units, tokens_per_step=tokens_per_step, param_groups=param_groups, adapt_init=adapt_init, batch_shapes=batch_shapes)

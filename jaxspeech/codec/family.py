@@ -83,6 +83,11 @@ def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
   return crops.abstract_batch(cfg, crops.crop_samples(cfg.data.crop_seconds, cfg.model.sample_rate, hop(cfg)))
 
 
+def tokens_per_step(cfg) -> float:
+  return crops.frames_per_step(cfg, cfg.model.sample_rate, hop(cfg))
+
+
 FAMILY = Family(
     name="codec", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
-    batch_axes=crops.batch_axes, train_flops=train_flops, units=crops.units, param_groups=param_group, batch_shapes=batch_shapes)
+    batch_axes=crops.batch_axes, train_flops=train_flops, units=crops.units,
+    tokens_per_step=tokens_per_step, param_groups=param_group, batch_shapes=batch_shapes)

@@ -140,11 +140,15 @@ def inference(cfg) -> dict[str, tuple]:
   return {"sampler step": (step, inputs, axes)}
 
 
+def tokens_per_step(cfg) -> float:
+  return float(cfg.data.frame_budget)  # padding included: the budget bounds every batch's frames
+
+
 def units(batch) -> dict[str, float]:
   valid = np.asarray(batch["valid"])
   return {"examples": float(valid.sum()), "frames": float(np.asarray(batch["audio_lengths"])[valid].sum() / HOP)}
 
 
 FAMILY = Family(name="dit", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
-                batch_axes=batch_axes, train_flops=train_flops, units=units, batch_shapes=batch_shapes,
+                batch_axes=batch_axes, train_flops=train_flops, units=units, tokens_per_step=tokens_per_step, batch_shapes=batch_shapes,
                 prepare=vocab.prepare, inference=inference)

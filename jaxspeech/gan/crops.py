@@ -25,6 +25,11 @@ def make_data(cfg: ml_collections.ConfigDict, split: str, *, train: bool, shard_
                              map_fn=pipeline.DecodeSpeech(sample_rate, crop_samples=size), batching=fixed)
 
 
+def frames_per_step(cfg: ml_collections.ConfigDict, sample_rate: int, frame: int) -> float:
+  """Frames (codes, or vocoder hops) in one global batch of training crops."""
+  return float(cfg.train.batch_size * (crop_samples(cfg.data.crop_seconds, sample_rate, frame) // frame))
+
+
 def batch_axes(cfg):
   del cfg
   rows = ("activation_batch",)

@@ -174,10 +174,14 @@ def inference(cfg) -> dict[str, tuple]:
   return {"prefill": (run, *step_inputs(slots // 4)), "decode step": (run, *step_inputs(1))}
 
 
+def tokens_per_step(cfg) -> float:
+  return float(cfg.train.batch_size * cfg.llasa.seq_len)  # packed rows, counted whole as train_flops counts them
+
+
 def units(batch) -> dict[str, float]:
   return {"rows": float(np.asarray(batch["valid"]).sum()), "tokens": float((np.asarray(batch["segment_ids"]) > 0).sum())}
 
 
 FAMILY = Family(
     name="llasa", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data, batch_axes=batch_axes,
-    train_flops=train_flops, units=units, adapt_init=adapt_init, batch_shapes=batch_shapes, inference=inference)
+    train_flops=train_flops, units=units, tokens_per_step=tokens_per_step, adapt_init=adapt_init, batch_shapes=batch_shapes, inference=inference)

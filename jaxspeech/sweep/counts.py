@@ -4,14 +4,17 @@ The trainer's config is resolved here exactly as `jaxspeech train` would (the co
 `get_config(variant)`, then each `--config.a.b=value` override), so the counts match the run.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 import importlib.util
 import json
 import math
 import os
 from typing import Any
 
+import jax
 import ml_collections
+
+from jaxspeech.train import optim, registry, state
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -54,42 +57,45 @@ def flag(key: str, value: Any) -> str:
   return f"--config.{key}={text}"
 
 
-def _ast_tokens_per_example(cfg) -> int:
-  from jaxspeech.ast.family import model_config  # pylint: disable=import-outside-toplevel
-  f, t = model_config(cfg).grid()
-  return f * t
+def tokens_per_step(cfg: ml_collections.ConfigDict) -> float:
+  """What one global batch contributes to D, as the family declares it (`Family.tokens_per_step`)."""
+  return float(registry.get(cfg.family).tokens_per_step(cfg))
 
 
-# Tokens one example contributes to D (the "data" axis of a scaling law), by family. The engine's
-# Family has no such field yet; a family that joins the registry adds its entry here.
-TOKENS_PER_EXAMPLE: dict[str, Callable[[ml_collections.ConfigDict], int]] = {
-    "ast": _ast_tokens_per_example,   # spectrogram patches
-}
+_PARAMS: dict[str, tuple[int, dict[str, int]]] = {}
 
 
-def tokens_per_step(cfg: ml_collections.ConfigDict) -> int:
-  if cfg.family not in TOKENS_PER_EXAMPLE:
-    raise KeyError(f"family {cfg.family!r} has no token count for sweeps; add it to "
-                   f"jaxspeech.sweep.counts.TOKENS_PER_EXAMPLE (known: {sorted(TOKENS_PER_EXAMPLE)})")
-  return TOKENS_PER_EXAMPLE[cfg.family](cfg) * cfg.train.batch_size
-
-
-_PARAMS: dict[str, int] = {}
+def _counts(cfg: ml_collections.ConfigDict) -> tuple[int, dict[str, int]]:
+  """(params that train, {module (first two path names): params} of those in the "frozen" group), from the
+  abstract model:
+  nothing is allocated."""
+  key = json.dumps({"family": cfg.family, "model": cfg.model.to_dict()}, sort_keys=True)
+  if key not in _PARAMS:
+    family = registry.get(cfg.family)
+    _, params, _ = state.abstract_model(family, cfg)
+    trained, frozen = 0, {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+      names = optim.param_path(path)
+      size = math.prod(leaf.shape)
+      if family.param_groups is not None and family.param_groups(names, leaf) == "frozen":
+        module = ".".join(names[:2])
+        frozen[module] = frozen.get(module, 0) + size
+      else:
+        trained += size
+    _PARAMS[key] = trained, frozen
+  return _PARAMS[key]
 
 
 def param_count(cfg: ml_collections.ConfigDict) -> int:
-  """Trainable parameters (every nnx.Param), from the abstract model: nothing is allocated."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxspeech.train import registry  # pylint: disable=import-outside-toplevel
-  from jaxspeech.train import state  # pylint: disable=import-outside-toplevel
-  key = json.dumps({"family": cfg.family, "model": cfg.model.to_dict()}, sort_keys=True)
-  if key not in _PARAMS:
-    _, params, _ = state.abstract_model(registry.get(cfg.family), cfg)
-    _PARAMS[key] = int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
-  return _PARAMS[key]
+  """N of a scaling law: the params that train (every nnx.Param outside the family's "frozen" group)."""
+  return _counts(cfg)[0]
+
+
+def frozen_params(cfg: ml_collections.ConfigDict) -> dict[str, int]:
+  """The params N leaves out, by module: a frozen teacher, a PETL method's frozen backbone."""
+  return dict(_counts(cfg)[1])
 
 
 def flops_per_step(cfg: ml_collections.ConfigDict) -> float:
   """The family's analytic FLOPs of one training step (forward + backward) on the global batch."""
-  from jaxspeech.train import registry  # pylint: disable=import-outside-toplevel
   return float(registry.get(cfg.family).train_flops(cfg))

@@ -145,6 +145,10 @@ def plan(sweep: Sweep) -> tuple[list[Run], list[str]]:
   """(runs, notes): the runs in design order, and a line for each design point left out."""
   base = counts.load_config(sweep.train_config)
   runs, notes = [], []
+  frozen = counts.frozen_params(counts.apply_overrides(base, sweep.overrides))
+  if frozen:
+    notes.append("N counts the params that train; frozen and left out: "
+                 + ", ".join(f"{name} ({n:,})" for name, n in sorted(frozen.items())))
   if isinstance(sweep.design, IsoFlop):
     d = sweep.design
     for budget in d.budgets:

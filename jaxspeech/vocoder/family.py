@@ -63,9 +63,13 @@ def batch_shapes(cfg):
   return crops.abstract_batch(cfg, crops.crop_samples(cfg.data.crop_seconds, cfg.model.sample_rate, cfg.model.hop))
 
 
+def tokens_per_step(cfg) -> float:
+  return crops.frames_per_step(cfg, cfg.model.sample_rate, cfg.model.hop)
+
+
 FAMILY = Family(
     name="vocoder", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
-    batch_axes=crops.batch_axes, train_flops=train_flops, units=crops.units,
+    batch_axes=crops.batch_axes, train_flops=train_flops, units=crops.units, tokens_per_step=tokens_per_step,
     param_groups=losses.param_group, batch_shapes=batch_shapes)
 
 
