@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-from jaxspeech.dit import cli as dit_cli
 from jaxspeech.dit import vocab
 from jaxspeech.train import config as base
 
@@ -48,8 +47,8 @@ def test_synthesis_reads_the_workdir_vocabulary(tmp_path):
   vocab.write(vocab.in_workdir(workdir), [" ", "h", "i"])
   imported = tmp_path / "vocab.txt"
   vocab.write(str(imported), [" ", "z"])
-  assert dit_cli.tokens_of(workdir, {"model": {"vocab_file": str(imported)}}) == [" ", "h", "i"]
+  assert vocab.of_workdir(workdir, {"model": {"vocab_file": str(imported)}}) == [" ", "h", "i"]
   os.remove(vocab.in_workdir(workdir))  # an imported F5 checkpoint: its vocab.txt
-  assert dit_cli.tokens_of(workdir, {"model": {"vocab_file": str(imported)}}) == [" ", "z"]
+  assert vocab.of_workdir(workdir, {"model": {"vocab_file": str(imported)}}) == [" ", "z"]
   with pytest.raises(ValueError, match="--vocab"):
-    dit_cli.tokens_of(workdir, json.loads('{"model": {"vocab_file": ""}}'))
+    vocab.of_workdir(workdir, json.loads('{"model": {"vocab_file": ""}}'))

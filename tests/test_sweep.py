@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from jaxspeech.sweep import backends, cli as sweep_cli, counts, design, fit, report
-from jaxspeech.train import registry, state
+from jaxspeech.train import config, registry, state
 from tests.ast_config import ROOT
 
 # Chinchilla's fitted law (Hoffmann et al. 2022, approach 3).
@@ -380,7 +380,7 @@ def test_every_family_declares_its_tokens_and_n_counts_only_params_that_train(sp
   sweep = design.Sweep(name="one", train_config=os.path.join(ROOT, "configs", spec),
                        design=design.Grid(axes={"train.steps": [3]}))
   (run,), notes = design.plan(sweep)
-  cfg = counts.load_config(sweep.train_config)
+  cfg = config.load(sweep.train_config, [])
   _, params, _ = state.abstract_model(registry.get(cfg.family), cfg)
   left_out = {}
   for module, n in counts.frozen_params(cfg).items():

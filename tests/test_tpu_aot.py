@@ -101,7 +101,7 @@ def test_collective_bytes_read_from_hlo():
 
 
 def _plan_cli(*args, prelude=""):
-  code = f"import sys\n{prelude}\nfrom jaxspeech.train import plan\nsys.exit(plan.main(sys.argv[1:]))"
+  code = f"import sys\n{prelude}\nfrom jaxspeech import cli\nsys.exit(cli.main([\"plan\", *sys.argv[1:]]))"
   return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT,
                         env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}, check=False, timeout=600)
 

@@ -9,10 +9,15 @@ Codes files hold one utterance: a .npy int array, or whitespace-separated intege
 
 import json
 
+import jax.numpy as jnp
+import numpy as np
+import soundfile
+
+from jaxspeech.codec import evaluate, tokenize
+from jaxspeech.data import tfds_io
+
 
 def _encode(args):
-  from jaxspeech.codec import tokenize
-  from jaxspeech.data import tfds_io
   splits = args.splits.split(",") if args.splits else None
   out = tokenize.encode_dataset(args.workdir, args.data_dir, args.out, splits=splits, chunk=args.chunk,
                                 per_device=args.per_device)
@@ -21,7 +26,6 @@ def _encode(args):
 
 
 def read_codes(path: str):
-  import numpy as np
   if path.endswith(".npy"):
     return np.load(path).astype(np.int32).reshape(-1)
   with open(path) as f:
@@ -29,10 +33,6 @@ def read_codes(path: str):
 
 
 def _decode(args):
-  import jax.numpy as jnp
-  import numpy as np
-  import soundfile
-  from jaxspeech.codec import tokenize
   codec, sample_rate, _ = tokenize.load_codec(args.workdir)
   codes = read_codes(args.codes)
   size = codec.quantizer.codebook_size
@@ -44,7 +44,6 @@ def _decode(args):
 
 
 def _eval(args):
-  from jaxspeech.codec import evaluate
   result = evaluate.evaluate_workdir(args.workdir, args.data_dir, args.split, per_device=args.per_device,
                                      limit=args.limit)
   print(json.dumps(result, indent=2))

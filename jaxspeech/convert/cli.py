@@ -7,8 +7,7 @@
   jaxspeech convert codec --from xcodec2 --src CKPT.safetensors|DIR --dst WORKDIR [--heads N ...] [--w2vbert HF_DIR]
   jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
 
-A family's converter sits next to the module the registry names (`codec/family.py` → `codec/convert.py`,
-`vocoder/family.py` → `vocoder/convert.py`, which does not exist: the vocoder has none). It
+A family's converter is its package's `convert` module (`jaxspeech/codec/convert.py`; the vocoder has none). It
 provides `SOURCES` and `TARGETS` ({name: help}), `add_arguments(parser)` for its own flags,
 `import_checkpoint(source, src, args) -> workdir.Imported` and
 `export_checkpoint(target, checkpoint, dst, args) -> list[str]` (lines to print). This module imports it
@@ -19,7 +18,6 @@ as `jaxspeech convert: error: ...` and exit 2, with nothing written at --dst.
 """
 
 import argparse
-import importlib
 import os
 import sys
 
@@ -40,21 +38,15 @@ def add_parser(groups) -> None:
       description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("family", help="the model family, e.g. ast")
   p.add_argument("args", nargs=argparse.REMAINDER, help="--from/--to, --src, --dst and the family's flags")
-  p.set_defaults(run=lambda args: sys.exit(run(args.family, args.args)))
+  p.set_defaults(run=lambda args: run(args.family, args.args))
 
 
 def converter(family: str):
   """The family's converter module."""
-  if family not in registry.FAMILIES:
-    raise KeyError(f"unknown family {family!r}; known families: {sorted(registry.FAMILIES)}")
-  package, module = registry.FAMILIES[family].rsplit(".", 1)
-  name = f"{package}.{module.removesuffix('family')}convert"
-  try:
-    return importlib.import_module(name)
-  except ModuleNotFoundError as e:
-    if e.name != name:
-      raise
-    raise KeyError(f"family {family!r} has no converter ({name})") from None
+  module = registry.part(family, "convert")
+  if module is None:
+    raise KeyError(f"family {family!r} has no converter ({registry.FAMILIES[family]}.convert)")
+  return module
 
 
 def family_parser(family: str, module) -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ import os
 
 import numpy as np
 
+from jaxspeech.data import tfds_io
+
 FILENAME = "vocab_char.txt"
 
 
@@ -36,7 +38,6 @@ def build(transcripts) -> list[str]:
 
 
 def of_dataset(data_path: str, split: str = "train") -> list[str]:
-  from jaxspeech.data import tfds_io  # pylint: disable=import-outside-toplevel
   source = tfds_io.data_source(data_path, split)
   return build(source[i]["text"].decode() for i in range(len(source)))
 
@@ -52,6 +53,16 @@ def of_config(cfg) -> list[str]:
 
 def in_workdir(workdir: str) -> str:
   return os.path.join(workdir, FILENAME)
+
+
+def of_workdir(workdir: str, config: dict) -> list[str]:
+  """The vocabulary a workdir's model reads: the one its training kept there, else its `model.vocab_file` (an
+  imported F5 checkpoint's vocab.txt)."""
+  if os.path.exists(in_workdir(workdir)):
+    return read(in_workdir(workdir))
+  if config["model"].get("vocab_file"):
+    return read(config["model"]["vocab_file"])
+  raise ValueError(f"{workdir} holds no {FILENAME} and names no model.vocab_file: import it with --vocab vocab.txt")
 
 
 def prepare(cfg, workdir: str):

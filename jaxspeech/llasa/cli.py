@@ -1,4 +1,5 @@
-"""`jaxspeech synthesize --lm WORKDIR --codec WORKDIR --text "..." [--ref-audio x.wav --ref-text "..."] --out out.wav`
+"""`jaxspeech llasa synthesize --lm WORKDIR --codec WORKDIR --tokenizer FILE --text "..." [--ref-audio x.wav
+--ref-text "..."] --out out.wav`
 
 The Llasa LM writes codec codes for the text (continuing the reference clip's codes when given: voice
 prompting), the codec decodes them. `--best-of N` samples N candidates in one batch and keeps the one the
@@ -10,7 +11,20 @@ speaks held-out corpus sentences and scores them against their recordings (`jaxs
 on stdout, every utterance's scores in a JSON. `--resynthesis` scores the codec's encode → decode instead.
 """
 
-PROG = "jaxspeech synthesize"
+import json
+import os
+
+import jax
+import numpy as np
+import soundfile
+
+from jaxspeech.audio import io as audio_io, quality
+from jaxspeech.codec import family as codec_family
+from jaxspeech.llasa import evaluate as evaluation, family, generate, synthesis, verify
+from jaxspeech.llasa.vocab import LlasaVocab, SPECIAL_TOKENS
+from jaxspeech.workdir import Workdir
+
+SYNTHESIZE_FLAG = "--lm"  # `jaxspeech synthesize --lm ...`, the previous spelling of `jaxspeech llasa synthesize`
 
 
 def _model_flags(g) -> None:
@@ -31,9 +45,10 @@ def _sampling_flags(g, max_seconds: float) -> None:
   g.add_argument("--seed", type=int, default=0)
 
 
-def add_arguments(parser) -> None:
-  """The Llasa flags of `jaxspeech synthesize` (light: imports nothing heavy)."""
-  g = parser.add_argument_group("Llasa LM (--lm)")
+def _synthesize_flags(parser) -> None:
+  parser.add_argument("--text", required=True)
+  parser.add_argument("--out", required=True, help="the wav file to write")
+  g = parser.add_argument_group("Llasa LM")
   _model_flags(g)
   g.add_argument("--ref-audio", default=None, help="a reference clip (16 kHz wav) to continue: voice prompting")
   g.add_argument("--ref-text", default="", help="the reference clip's transcript")
@@ -45,17 +60,12 @@ def add_arguments(parser) -> None:
 
 
 def _sampling(args):
-  from jaxspeech.llasa import generate  # pylint: disable=import-outside-toplevel
   return generate.Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            repetition_penalty=args.repetition_penalty)
 
 
 def _load(args, command: str, lm: bool = True):
   """(lm, codec, codec sample rate, vocab, tokenizer) of the flags; with `lm=False` the codec's only."""
-  from jaxspeech.codec import family as codec_family  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa import family  # pylint: disable=import-outside-toplevel
-  from jaxspeech.workdir import Workdir  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa.vocab import LlasaVocab, SPECIAL_TOKENS  # pylint: disable=import-outside-toplevel
   needed = (("--lm", args.lm), ("--codec", args.codec), ("--tokenizer", args.tokenizer)) if lm else (
       ("--codec", args.codec),)
   missing = [flag for flag, value in needed if not value]
@@ -71,13 +81,9 @@ def _load(args, command: str, lm: bool = True):
 
 
 def synthesize(args) -> None:
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  import soundfile  # pylint: disable=import-outside-toplevel
-  from jaxspeech.audio import io as audio_io  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa import synthesis, verify  # pylint: disable=import-outside-toplevel
-
-  lm, codec, sample_rate, vocab, tokenizer = _load(args, "synthesize with --lm")
+  if not args.text.strip():
+    raise ValueError(f"--text {args.text!r} has nothing to speak")
+  lm, codec, sample_rate, vocab, tokenizer = _load(args, "llasa synthesize")
   ref_wav = None
   if args.ref_audio:
     wav, rate = soundfile.read(args.ref_audio, dtype="float32", always_2d=True)
@@ -102,9 +108,13 @@ def synthesize(args) -> None:
 
 
 def add_parser(groups) -> None:
-  """`jaxspeech llasa eval` (light: imports nothing heavy)."""
-  llasa = groups.add_parser("llasa", help="Llasa jobs: evaluate synthesis").add_subparsers(dest="command",
-                                                                                           required=True)
+  """`jaxspeech llasa synthesize|eval`."""
+  llasa = groups.add_parser("llasa", help="Llasa LM: synthesize, evaluate synthesis").add_subparsers(
+      dest="command", required=True)
+  p = llasa.add_parser("synthesize", help="text to speech: the LM writes codec codes, the codec decodes them",
+                       description=__doc__.split("\n\n")[1])
+  _synthesize_flags(p)
+  p.set_defaults(run=synthesize)
   p = llasa.add_parser("eval", help="speak held-out corpus sentences; MCD-DTW, duration ratio, speaker similarity "
                                     "against their recordings")
   _model_flags(p)
@@ -121,11 +131,6 @@ def add_parser(groups) -> None:
 
 
 def evaluate(args) -> None:
-  import json  # pylint: disable=import-outside-toplevel
-  import os  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa import evaluate as evaluation, verify  # pylint: disable=import-outside-toplevel
-
   lm, codec, sample_rate, vocab, tokenizer = _load(args, "llasa eval", lm=not args.resynthesis)
   common = dict(count=args.limit, embed=verify.ast_embedder(args.speaker_ast) if args.speaker_ast else None,
                 sample_rate=sample_rate, wav_dir=args.wav_dir)
@@ -145,6 +150,5 @@ def evaluate(args) -> None:
 
 
 def table(rows: list[dict], means: dict[str, float]) -> str:
-  from jaxspeech.audio import quality  # pylint: disable=import-outside-toplevel
   return quality.table(rows, means, (("mcd_dtw", "MCD dB", 7), ("duration_ratio", "dur", 5),
                                      ("speaker_similarity", "spk sim", 7), ("wall_seconds", "wall s", 6)))

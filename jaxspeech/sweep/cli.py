@@ -140,12 +140,9 @@ def _task(args) -> int:
   return execute.run_task(os.path.abspath(args.workdir), args.index)
 
 
-def parser(subparsers=None) -> argparse.ArgumentParser:
-  """The `sweep` command group; added to `subparsers` when given, else a parser of its own."""
-  if subparsers is None:
-    sweep = argparse.ArgumentParser(prog="jaxspeech sweep", description="Scaling-law sweeps.")
-  else:
-    sweep = subparsers.add_parser("sweep", help="scaling-law sweeps: run, fit, status")
+def add_parser(groups) -> None:
+  sweep = groups.add_parser("sweep", help="scaling-law sweeps: run, fit, status", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = sweep.add_subparsers(dest="command", required=True)
   p = commands.add_parser("run", help="plan and run (or submit) a sweep's runs; finished runs are skipped")
   p.add_argument("--config", required=True, help="a sweep config, e.g. configs/sweeps/ast_cpu.py")
@@ -172,11 +169,13 @@ def parser(subparsers=None) -> argparse.ArgumentParser:
   p.add_argument("--workdir", required=True)
   p.add_argument("--index", type=int, required=True)
   p.set_defaults(run=_task)
-  return sweep
 
 
 def main(argv: list[str]) -> int:
-  args = parser().parse_args(argv)
+  """`jaxspeech sweep ARGV`, for the sweep's own tests and runners."""
+  parser = argparse.ArgumentParser(prog="jaxspeech")
+  add_parser(parser.add_subparsers(dest="group", required=True))
+  args = parser.parse_args(["sweep", *argv])
   try:
     return args.run(args)
   except (FileNotFoundError, KeyError, ValueError) as e:

@@ -1,47 +1,23 @@
 """What a run costs: its resolved config, parameter count, tokens per step and FLOPs per step.
 
-The trainer's config is resolved here exactly as `jaxspeech train` would (the config file's
-`get_config(variant)`, then each `--config.a.b=value` override), so the counts match the run.
+The config is resolved by the code `jaxspeech train` resolves it with, from the flags the run is given, so the
+counts match the run.
 """
 
 from collections.abc import Mapping
-import importlib.util
 import json
 import math
-import os
 from typing import Any
 
 import jax
 import ml_collections
 
-from jaxspeech.train import optim, registry, state
+from jaxspeech.train import config, optim, registry, state
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:variant]` → the ConfigDict `jaxspeech train --config=spec` starts from."""
-  path, _, variant = spec.partition(":")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no config file {path!r} (from {spec!r})")
-  module_spec = importlib.util.spec_from_file_location(f"_jaxspeech_sweep_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
-
-
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
-  """Sets each dotted field (`"model.hidden": 64`), refusing fields the config does not have."""
-  cfg = ml_collections.ConfigDict(cfg.to_dict())  # a copy; configs from files may be locked
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = cfg
-    for part in parents:
-      if part not in node:
-        raise KeyError(f"no config field {key!r} for the sweep override")
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"no config field {key!r} for the sweep override")
-    node[leaf] = value
-  return cfg
+def resolve(spec: str, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The config `jaxspeech train --config=spec` runs with these overrides (given as its flags)."""
+  return config.load(spec, [flag(k, v) for k, v in overrides.items()])
 
 
 def flag(key: str, value: Any) -> str:

@@ -128,13 +128,13 @@ def _size_overrides(sweep: Sweep, size: Size | None) -> dict[str, Any]:
   return dict(sweep.rule(size.width, size.depth))
 
 
-def _finish(sweep: Sweep, base, name: str, overrides: dict[str, Any], coords: dict[str, Any], steps: int) -> Run:
+def _finish(sweep: Sweep, name: str, overrides: dict[str, Any], coords: dict[str, Any], steps: int) -> Run:
   overrides = {**overrides, "train.steps": steps}
   if sweep.evals_per_run:
     overrides["train.eval_every"] = max(1, math.ceil(steps / sweep.evals_per_run))
   if sweep.warmup_fraction:
     overrides["optim.warmup_steps"] = max(1, round(sweep.warmup_fraction * steps))
-  cfg = counts.apply_overrides(base, overrides)
+  cfg = counts.resolve(sweep.train_config, overrides)
   params = counts.param_count(cfg)
   tokens = float(steps * counts.tokens_per_step(cfg))
   return Run(name=name, overrides=overrides, coords=coords, params=params, tokens=tokens, steps=steps,
@@ -143,9 +143,8 @@ def _finish(sweep: Sweep, base, name: str, overrides: dict[str, Any], coords: di
 
 def plan(sweep: Sweep) -> tuple[list[Run], list[str]]:
   """(runs, notes): the runs in design order, and a line for each design point left out."""
-  base = counts.load_config(sweep.train_config)
   runs, notes = [], []
-  frozen = counts.frozen_params(counts.apply_overrides(base, sweep.overrides))
+  frozen = counts.frozen_params(counts.resolve(sweep.train_config, sweep.overrides))
   if frozen:
     notes.append("N counts the params that train; frozen and left out: "
                  + ", ".join(f"{name} ({n:,})" for name, n in sorted(frozen.items())))
@@ -155,7 +154,7 @@ def plan(sweep: Sweep) -> tuple[list[Run], list[str]]:
       sizes = d.sizes[budget] if isinstance(d.sizes, Mapping) else d.sizes
       for size in sizes:
         overrides = {**sweep.overrides, **_size_overrides(sweep, size)}
-        cfg = counts.apply_overrides(base, overrides)
+        cfg = counts.resolve(sweep.train_config, overrides)
         n, per_step = counts.param_count(cfg), counts.tokens_per_step(cfg)
         steps = round(budget / (6.0 * n) / per_step)
         name = _name([f"C{_short(budget)}", f"w{size.width}", f"d{size.depth}"])
@@ -164,18 +163,18 @@ def plan(sweep: Sweep) -> tuple[list[Run], list[str]]:
                        f"{d.max_steps or 'any'})")
           continue
         coords = {"budget": float(budget), "width": size.width, "depth": size.depth}
-        runs.append(_finish(sweep, base, name, overrides, coords, steps))
+        runs.append(_finish(sweep, name, overrides, coords, steps))
   elif isinstance(sweep.design, Grid):
     keys = list(sweep.design.axes)
     for size in (list(sweep.design.sizes) or [None]):
       for values in itertools.product(*(sweep.design.axes[k] for k in keys)):
         point = dict(zip(keys, values))
         overrides = {**sweep.overrides, **_size_overrides(sweep, size), **point}
-        steps = int(overrides.get("train.steps", counts.apply_overrides(base, overrides).train.steps))
+        steps = int(overrides.get("train.steps", counts.resolve(sweep.train_config, overrides).train.steps))
         parts = ([f"w{size.width}", f"d{size.depth}"] if size else []) + [
             f"{k.split('.')[-1]}={v}" for k, v in point.items()]
         coords = {**point, **({"width": size.width, "depth": size.depth} if size else {})}
-        runs.append(_finish(sweep, base, _name(parts or ["run"]), overrides, coords, steps))
+        runs.append(_finish(sweep, _name(parts or ["run"]), overrides, coords, steps))
   else:
     raise ValueError(f"unknown design {type(sweep.design).__name__}; use design.Grid or design.IsoFlop")
   names = [r.name for r in runs]

@@ -1,63 +1,52 @@
 """`jaxspeech train|eval --config=configs/<family>.py:<variant> --workdir=DIR [--config.a.b=value ...]`."""
 
-import re
+import argparse
+import functools
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import logging
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/ast.py:tiny",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and TensorBoard logs go")
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
-                                   "outside TPU VMs and SLURM (else JAXSPEECH_COORDINATOR_ADDRESS)")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "processes in the job (else JAXSPEECH_NUM_PROCESSES)")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "this process's index (else JAXSPEECH_PROCESS_ID)")
-_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", 300, "seconds to wait for every process to join")
-_HEARTBEAT_TIMEOUT = flags.DEFINE_integer("heartbeat_timeout", 100, "seconds before a silent process counts as dead")
-flags.mark_flags_as_required(["config", "workdir"])
+from jaxspeech.train import config as config_lib, distributed, trainer
+
+HELP = {"train": "train a model (resumes the workdir's newest checkpoint)",
+        "eval": "evaluate a workdir's newest checkpoint on the config's eval split"}
 
 
-def _run(command: str) -> None:
-  from jaxspeech.train import trainer  # after flag parsing: importing JAX reads XLA flags
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  from jaxspeech.train import distributed
-  cfg, workdir = _CONFIG.value, _WORKDIR.value
+def add_parser(groups) -> None:
+  for command, text in HELP.items():
+    p = groups.add_parser(command, help=text, description=f"{text}.", epilog=config_lib.OVERRIDES_HELP)
+    config_lib.add_argument(p)
+    p.add_argument("--workdir", required=True, help="where checkpoints, metrics and TensorBoard logs go")
+    g = p.add_argument_group("several processes (outside TPU VMs and SLURM, which need none of these)")
+    g.add_argument("--coordinator_address", "--coordinator-address", default=None,
+                   help="host:port of process 0 (else JAXSPEECH_COORDINATOR_ADDRESS)")
+    g.add_argument("--num_processes", "--num-processes", type=int, default=None,
+                   help="processes in the job (else JAXSPEECH_NUM_PROCESSES)")
+    g.add_argument("--process_id", "--process-id", type=int, default=None,
+                   help="this process's index (else JAXSPEECH_PROCESS_ID)")
+    g.add_argument("--init_timeout", "--init-timeout", type=int, default=300,
+                   help="seconds to wait for every process to join")
+    g.add_argument("--heartbeat_timeout", "--heartbeat-timeout", type=int, default=100,
+                   help="seconds before a silent process counts as dead")
+    p.add_argument("--verbosity", type=int, default=-1, help="absl logging: -1 warnings (default), 0 info, 1 debug")
+    p.set_defaults(run=functools.partial(run, command), config_overrides=True)
+
+
+def run(command: str, args: argparse.Namespace) -> int:
+  logging.set_verbosity(args.verbosity)  # the default hides Orbax's INFO line for every save
   try:
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _INIT_TIMEOUT.value,
-                           _HEARTBEAT_TIMEOUT.value)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id, args.init_timeout,
+                           args.heartbeat_timeout)
     if command == "train":
-      result = trainer.Trainer(cfg, workdir).train()
+      result = trainer.Trainer(args.config, args.workdir).train()
     else:
-      result = trainer.evaluate(cfg, workdir)
+      result = trainer.evaluate(args.config, args.workdir)
   except (trainer.TrainingError, FileNotFoundError, KeyError, ValueError, ConnectionError) as e:
     print(f"jaxspeech {command}: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    return 2
   except Exception as e:  # pylint: disable=broad-except
     distributed.exit_if_peer_lost(f"jaxspeech {command}", e)
     raise
   if result:
     print(f"{command} done: " + "  ".join(f"eval/{k} {v:.4f}" for k, v in sorted(result.items())))
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, with config errors (a bad variant, an unknown or mistyped override) as one clear line."""
-  try:
-    rest = flags.FLAGS(argv)
-    _CONFIG.value.get("family")  # a config file that failed to load raises only when used
-    return rest
-  except Exception as e:  # pylint: disable=broad-except
-    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-    message = lines[-1] if "Traceback" in str(e) else " ".join(lines)
-    missing = re.fullmatch(r"\"?'(\w+)'\"?", message)  # ml_collections names only the missing key
-    if missing:
-      overrides = [a.split("=")[0] for a in argv if a.startswith("--config.") and
-                   a.split("=")[0].endswith("." + missing.group(1))]
-      message = f"no config field {overrides[0] if overrides else missing.group(1)!r} in the config file"
-    print(f"{argv[0]}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def run(command: str, argv: list[str]) -> None:
-  app.run(lambda _: _run(command), argv=[f"jaxspeech {command}"] + list(argv), flags_parser=_parse_flags)
+  return 0

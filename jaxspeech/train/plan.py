@@ -30,12 +30,10 @@ import subprocess
 import sys
 
 import jax
-from absl import flags
 from jax.experimental import serialize_executable
-from ml_collections import config_flags
 
 from jaxspeech import sharding
-from jaxspeech.train import metrics, pod, state as state_lib, topology, trainer
+from jaxspeech.train import config as config_lib, metrics, pod, state as state_lib, topology, trainer
 
 # device: (device_kind prefix in metrics.PEAK_BF16_FLOPS, HBM GiB per chip as the runtime reports it)
 DEVICES = {
@@ -164,34 +162,29 @@ def report(plan: Plan, device: str | None, hbm_gib: float | None, mfu: float, st
   return "\n".join(lines)
 
 
-def _flags(argv: list[str]):
-  fv = flags.FlagValues()
-  # sys_argv: the overrides (--config.a.b=...) are found in these args, not in this process's sys.argv.
-  config = config_flags.DEFINE_config_file("config", None, "config file and variant, e.g. configs/ast.py:base",
-                                           flag_values=fv, sys_argv=argv)
-  values = dict(
-      mesh=flags.DEFINE_string("mesh", None, "axis sizes, e.g. data=2,fsdp=4,tensor=1 (dcn_<axis>=N across slices); "
-                               "with --topology, default: the config's mesh over the pod's chips", flag_values=fv),
-      topology=flags.DEFINE_string("topology", None, "compile for a TPU pod with the TPU compiler, no TPU needed: "
-                                   "gcloud's type (v5p-128, v5litepod-16, v6e-16, v4-32) or chips per dimension "
-                                   "(v5p:4x4x8, v5e:4x4); needs pip install '.[tpu]'", flag_values=fv),
-      num_slices=flags.DEFINE_integer("num-slices", 1, "with --topology: slices joined over the data-centre network "
-                                      "(the mesh's dcn_* axes; default dcn_data=N)", flag_values=fv),
-      save_executable=flags.DEFINE_string("save-executable", None, "with --topology: write the serialized compiled "
-                                          "train step to this file (jax.experimental.serialize_executable)",
-                                          flag_values=fv),
-      extrapolate=flags.DEFINE_boolean("extrapolate", False, "with --topology: price the train step from 1- and "
-                                       "2-layer loop-free compiles, extrapolated to the model's depth (minutes "
-                                       "instead of tens of minutes for deep models)", flag_values=fv),
-      device=flags.DEFINE_enum("device", None, list(DEVICES), "the accelerator, for peak FLOP/s and HBM",
-                               flag_values=fv),
-      hbm=flags.DEFINE_float("hbm-gib", None, "HBM per device in GiB (default: the device's)", flag_values=fv),
-      mfu=flags.DEFINE_float("mfu", 0.4, "MFU assumed for the projected step time", flag_values=fv),
-      step_time=flags.DEFINE_float("step-time", None, "a measured step time in seconds, for its MFU", flag_values=fv),
-      json=flags.DEFINE_boolean("json", False, "print the plan as JSON", flag_values=fv),
-      native=flags.DEFINE_boolean("native", False, "compile for this host's own devices, not fake CPU ones",
-                                  flag_values=fv))
-  return fv, config, values
+def add_parser(groups) -> None:
+  p = groups.add_parser("plan", help="memory, FLOPs and step time of a config on a mesh or a TPU pod, before it runs",
+                        description=__doc__.split("\n\n")[1], epilog=config_lib.OVERRIDES_HELP)
+  config_lib.add_argument(p)
+  p.add_argument("--mesh", default=None, help="axis sizes, e.g. data=2,fsdp=4,tensor=1 (dcn_<axis>=N across "
+                 "slices); with --topology, default: the config's mesh over the pod's chips")
+  p.add_argument("--json", action="store_true", help="print the plan as JSON")
+  tpu = p.add_argument_group("TPU pods, compiled by the TPU compiler with no TPU (needs pip install '.[tpu]')")
+  tpu.add_argument("--topology", default=None, help="gcloud's type (v5p-128, v5litepod-16, v6e-16, v4-32) or chips "
+                   "per dimension (v5p:4x4x8, v5e:4x4)")
+  tpu.add_argument("--num-slices", type=int, default=1,
+                   help="slices joined over the data-centre network (the mesh's dcn_* axes; default dcn_data=N)")
+  tpu.add_argument("--save-executable", default=None, metavar="FILE",
+                   help="write the serialized compiled train step here (jax.experimental.serialize_executable)")
+  tpu.add_argument("--extrapolate", action="store_true", help="price the train step from 1- and 2-layer loop-free "
+                   "compiles, extrapolated to the model's depth (minutes instead of tens of minutes for deep models)")
+  cpu = p.add_argument_group("other meshes, compiled for fake CPU devices (or --native)")
+  cpu.add_argument("--device", choices=list(DEVICES), default=None, help="the accelerator, for peak FLOP/s and HBM")
+  cpu.add_argument("--hbm-gib", type=float, default=None, help="HBM per device in GiB (default: the device's)")
+  cpu.add_argument("--mfu", type=float, default=0.4, help="MFU assumed for the projected step time")
+  cpu.add_argument("--step-time", type=float, default=None, help="a measured step time in seconds, for its MFU")
+  cpu.add_argument("--native", action="store_true", help="compile for this host's own devices, not fake CPU ones")
+  p.set_defaults(run=run, config_overrides=True)
 
 
 def _error(message: str) -> int:
@@ -223,21 +216,21 @@ def pod_mesh(cfg, text: str | None, pod: topology.Topology) -> dict[str, int]:
   return sizes
 
 
-def _pod_main(cfg, opts) -> int:
+def _pod_main(cfg, args) -> int:
   try:
-    target = topology.parse(opts["topology"].value, opts["num_slices"].value)
-    mesh = pod_mesh(cfg, opts["mesh"].value, target)
+    target = topology.parse(args.topology, args.num_slices)
+    mesh = pod_mesh(cfg, args.mesh, target)
     rows = math.prod(v for k, v in sizes_of(mesh, target).items() if k in ("data", "fsdp"))
     if cfg.train.batch_size % rows:
       raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over data × fsdp = {rows} chips")
-    plan, executable = pod.measure(cfg, target, mesh, keep_executable=bool(opts["save_executable"].value),
-                                   extrapolate=opts["extrapolate"].value)
+    plan, executable = pod.measure(cfg, target, mesh, keep_executable=bool(args.save_executable),
+                                   extrapolate=args.extrapolate)
   except (ValueError, RuntimeError) as e:
     return _error(str(e).strip().splitlines()[-1])
   if executable is not None:
-    with open(opts["save_executable"].value, "wb") as f:
+    with open(args.save_executable, "wb") as f:
       pickle.dump(serialize_executable.serialize(executable), f)
-  if opts["json"].value:
+  if args.json:
     print(json.dumps(dataclasses.asdict(plan)))
   else:
     print(pod.report(plan))
@@ -250,35 +243,27 @@ def sizes_of(mesh: dict[str, int], target: topology.Topology) -> dict[str, int]:
   return {a: n * mesh.get(f"dcn_{a}", 1) for a, n in zip(sharding.MESH_AXES, ici)}
 
 
-def main(argv: list[str]) -> int:
-  argv = ["jaxspeech plan", *argv]
-  fv, config, opts = _flags(argv)
+def run(args) -> int:
+  cfg = args.config
+  if args.topology is not None:
+    return _pod_main(cfg, args)
   try:
-    fv(argv)
-    cfg = config.value
-    if cfg is None:
-      raise ValueError("give --config=FILE.py:VARIANT")
-  except Exception as e:  # pylint: disable=broad-except  (absl and config-file errors, as one line)
-    return _error(str(e).strip().splitlines()[-1])
-  if opts["topology"].value is not None:
-    return _pod_main(cfg, opts)
-  try:
-    if opts["mesh"].value is None:
+    if args.mesh is None:
       raise ValueError("give --mesh axis=size,... (or --topology for a TPU pod)")
-    mesh = parse_mesh(opts["mesh"].value)
+    mesh = parse_mesh(args.mesh)
     rows = mesh["data"] * mesh["fsdp"]
     if cfg.train.batch_size % rows:
       raise ValueError(f"train.batch_size={cfg.train.batch_size} does not split over data × fsdp = {rows} devices")
   except ValueError as e:
     return _error(str(e).strip().splitlines()[-1])
   n = math.prod(mesh.values())
-  if not opts["native"].value and n > MAX_FAKE_DEVICES:
+  if not args.native and n > MAX_FAKE_DEVICES:
     return _error(f"--mesh needs {n:,} devices; the CPU planner simulates at most {MAX_FAKE_DEVICES:,} "
                   "(plan TPU pods with --topology)")
-  if opts["native"].value and n > jax.device_count():
+  if args.native and n > jax.device_count():
     return _error(f"--native: the mesh needs {n} devices, this host has {jax.device_count()}")
-  if not opts["native"].value and os.environ.get(CHILD_ENV) != str(n):
-    return _in_child(argv[1:], n)
+  if not args.native and os.environ.get(CHILD_ENV) != str(n):
+    return _in_child(args.argv, n)
   try:
     plan = measure(cfg, mesh)
   except FileNotFoundError as e:
@@ -286,10 +271,10 @@ def main(argv: list[str]) -> int:
                   "--config.data.path at it)")
   except ValueError as e:
     return _error(str(e).strip().splitlines()[-1])
-  if opts["json"].value:
+  if args.json:
     print(json.dumps(dataclasses.asdict(plan)))
   else:
-    print(report(plan, opts["device"].value, opts["hbm"].value, opts["mfu"].value, opts["step_time"].value))
+    print(report(plan, args.device, args.hbm_gib, args.mfu, args.step_time))
   return 0
 
 
@@ -298,8 +283,4 @@ def _in_child(argv: list[str], devices: int) -> int:
   xla_flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
   env = {**os.environ, CHILD_ENV: str(devices), "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"{xla_flags} --xla_force_host_platform_device_count={devices}".strip()}
-  return subprocess.run([sys.executable, "-m", "jaxspeech.train.plan", *argv], env=env, check=False).returncode
-
-
-if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  return subprocess.run([sys.executable, "-m", "jaxspeech.cli", *argv], env=env, check=False).returncode

@@ -1,19 +1,37 @@
-"""Maps a config's `family` name to its folder. Families are imported only when asked for."""
+"""The families: a config's `family` name → its package. `<package>.family` defines `FAMILY`; the optional
+`<package>.cli` adds the family's `jaxspeech <family> <verb>` commands and `<package>.convert` is its
+converter (`jaxspeech convert <family>`). Adding a family is one line here. Modules are imported only when
+asked for."""
 
 import importlib
+import importlib.util
+import types
+import typing
 
-from jaxspeech.train.family import Family
+if typing.TYPE_CHECKING:  # the CLI reads this module before `train` re-executes itself (train/host.py): no JAX
+  from jaxspeech.train.family import Family
 
 FAMILIES = {
-    "ast": "jaxspeech.ast.family",
-    "codec": "jaxspeech.codec.family",
-    "vocoder": "jaxspeech.vocoder.family",
-    "llasa": "jaxspeech.llasa.family",
-    "dit": "jaxspeech.dit.family",
+    "ast": "jaxspeech.ast",
+    "codec": "jaxspeech.codec",
+    "vocoder": "jaxspeech.vocoder",
+    "llasa": "jaxspeech.llasa",
+    "dit": "jaxspeech.dit",
 }
 
 
-def get(name: str) -> Family:
+def _check(name: str) -> None:
   if name not in FAMILIES:
     raise KeyError(f"unknown family {name!r}; known families: {sorted(FAMILIES)}")
-  return importlib.import_module(FAMILIES[name]).FAMILY
+
+
+def get(name: str) -> "Family":
+  _check(name)
+  return importlib.import_module(f"{FAMILIES[name]}.family").FAMILY
+
+
+def part(name: str, module: str) -> types.ModuleType | None:
+  """The family's optional `module` ("cli", "convert"), or None where the family has none."""
+  _check(name)
+  qualified = f"{FAMILIES[name]}.{module}"
+  return importlib.import_module(qualified) if importlib.util.find_spec(qualified) else None
