@@ -2,7 +2,7 @@
 
   jaxspeech train --config=configs/vocoder.py:tiny --workdir=workdirs/vocoder_tiny
   jaxspeech eval  --config=configs/vocoder.py:tiny --workdir=workdirs/vocoder_tiny       (mel distance)
-  jaxspeech synthesize --dit DIT_WORKDIR --vocoder workdirs/vocoder_tiny ...
+  jaxspeech dit synthesize --dit DIT_WORKDIR --vocoder workdirs/vocoder_tiny ...
 
 Input: F5-TTS's log-mel (24 kHz, 100 bins, n_fft 1024, hop 256) of the corpus resampled to 24 kHz. `base` is
 Vocos mel-24kHz's shape (width 512, 8 blocks, ISTFT n_fft 1024 hop 256) built from the codec's transformer

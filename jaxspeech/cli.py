@@ -33,11 +33,13 @@ def _families() -> dict:
 
 
 def _unalias(argv: list[str], families: dict) -> list[str]:
-  """`synthesize --lm ...` → `llasa synthesize --lm ...`: the family whose SYNTHESIZE_FLAG is given."""
+  """`synthesize FLAG ...` → `<family> synthesize FLAG ...` for the family whose SYNTHESIZE_FLAG is FLAG."""
   if argv[:1] != [ALIAS]:
     return argv
   flags = {name: module.SYNTHESIZE_FLAG for name, module in families.items() if hasattr(module, "SYNTHESIZE_FLAG")}
   given = [name for name, flag in flags.items() if any(a == flag or a.startswith(flag + "=") for a in argv)]
+  if not given and ("-h" in argv or "--help" in argv):
+    return argv
   if len(given) != 1:
     raise ValueError(f"{ALIAS} takes one model: " + " or ".join(
         f"{flag} WORKDIR (jaxspeech {name} {ALIAS})" for name, flag in flags.items()))
@@ -61,8 +63,10 @@ def parser(families: dict) -> argparse.ArgumentParser:
     importlib.import_module(name).add_parser(groups)
   for module in families.values():
     module.add_parser(groups)
-  groups.add_parser(ALIAS, help="the previous spelling of `jaxspeech <family> synthesize`: " + ", ".join(
-      f"{m.SYNTHESIZE_FLAG} ({n})" for n, m in families.items() if hasattr(m, "SYNTHESIZE_FLAG")))
+  spellings = ", ".join(f"`jaxspeech {ALIAS} {m.SYNTHESIZE_FLAG} ...` is `jaxspeech {n} {ALIAS} ...`"
+                        for n, m in families.items() if hasattr(m, "SYNTHESIZE_FLAG"))
+  groups.add_parser(ALIAS, help=f"the previous spelling of `jaxspeech <family> {ALIAS}`",
+                    description=f"The previous release's spelling: {spellings}. Their --help lists the flags.")
   return p
 
 

@@ -27,12 +27,15 @@ import os
 import numpy as np
 from absl import logging
 from flax import nnx
+import safetensors.numpy
 
 from jaxspeech.ast import adapters
 from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import (CONV2D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, QKV_BIAS, QKV_IN,
                                        ConversionError, Rule)
+from jaxspeech.ast.ssast import SSAST
+from jaxspeech.convert.workdir import Imported
 
 PREFIX = "audio_spectrogram_transformer."
 
@@ -173,7 +176,6 @@ def original_tables(cfg: ASTConfig) -> dict[str, mapping.Table]:
 def param_shapes(cfg: ASTConfig, task: str = "classify") -> dict[str, tuple[int, ...]]:
   """Dotted path -> shape of every param of our AST (`task="classify"`) or SSAST (`"ssast"`) for `cfg`."""
   if task == "ssast":
-    from jaxspeech.ast.ssast import SSAST  # pylint: disable=import-outside-toplevel
     return mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: SSAST(cfg, nnx.Rngs(0))), nnx.Param))
   return mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: AST(cfg, nnx.Rngs(0))), nnx.Param))
 
@@ -324,10 +326,8 @@ def _hf_state_dict(src: str) -> tuple[dict, str]:
   files = {name: os.path.join(src, name) for name in
            ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")}
   if os.path.exists(files["model.safetensors"]):
-    import safetensors.numpy  # pylint: disable=import-outside-toplevel
     return dict(_readable(safetensors.numpy.load_file, files["model.safetensors"])), "model.safetensors"
   if os.path.exists(files["model.safetensors.index.json"]):
-    import safetensors.numpy  # pylint: disable=import-outside-toplevel
     shards = sorted(set(_read_json(files["model.safetensors.index.json"])["weight_map"].values()))
     return {k: v for shard in shards
             for k, v in _readable(safetensors.numpy.load_file, os.path.join(src, shard)).items()}, \
@@ -340,7 +340,6 @@ def _hf_state_dict(src: str) -> tuple[dict, str]:
 
 
 def import_hf(src: str, args):
-  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
   config_path = os.path.join(src, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"HF directory {src}", ["has no config.json"])
@@ -378,7 +377,6 @@ def import_hf(src: str, args):
 
 def _load_original(src: str) -> dict:
   if src.endswith(".safetensors"):
-    import safetensors.numpy  # pylint: disable=import-outside-toplevel
     return dict(_readable(safetensors.numpy.load_file, src))
   import torch  # pylint: disable=import-outside-toplevel
   state_dict = _readable(lambda f: torch.load(f, map_location="cpu", weights_only=True), src)
@@ -431,7 +429,6 @@ def original_config(state_dict: dict, args, what: str = "original AST/SSAST chec
 
 
 def import_original(src: str, args):
-  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
   state_dict = _load_original(src)
   notes, provenance = [], {}
   if not any(k.startswith("module.") for k in state_dict):  # saved without DataParallel
@@ -493,7 +490,6 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   run is a plain AST and a LoRA run becomes one with its updates merged; other PETL runs are refused.
   """
   _check_flags(args, f"to {target}")
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   model = dict(checkpoint.model)
   params = checkpoint.params
   petl = adapters.from_config(model.pop("adapter", None))

@@ -23,12 +23,18 @@ import json
 import os
 
 import numpy as np
+from flax import nnx
+import safetensors.numpy
+import ml_collections
 
 from jaxspeech.audio.istft import hann_window
 from jaxspeech.codec import sizes
 from jaxspeech.codec.encoder import LOWPASS
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
+from jaxspeech.codec.model import TEACHER, Codec
+from jaxspeech.convert.workdir import Imported
+from jaxspeech.teachers.w2vbert import convert as w2vbert_convert
 
 
 def gain_to_torch(g_O: np.ndarray) -> np.ndarray:
@@ -165,8 +171,6 @@ def layouts(cfg) -> dict[str, Layout]:
 
 def param_shapes(cfg) -> dict[str, tuple[int, ...]]:
   """The codec's params without its w2v-BERT teacher (`semantic_model`, not part of xcodec2's layout)."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from jaxspeech.codec.model import TEACHER, Codec  # pylint: disable=import-outside-toplevel
   shapes = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: Codec(cfg, rngs=nnx.Rngs(0))), nnx.Param))
   return {k: v for k, v in shapes.items() if not k.startswith(TEACHER + ".")}
 
@@ -279,7 +283,6 @@ def config_from_state_dict(state_dict, args):
 
 
 def _read_safetensors(src: str) -> tuple[dict, str]:
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   path = os.path.join(src, "model.safetensors") if os.path.isdir(src) else src
   if not os.path.isfile(path):
     raise ConversionError(f"xcodec2 checkpoint {src}", ["is neither a .safetensors file nor a directory holding "
@@ -295,9 +298,7 @@ def _read_safetensors(src: str) -> tuple[dict, str]:
 
 def import_checkpoint(source: str, src: str, args):
   """`jaxspeech convert codec --from xcodec2`: a `jaxspeech.convert.workdir.Imported`."""
-  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
   del source   # xcodec2 is the only one
-  import ml_collections  # pylint: disable=import-outside-toplevel
   state_dict, path = _read_safetensors(src)
   config_path = os.path.join(os.path.dirname(path), "config.json")
   saved = {}
@@ -323,8 +324,6 @@ def import_checkpoint(source: str, src: str, args):
 
 def _import_w2vbert(cfg, src: str, layers: int) -> dict[str, np.ndarray]:
   """Sets `cfg.semantic.w2vbert` from the HF directory `src`; its params under the codec's `semantic_model.`."""
-  from jaxspeech.teachers.w2vbert import convert as w2vbert_convert  # pylint: disable=import-outside-toplevel
-  from jaxspeech.codec.model import TEACHER  # pylint: disable=import-outside-toplevel
   if not cfg.semantic.enabled:
     raise ConversionError("--w2vbert", ["this checkpoint has no semantic branch (SemanticEncoder_module)"])
   w2vbert, params = w2vbert_convert.read(src, layers, ours=TEACHER + ".")
@@ -337,8 +336,6 @@ def _import_w2vbert(cfg, src: str, layers: int) -> dict[str, np.ndarray]:
 
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   """`jaxspeech convert codec --to xcodec2`: model.safetensors and config.json in `dst`; lines to print."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   del target, args
   cfg = ml_collections.ConfigDict(checkpoint.model)
   if cfg.semantic.get("w2vbert"):   # left out: a re-import takes it with --w2vbert again

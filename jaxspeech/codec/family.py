@@ -3,7 +3,7 @@
 The training model is the `Codec` with the discriminators beside its own modules, so a workdir's params are the
 codec's at the top level (as `jaxspeech convert codec --from xcodec2` writes them) plus `discriminator.*` and
 `spec_discriminator.*`. Data: random crops of `data.crop_seconds` (whole hops) resampled to `model.sample_rate`;
-eval crops are `data.eval_crop_seconds` long. STOI and PESQ in `evaluate` run on the host (`codec.evaluate`).
+eval crops are `data.eval_crop_seconds` long. STOI and PESQ in `evaluate` run on the host (`audio.quality.host_scores`).
 """
 
 import jax
@@ -12,7 +12,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxspeech.codec import evaluate as metrics_lib, model as model_lib
+from jaxspeech.audio import quality
+from jaxspeech.codec import model as model_lib
 from jaxspeech.codec.model import Codec
 from jaxspeech.data import pipeline
 from jaxspeech.gan import crops, losses
@@ -61,7 +62,7 @@ def evaluate(model, batch, cfg):
   mask_BxS = jnp.arange(wav_BxS.shape[1]) < lengths_B[:, None]
   wav_hat_BxS = jnp.where(mask_BxS, model(wav_BxS, batch.get("semantic_features"))["wav"][:, :wav_BxS.shape[1]], 0)
   scores = {"mel_distance": losses.mel_distance(wav_BxS, wav_hat_BxS, cfg.model.sample_rate),
-            **metrics_lib.host_scores(wav_BxS, wav_hat_BxS, lengths_B, valid_B, cfg.model.sample_rate)}
+            **quality.host_scores(wav_BxS, wav_hat_BxS, lengths_B, valid_B, cfg.model.sample_rate)}
   return {k: ((v * valid_B).sum(), valid_B.sum()) for k, v in scores.items()}
 
 

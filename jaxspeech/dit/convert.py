@@ -21,11 +21,14 @@ import os
 
 import numpy as np
 from flax import nnx
+import safetensors.numpy
 
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
 from jaxspeech.dit import modules
 from jaxspeech.dit.model import DiTConfig, build, config_from
+from jaxspeech.convert.workdir import Imported
+from jaxspeech.dit import vocab
 
 
 def grn_to_f5(x_H: np.ndarray) -> np.ndarray:
@@ -190,7 +193,6 @@ def _model_config(args) -> DiTConfig:
 
 def _load(src: str) -> dict:
   if src.endswith(".safetensors"):
-    import safetensors.numpy  # pylint: disable=import-outside-toplevel
     return {"ema_model_state_dict": dict(safetensors.numpy.load_file(src))}
   import torch  # pylint: disable=import-outside-toplevel  (F5's .pt files are torch pickles)
   return torch.load(src, map_location="cpu", weights_only=True)
@@ -219,7 +221,6 @@ def read_f5(src: str) -> tuple[dict, dict]:
 
 def import_checkpoint(source: str, src: str, args):
   """`jaxspeech convert dit --from f5`: a `jaxspeech.convert.workdir.Imported`."""
-  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
   state_dict, provenance = read_f5(src)
   cfg, notes = _model_config(args), []
   embed = "text_embed.text_embed.weight"
@@ -230,7 +231,6 @@ def import_checkpoint(source: str, src: str, args):
   params = from_f5_state_dict(state_dict, cfg, f"F5 checkpoint {src}")
   vocab_file = ""
   if args.vocab:
-    from jaxspeech.dit import vocab  # pylint: disable=import-outside-toplevel
     size = len(vocab.read(args.vocab))
     if size != cfg.text_num_embeds:
       raise ConversionError(f"--vocab {args.vocab}",
@@ -245,7 +245,6 @@ def import_checkpoint(source: str, src: str, args):
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   """`jaxspeech convert dit --to f5`: the EMA-style safetensors file at `dst`, written to a temporary sibling
   and renamed."""
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   cfg = config_from(checkpoint.model)
   state_dict = {f"ema_model.transformer.{k}": v for k, v in to_f5_state_dict(checkpoint.params, cfg).items()}
   state_dict.update(initted=np.asarray(True), step=np.asarray(checkpoint.step, np.int64))

@@ -7,19 +7,25 @@ model decoded by that vocoder can reach.
 """
 
 import time
+import os
 
 import numpy as np
+import jax
+import soundfile
 
 from jaxspeech.audio import quality
 from jaxspeech.dit.family import SAMPLE_RATE
+from jaxspeech.audio import io as audio_io
+from jaxspeech.data import tfds_io
+from jaxspeech.dit import speak
+from jaxspeech.audio import features
+from jaxspeech.dit.family import HOP
 
 METRICS = ("mcd_dtw", "duration_ratio", "rtf")
 
 
 def recordings(data_path: str, split: str, count: int) -> tuple[list[dict], list[dict]]:
   """(the first `count` utterances of `split`, all of them): index, text, speaker and 24 kHz float audio."""
-  from jaxspeech.audio import io as audio_io  # pylint: disable=import-outside-toplevel
-  from jaxspeech.data import tfds_io  # pylint: disable=import-outside-toplevel
   source = tfds_io.data_source(data_path, split)
   out = []
   for i in range(len(source)):
@@ -44,8 +50,6 @@ def synthesis_rows(model, tokens: list[str], data_path: str, split: str, key, *,
                    sampling=None, wav_dir: str | None = None) -> list[dict]:
   """One scored row per utterance; `rtf` (wall / generated seconds) is taken from a second, compiled run of the
   same sentence, since every new length compiles the sampler anew."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxspeech.dit import speak  # pylint: disable=import-outside-toplevel
   chosen, everything = recordings(data_path, split, count)
   rows = []
   for u in chosen:
@@ -71,9 +75,6 @@ def synthesis_rows(model, tokens: list[str], data_path: str, split: str, key, *,
 def vocoder_rows(vocoder: str | None, data_path: str, split: str, *, count: int,
                  wav_dir: str | None = None) -> list[dict]:
   """One scored row per utterance of its own log-mel vocoded (Griffin-Lim without a vocoder)."""
-  from jaxspeech.audio import features  # pylint: disable=import-outside-toplevel
-  from jaxspeech.dit import speak  # pylint: disable=import-outside-toplevel
-  from jaxspeech.dit.family import HOP  # pylint: disable=import-outside-toplevel
   rows = []
   for u in recordings(data_path, split, count)[0]:
     start = time.perf_counter()
@@ -87,8 +88,6 @@ def vocoder_rows(vocoder: str | None, data_path: str, split: str, *, count: int,
 
 def write(wav_dir: str | None, split: str, index: int, wav_S: np.ndarray) -> None:
   if wav_dir:
-    import os  # pylint: disable=import-outside-toplevel
-    import soundfile  # pylint: disable=import-outside-toplevel
     os.makedirs(wav_dir, exist_ok=True)
     soundfile.write(os.path.join(wav_dir, f"{split}_{index:03d}.wav"), np.clip(wav_S, -1, 1), SAMPLE_RATE)
 

@@ -125,7 +125,7 @@ def train_flops(cfg) -> float:
 
 def inference(cfg) -> dict[str, tuple]:
   """One sampler step (the guided flow, conditioned and unconditioned rows together) over a microbatch of the
-  longest bucket, as `jaxspeech synthesize` runs it at every ODE step (F5's CFG strength 2)."""
+  longest bucket, as `jaxspeech dit synthesize` runs it at every ODE step (F5's CFG strength 2)."""
   shapes, spec = batch_shapes(cfg), jax.ShapeDtypeStruct
   rows, frames = shapes["audio"].shape[0], shapes["audio"].shape[1] // HOP
   mel, rows_axes = spec((rows, frames, cfg.model.mel_dim), jnp.float32), ("activation_batch",)

@@ -8,6 +8,10 @@ import dataclasses
 import numpy as np
 
 from jaxspeech.dit.family import HOP, SAMPLE_RATE
+from jaxspeech.audio.griffin_lim import griffin_lim
+from jaxspeech.vocoder import family as vocoder_family
+from jaxspeech.audio import features, io as audio_io
+from jaxspeech.dit import sample, vocab
 
 TARGET_RMS = 0.1
 
@@ -24,9 +28,7 @@ class Sampling:
 def vocode(vocoder: str | None, mel_TxM) -> np.ndarray:
   """Audio at 24 kHz from a log-mel: the vocoder workdir's, or Griffin-Lim."""
   if vocoder is None:
-    from jaxspeech.audio.griffin_lim import griffin_lim  # pylint: disable=import-outside-toplevel
     return griffin_lim(np.asarray(mel_TxM))
-  from jaxspeech.vocoder import family as vocoder_family  # pylint: disable=import-outside-toplevel
   return np.asarray(vocoder_family.vocode(vocoder, np.asarray(mel_TxM)[None])[0])
 
 
@@ -34,8 +36,6 @@ def speak(model, tokens: list[str], ref_S: np.ndarray, rate: int, ref_text: str,
           vocoder: str | None = None, duration_seconds: float | None = None,
           sampling: Sampling = Sampling()) -> tuple[np.ndarray, int, int]:
   """(24 kHz audio of `text` in the voice of `ref_S` (mono, `rate` Hz), generated frames, reference frames)."""
-  from jaxspeech.audio import features, io as audio_io  # pylint: disable=import-outside-toplevel
-  from jaxspeech.dit import sample, vocab  # pylint: disable=import-outside-toplevel
   wav_S = audio_io.resample(np.asarray(ref_S, np.float32), rate, SAMPLE_RATE)
   rms = float(np.sqrt(np.mean(np.square(wav_S))))
   if rms < TARGET_RMS:

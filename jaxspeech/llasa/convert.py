@@ -20,10 +20,12 @@ import shutil
 
 import numpy as np
 from flax import nnx
+import safetensors.numpy
 
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
 from jaxspeech.llasa.model import Llama, LlamaConfig
+from jaxspeech.convert.workdir import Imported
 
 SOURCES = {"hf": "an HF LlamaForCausalLM directory (config.json + model.safetensors or a sharded index)"}
 TARGETS = {"hf": "an HF directory for transformers.AutoModelForCausalLM.from_pretrained"}
@@ -170,7 +172,6 @@ def _read_json(path: str):
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   try:
     return safetensors.numpy.load_file(path)
   except Exception as e:  # pylint: disable=broad-except  (truncated or non-safetensors files)
@@ -201,7 +202,6 @@ def model_dict(cfg: LlamaConfig) -> dict:
 
 def import_checkpoint(source: str, src: str, args):
   """`jaxspeech convert llasa --from hf`: a `jaxspeech.convert.workdir.Imported`."""
-  from jaxspeech.convert.workdir import Imported  # pylint: disable=import-outside-toplevel
   config_path = os.path.join(src, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"HF directory {src}", ["has no config.json"])
@@ -219,7 +219,6 @@ def import_checkpoint(source: str, src: str, args):
 
 def write_safetensors(state_dict: dict[str, np.ndarray], dst: str, max_shard_bytes: int) -> list[str]:
   """model.safetensors, or shards plus model.safetensors.index.json when larger than `max_shard_bytes`."""
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   shards, size = [[]], 0
   for key in sorted(state_dict):
     nbytes = state_dict[key].nbytes

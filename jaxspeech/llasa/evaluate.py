@@ -5,10 +5,18 @@ through the codec (encode → decode), which bounds what an LM writing this code
 """
 
 import time
+import os
 
 import numpy as np
+import soundfile
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
 from jaxspeech.audio import quality
+from jaxspeech.audio import io as audio_io
+from jaxspeech.data import tfds_io
+from jaxspeech.llasa import generate, synthesis
 
 METRICS = ("mcd_dtw", "duration_ratio", "speaker_similarity")
 
@@ -18,10 +26,6 @@ def rows(speak, data_path: str, split: str, *, count: int, sample_rate: int, emb
   """One scored row per utterance of the first `count` of `split`; `speak(text, truth_S, i) -> wav` makes the
   audio (`sample_rate` Hz, written to `wav_dir/{split}_{i}.wav` when given) and `wall_seconds` is how long it
   took."""
-  import os  # pylint: disable=import-outside-toplevel
-  import soundfile  # pylint: disable=import-outside-toplevel
-  from jaxspeech.audio import io as audio_io  # pylint: disable=import-outside-toplevel
-  from jaxspeech.data import tfds_io  # pylint: disable=import-outside-toplevel
   source = tfds_io.data_source(data_path, split)
   out = []
   for i in range(min(count, len(source))):
@@ -44,8 +48,6 @@ def synthesis_rows(lm, codec, tokenizer, vocab, data_path: str, split: str, key,
                    sample_rate: int = 16_000, wav_dir: str | None = None) -> list[dict]:
   """`rows` of the LM's speech (sentence i sampled with `fold_in(key, i)`; `best_of` > 1: the length/repetition
   verifier's best of that many). `sample_rate` is the codec's."""
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxspeech.llasa import generate, synthesis  # pylint: disable=import-outside-toplevel
 
   def speak(text, truth_S, i):
     del truth_S
@@ -59,8 +61,6 @@ def resynthesis_rows(codec, data_path: str, split: str, *, count: int = 16, embe
                      wav_dir: str | None = None) -> list[dict]:
   """`rows` of the codec's encode → decode of each recording, cut to whole codes. Recordings are zero-padded to
   whole seconds for the jitted round trip (one compilation per length in seconds)."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from flax import nnx  # pylint: disable=import-outside-toplevel
   if getattr(codec, "semantic", False):
     raise ValueError("resynthesis encodes audio: the codec's semantic branch needs w2v-BERT features; "
                      "use an acoustic-only codec")

@@ -10,6 +10,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+import jax.numpy as jnp
+
+from jaxspeech.ast import family as ast_family
+from jaxspeech.workdir import Workdir
 
 CODE_RATE = 50  # codec codes per second
 
@@ -70,9 +74,6 @@ class SpeakerSimilarity:
 
 def ast_embedder(ast_workdir: str):
   """`embed(wav_S) -> (D,)` of an AST workdir (16 kHz audio): the mean of its final-norm patch tokens."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxspeech.ast import family as ast_family  # pylint: disable=import-outside-toplevel
-  from jaxspeech.workdir import Workdir  # pylint: disable=import-outside-toplevel
   model, cfg = Workdir(ast_workdir).load_model(ast_family.FAMILY)
   encoder = getattr(model, "encoder", model)  # an SSAST run holds its AST as `encoder`
 

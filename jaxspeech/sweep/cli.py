@@ -16,6 +16,7 @@ import shutil
 import sys
 
 from jaxspeech.sweep import backends, design, execute, registry
+from jaxspeech.sweep import fit, report
 
 
 @contextlib.contextmanager
@@ -121,7 +122,6 @@ def _status(args) -> int:
 
 
 def _fit(args) -> int:
-  from jaxspeech.sweep import fit, report  # pylint: disable=import-outside-toplevel
   sweep_dir = os.path.abspath(args.workdir)
   if not os.path.exists(os.path.join(sweep_dir, registry.FILE)):
     raise FileNotFoundError(f"no sweep in {sweep_dir} (no {registry.FILE}); run `jaxspeech sweep run` first")

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxspeech.sweep import fit
+
 PLOTS = ("loss_vs_compute.png", "isoflop.png", "predicted_vs_observed.png")
 
 
@@ -45,7 +47,6 @@ def summary(result: dict[str, Any]) -> str:
 
 def _frontier(law: dict[str, float], c: np.ndarray) -> np.ndarray:
   """L(N_opt(C), D_opt(C)) under C = 6 N D."""
-  from jaxspeech.sweep import fit  # pylint: disable=import-outside-toplevel
   n_opt = law["G"] * (c / 6.0) ** law["a"]
   return fit.predict(law, n_opt, c / 6.0 / n_opt)
 
@@ -55,7 +56,6 @@ def _plots(sweep_dir: str, result: dict[str, Any]) -> list[str]:
   matplotlib.use("Agg")
   import matplotlib.ticker  # pylint: disable=import-outside-toplevel
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  from jaxspeech.sweep import fit  # pylint: disable=import-outside-toplevel
 
   points, law, iso = result["points"], result.get("law"), result.get("isoflop")
   paths = []

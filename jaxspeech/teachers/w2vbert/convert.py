@@ -10,10 +10,10 @@ this layout under that prefix.
 import json
 import os
 
+from flax import nnx
 import ml_collections
 import numpy as np
-
-from flax import nnx
+import safetensors.numpy
 
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, SAME, ConversionError, Rule, Transform
@@ -119,7 +119,6 @@ def config_from_hf(hf: dict, layers: int = 16) -> ml_collections.ConfigDict:
 def read(src: str, layers: int = 16, ours: str = "") -> tuple[ml_collections.ConfigDict, dict[str, np.ndarray]]:
   """(encoder config, params) of a HF `Wav2Vec2BertModel` directory (config.json and *.safetensors, as
   `save_pretrained` or the hub's facebook/w2v-bert-2.0 holds them)."""
-  import safetensors.numpy  # pylint: disable=import-outside-toplevel
   config_path = os.path.join(src, "config.json")
   files = sorted(f for f in os.listdir(src) if f.endswith(".safetensors")) if os.path.isdir(src) else []
   if not files or not os.path.isfile(config_path):

@@ -1,0 +1,1 @@
+"""Speech recognition: a FastConformer encoder with a CTC head (HF `ParakeetForCTC` semantics)."""
