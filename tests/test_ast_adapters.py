@@ -26,8 +26,8 @@ from jaxspeech.ast.ssast import SSAST
 from jaxspeech.convert import mapping
 from jaxspeech.data import pipeline
 from jaxspeech.train import init_from, optim, state as state_lib, step as step_lib
-from tests.ast_config import OVERRIDES, ROOT, load_config
-from tests.test_ast_convert import fbank, hf_model, run_inprocess
+from tests.helpers import OVERRIDES, ROOT, load_config
+from tests.helpers.ast import fbank, hf_model, run_inprocess
 
 INIT_ATOL = 1e-6   # adapted vs base logits at init; every added branch is exactly zero there (measured 0.0)
 MERGE_ATOL = 1e-5  # LoRA merged into the kernels vs applied on the side, float32 (measured ~1e-6)

@@ -21,40 +21,19 @@ from flax import nnx
 
 from jaxspeech.ast import convert
 from jaxspeech.ast.model import AST, ASTConfig
-from jaxspeech.convert import cli as convert_cli, mapping
+from jaxspeech.convert import mapping
 from jaxspeech.train import trainer as trainer_lib
 from jaxspeech.workdir import NotAWorkdir, Workdir
-from tests.ast_config import ROOT, load_config
-from tests.test_ast_parity import perturbed
+from tests.helpers import ROOT, load_config
+from tests.helpers.ast import HF_CONFIG, fbank, hf_model, run_inprocess
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 ORIGINAL_ATOL = 1e-4  # our logits from an original-layout checkpoint vs HF's, float32 CPU; measured ~1e-6
-# A tiny AST: 32 mel bins × 64 frames in 16×16 patches at stride 16 (2×4 grid), so it compiles in seconds.
-HF_CONFIG = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_length=64,
-                 num_mel_bins=32, frequency_stride=16, time_stride=16, num_labels=3)
-
-
-def hf_model(cls=transformers.ASTForAudioClassification, seed: int = 0, **overrides):
-  torch.manual_seed(seed)
-  return perturbed(cls(transformers.ASTConfig(**{**HF_CONFIG, **overrides})), seed)
-
-
-def fbank(batch: int = 2, seed: int = 0) -> np.ndarray:
-  return np.random.default_rng(seed).normal(size=(batch, HF_CONFIG["max_length"], HF_CONFIG["num_mel_bins"])
-                                           ).astype(np.float32)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "jaxspeech.cli", "convert", "ast", *map(str, args)], cwd=ROOT,
                         env=ENV, capture_output=True, text=True, timeout=240)
-
-
-def run_inprocess(capsys, *args: str) -> tuple[int, str, str]:
-  """(exit code, stdout, stderr) of `jaxspeech convert ast ARGS` run in this process."""
-  capsys.readouterr()
-  code = convert_cli.run("ast", list(map(str, args)))
-  out = capsys.readouterr()
-  return code, out.out, out.err
 
 
 def params_of(path) -> dict[str, np.ndarray]:

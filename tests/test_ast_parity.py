@@ -17,6 +17,7 @@ from flax import nnx
 from jaxspeech.ast import convert
 from jaxspeech.ast.model import AST, ASTConfig
 from jaxspeech.convert import mapping
+from tests.helpers.ast import perturbed
 
 ATOL = 1e-5  # float32 logits and hidden states, ours vs PyTorch on CPU; measured max abs error <= 2.3e-6
 
@@ -30,15 +31,6 @@ HF_CONFIGS = {
     "h64-l2-a2-f10-t16": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=96,
                               frequency_stride=10, time_stride=16, max_length=128, num_mel_bins=64, num_labels=12),
 }
-
-
-def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
-  """`model` with noise on every param: HF zero-inits the tokens, position embeddings and biases."""
-  torch.manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model.eval()
 
 
 def hf_classifier(name: str, seed: int = 0) -> transformers.ASTForAudioClassification:
@@ -303,7 +295,7 @@ def test_train_flops_count_what_the_forward_computes(pool):
   elementwise work (softmax, GELU, norms: 3–4 % here); with pool="cls" the last block's two tokens, not every
   token, count (counting every token would put the ratio at 0.77)."""
   from jaxspeech.ast import family
-  from tests.ast_config import load_config
+  from tests.helpers import load_config
 
   cfg = load_config()
   cfg.model.update(hidden=64, layers=3, heads=4, mlp=128, max_frames=128, fstride=10, tstride=10, pool=pool)

@@ -1,6 +1,6 @@
 """`jaxspeech convert codec`: xcodec2 state dicts into codec workdirs and back out.
 
-The reference modules are test_codec_parity's (the xcodec2 package's, random-init, small). The round trip runs
+The reference modules are tests/helpers/codec.py's (the xcodec2 package's, random-init, small). The round trip runs
 the real CLI (`python -m jaxspeech.cli convert codec ...`); refused imports call the same entry point in-process.
 """
 
@@ -18,7 +18,7 @@ import torch
 from jaxspeech.codec import convert, sizes
 from jaxspeech.convert import cli as convert_cli
 from jaxspeech.workdir import Workdir
-from tests.test_codec_parity import CONFIGS, Reference, codec_config, inputs, reference
+from tests.helpers.codec import CONFIGS, Reference, codec_config, inputs, reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}

@@ -16,7 +16,7 @@ from vocos import loss as vocos_loss  # noqa: E402
 
 from jaxspeech.gan import discriminators, losses  # noqa: E402
 from jaxspeech.convert import mapping  # noqa: E402
-from tests.test_ast_parity import perturbed  # noqa: E402
+from tests.helpers.ast import perturbed  # noqa: E402
 
 TOL = 1e-4   # max abs difference of logits and feature maps, float32 on CPU
 

@@ -16,7 +16,7 @@ from jaxspeech.codec import family, sizes
 from jaxspeech.gan import losses
 from jaxspeech.vocoder import family as vocoder_family
 from jaxspeech.train import optim
-from tests.ast_config import ROOT, load_config
+from tests.helpers import ROOT, load_config
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
 # Small enough to compile quickly on a 2-core CPU; everything else is the `tiny` variant.

@@ -26,7 +26,7 @@ from jaxspeech.convert import cli as convert_cli, mapping
 from jaxspeech.convert.mapping import ConversionError
 from jaxspeech.train import optim, state as state_lib, step as step_lib
 from jaxspeech.workdir import Workdir
-from tests.ast_config import load_config
+from tests.helpers import load_config
 
 HIDDEN_ATOL = 1e-4
 FEATURES_ATOL = 3e-4

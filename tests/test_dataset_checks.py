@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 from jaxspeech.train import registry
 from jaxspeech.codec import tokenize
 from jaxspeech.data import tfds_io
-from tests.ast_config import ROOT, load_config
+from tests.helpers import ROOT, load_config
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
 NO_TEXT = tfds.features.FeaturesDict({

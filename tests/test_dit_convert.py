@@ -12,7 +12,7 @@ from jaxspeech.convert import cli as convert_cli
 from jaxspeech.dit import convert
 from jaxspeech.dit.model import DiTConfig
 from jaxspeech.workdir import Workdir
-from tests import test_dit_parity as ref
+from tests.helpers import dit as ref
 from tests import reference_stubs
 
 CFG = DiTConfig(dim=48, depth=2, heads=3, dim_head=16, ff_mult=2, mel_dim=100, text_num_embeds=40, text_dim=32,

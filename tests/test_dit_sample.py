@@ -6,7 +6,7 @@ import torch
 
 from jaxspeech.dit import sample
 from jaxspeech.dit.model import DiTConfig
-from tests import test_dit_parity as ref
+from tests.helpers import dit as ref
 
 ATOL = 1e-4  # max abs difference of the sampled mel, float32
 CFG = DiTConfig(dim=48, depth=2, heads=3, dim_head=16, ff_mult=2, mel_dim=12, text_num_embeds=20, text_dim=16,

@@ -1,5 +1,5 @@
 """The dit family the way a user runs it: `jaxspeech train --config=configs/dit.py:tiny` (loss falls), then
-`jaxspeech synthesize --dit WORKDIR` from a corpus clip (Griffin-Lim, no vocoder)."""
+`jaxspeech dit synthesize --dit WORKDIR` from a corpus clip (Griffin-Lim, no vocoder)."""
 
 import json
 import os
@@ -17,7 +17,7 @@ from jaxspeech.data import tfds_io
 from jaxspeech.dit import convert, vocab
 from jaxspeech.dit.model import build, config_from
 from jaxspeech.dit.sizes import SIZES
-from tests.ast_config import ROOT
+from tests.helpers import ROOT
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
 # tiny, shortened for a 2-core CI machine: two blocks, 4-second clips in batches of ~4, a short warmup
@@ -75,7 +75,7 @@ def test_synthesize_writes_the_generated_part(trained, corpus_path, tmp_path, ca
   ref = tmp_path / "ref.wav"
   soundfile.write(ref, record["audio"], int(record["sample_rate"]))
   out = tmp_path / "out.wav"
-  code = cli.main(["synthesize", "--dit", trained, "--ref-audio", str(ref), "--ref-text", record["text"].decode(),
+  code = cli.main(["dit", "synthesize", "--dit", trained, "--ref-audio", str(ref), "--ref-text", record["text"].decode(),
                    "--text", "Hello there.", "--duration", "6", "--nfe", "4", "--out", str(out)])
   assert code == 0, capsys.readouterr().err
   wav, rate = soundfile.read(out)

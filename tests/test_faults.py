@@ -20,8 +20,8 @@ import pytest
 from jaxspeech import cli
 from jaxspeech.train import trainer
 from jaxspeech.workdir import checkpoints as checkpoint, lock as workdir_lib
-from tests.ast_config import OVERRIDES, ROOT, tiny_ast
-from tests.test_llasa_family import code_data, tiny_config as tiny_llasa  # noqa: F401 (code_data: a fixture)
+from tests.helpers import OVERRIDES, ROOT, tiny_ast
+from tests.helpers.llasa import tiny_config as tiny_llasa
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}  # the 8 host devices of conftest.py, as the in-process runs have
 
@@ -36,7 +36,7 @@ def _steps(workdir):
 
 
 def _train_cli(workdir, corpus_path, *extra):
-  """`jaxspeech train` of the test AST (tests/ast_config.py) in its own process."""
+  """`jaxspeech train` of the test AST (tests/helpers) in its own process."""
   cmd = [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/ast.py:tiny", f"--workdir={workdir}",
          f"--config.data.path={corpus_path}", *OVERRIDES, *extra]
   return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False)
@@ -57,7 +57,7 @@ def test_sigterm_during_eval_saves_that_step(corpus_path, tmp_path, capsys):
   assert "SIGTERM: saved a checkpoint at step 5" in capsys.readouterr().err
 
 
-def _config(family, corpus_path, code_data, **train):  # pylint: disable=redefined-outer-name
+def _config(family, corpus_path, code_data, **train):
   if family == "ast":
     return tiny_ast(corpus_path, steps=8, checkpoint_every=4, **train)
   cfg = tiny_llasa(code_data)
@@ -67,7 +67,7 @@ def _config(family, corpus_path, code_data, **train):  # pylint: disable=redefin
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(corpus_path, code_data, tmp_path_factory):  # pylint: disable=redefined-outer-name
+def uninterrupted(corpus_path, code_data, tmp_path_factory):
   """family -> the params after an uninterrupted 8-step run (checkpoints at 4 and 8), each run once."""
   @functools.cache
   def params(family):
@@ -115,7 +115,7 @@ MOMENTS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("family,moment", [(f, m) for f in ("ast", "llasa") for m in MOMENTS])
 def test_a_signal_at_any_moment_resumes_to_the_uninterrupted_params(
-    corpus_path, code_data, uninterrupted, tmp_path, capsys, monkeypatch, family, moment):  # noqa: F811
+    corpus_path, code_data, uninterrupted, tmp_path, capsys, monkeypatch, family, moment):
   """Each signalled run stops at a step and says whether that step is on disk, truthfully; the next run ends
   with the uninterrupted run's params, bit for bit, and every step's metrics once."""
   runs, overrides = MOMENTS[moment]
@@ -177,7 +177,7 @@ def _damage(kind: str, step_dir: str) -> None:
 DAMAGE = ["truncated", "garbage", "bit_flip", "no_metadata", "no_state"]
 
 
-def _train_in_new_process(family, corpus_path, code_data, workdir):  # pylint: disable=redefined-outer-name
+def _train_in_new_process(family, corpus_path, code_data, workdir):
   """The 8-step run of `_config` in its own process, as a rerun after a crash is."""
   code = ("from jaxspeech.train import trainer; from tests.test_faults import _config; "
           f"trainer.Trainer(_config({family!r}, {corpus_path!r}, {tuple(map(str, code_data))!r}), "
@@ -189,7 +189,7 @@ def _train_in_new_process(family, corpus_path, code_data, workdir):  # pylint: d
 @pytest.mark.parametrize("family,kind", [("ast", k) for k in DAMAGE]
                          + [pytest.param("llasa", k, marks=pytest.mark.slow) for k in DAMAGE])
 def test_damaged_latest_checkpoint_is_set_aside_and_the_run_ends_as_an_uninterrupted_one(
-    corpus_path, code_data, uninterrupted, tmp_path, family, kind):  # noqa: F811
+    corpus_path, code_data, uninterrupted, tmp_path, family, kind):
   """The damaged run resumes in a new process, as after a crash (this one's TensorStore cache holds the bytes)."""
   trainer.Trainer(_config(family, corpus_path, code_data), str(tmp_path)).train()
   _damage(kind, os.path.join(tmp_path, "checkpoints", "8"))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.ast_config import ROOT
+from tests.helpers import ROOT
 
 TRAIN = ["jaxspeech", "train", "--config=configs/ast.py:base", "--workdir=gs://bucket/ast"]
 

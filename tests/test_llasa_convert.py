@@ -11,14 +11,13 @@ import sys
 import numpy as np
 import pytest
 import safetensors.numpy
-import tokenizers
 import torch
 import transformers
 
 from jaxspeech.convert import cli as convert_cli
 from jaxspeech.llasa import convert
 from jaxspeech.workdir import Workdir
-from tests.test_llasa_parity import HF_CONFIGS, hf_llama
+from tests.helpers.llama import HF_CONFIGS, hf_llama, save_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
@@ -29,14 +28,6 @@ def run_inprocess(capsys, *args) -> tuple[int, str, str]:
   code = convert_cli.run("llasa", list(map(str, args)))
   out = capsys.readouterr()
   return code, out.out, out.err
-
-
-def save_tokenizer(path, vocab_size: int) -> None:
-  """A word-level tokenizer.json + tokenizer_config.json that `AutoTokenizer` loads."""
-  words = {f"w{i}": i for i in range(vocab_size)}
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(words, unk_token="w0"))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0").save_pretrained(path)
 
 
 def to_old_config(path) -> None:

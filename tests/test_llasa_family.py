@@ -11,52 +11,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from flax import nnx
 
-from jaxspeech.data import pipeline, tfds_io
-from jaxspeech.data.synth import sentences
+from jaxspeech.data import pipeline
 from jaxspeech.llasa import family, objective
-from jaxspeech.text import spm
 from jaxspeech.llasa.vocab import LlasaVocab
-from tests.ast_config import ROOT, load_config
+from tests.helpers import ROOT, load_config
+from tests.helpers.llasa import CODES, TEXT_VOCAB, VOCAB, tiny_config
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
-TEXT_VOCAB, CODES = 256, 64
-VOCAB = LlasaVocab(TEXT_VOCAB, CODES)
-CODE_FEATURES = tfds.features.FeaturesDict({
-    "codes": tfds.features.Tensor(shape=(None,), dtype=np.int32),
-    "text": tfds.features.Text(),
-    "speaker": tfds.features.Text(),
-})
-
-
-def derived_codes(text: str) -> np.ndarray:
-  """Codes a model can learn from the text: one frame per character, a function of the character."""
-  return np.asarray([(7 * ord(c)) % CODES for c in text], np.int32)
-
-
-@pytest.fixture(scope="module")
-def code_data(tmp_path_factory):
-  """(dataset path, sentencepiece model path): 160 train and 16 validation utterances of derived codes."""
-  root = tmp_path_factory.mktemp("llasa_codes")
-  texts = sentences.unique_sentences(176, seed=0)
-  model_path = str(root / "spm.model")
-  spm.train_bpe(texts, vocab_size=TEXT_VOCAB).save(model_path)
-
-  def examples(part):
-    return [{"codes": derived_codes(t), "text": t, "speaker": f"s{i % 4}"} for i, t in enumerate(part)]
-  path = tfds_io.write_dataset(root / "codes" / "1.0.0", CODE_FEATURES,
-                               {"train": examples(texts[:160]), "validation": examples(texts[160:])})
-  return path, model_path
-
-
-def tiny_config(code_data):
-  cfg = load_config("llasa", "tiny")
-  cfg.data.path, cfg.llasa.tokenizer = code_data
-  cfg.llasa.update(text_vocab_size=TEXT_VOCAB, num_speech_tokens=CODES, seq_len=256)
-  cfg.model.vocab_size = VOCAB.size
-  return cfg
 
 
 def test_sequence_layout_and_prompt():
@@ -176,7 +139,7 @@ def test_int16_codes_above_32767_are_read_as_unsigned(code_data):
 
 
 def test_hf_tokenizer_json_gives_the_text_ids(tmp_path):
-  from tests.test_llasa_convert import save_tokenizer  # pylint: disable=import-outside-toplevel
+  from tests.helpers.llama import save_tokenizer  # pylint: disable=import-outside-toplevel
   save_tokenizer(tmp_path, 50)
   tokenize = family.Tokenize(str(tmp_path / "tokenizer.json"), LlasaVocab(TEXT_VOCAB))
   tokens = tokenize({"codes": np.array([1, 2], np.int32), "text": b"w3 w7"}, None)["tokens"]

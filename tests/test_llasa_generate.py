@@ -9,7 +9,7 @@ import torch
 
 from jaxspeech.llasa import generate
 from jaxspeech.llasa.vocab import LlasaVocab
-from tests.test_llasa_parity import hf_llama, ours_from
+from tests.helpers.llama import hf_llama, ours_from
 
 
 def hf_greedy(hf, prompt, max_new_tokens, penalty, eos_id) -> list[int]:

@@ -8,7 +8,7 @@ from flax import nnx
 
 from jaxspeech.llasa import family
 from jaxspeech.llasa.vocab import LlasaVocab
-from tests.ast_config import load_config
+from tests.helpers import load_config
 
 VOCAB = LlasaVocab(256, 8192)
 B, L = 2, 64

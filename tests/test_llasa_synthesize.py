@@ -1,4 +1,4 @@
-"""Synthesis: verifiers and best-of-N, text → codes → wav with a voice prompt, and `jaxspeech synthesize`."""
+"""Synthesis: verifiers and best-of-N, text → codes → wav with a voice prompt, and `jaxspeech llasa synthesize`."""
 
 import json
 import os
@@ -19,7 +19,7 @@ from jaxspeech.llasa import generate, synthesis, verify
 from jaxspeech.llasa.model import Llama, LlamaConfig
 from jaxspeech.text import spm
 from jaxspeech.llasa.vocab import LlasaVocab
-from tests.ast_config import ROOT
+from tests.helpers import ROOT
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
 VOCAB = LlasaVocab(text_vocab_size=128)  # the codec's 65,536 codes
@@ -90,10 +90,10 @@ def workdirs(tmp_path_factory):
 
 @pytest.mark.slow
 def test_synthesize_cli(tokenizer, workdirs, tmp_path):
-  """`jaxspeech synthesize` as a user runs it, on an LM and a codec workdir (random weights)."""
+  """`jaxspeech llasa synthesize` as a user runs it, on an LM and a codec workdir (random weights)."""
   soundfile.write(tmp_path / "ref.wav", 0.3 * np.sin(2 * np.pi * 220 * np.arange(4000) / 8000), 8000)
   result = subprocess.run(
-      [sys.executable, "-m", "jaxspeech.cli", "synthesize", "--lm", workdirs[0], "--codec", workdirs[1], "--tokenizer",
+      [sys.executable, "-m", "jaxspeech.cli", "llasa", "synthesize", "--lm", workdirs[0], "--codec", workdirs[1], "--tokenizer",
        tokenizer, "--num-speech-tokens", "65536", "--text", "hello there.",
        "--ref-audio", str(tmp_path / "ref.wav"), "--ref-text", "a reference.", "--best-of", "2",
        "--max-seconds", "0.2", "--out", str(tmp_path / "out.wav")],
@@ -104,11 +104,13 @@ def test_synthesize_cli(tokenizer, workdirs, tmp_path):
   assert "candidate" in result.stdout
 
 
-def test_synthesize_cli_names_missing_flags(tmp_path):
+def test_synthesize_cli_names_missing_flags_and_keeps_the_old_spelling_with_a_notice(tmp_path):
+  """`jaxspeech synthesize --lm` (the previous release's spelling) runs `jaxspeech llasa synthesize`."""
   result = subprocess.run([sys.executable, "-m", "jaxspeech.cli", "synthesize", "--lm", str(tmp_path), "--text", "x",
                            "--out", str(tmp_path / "o.wav")], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=120)
-  assert result.returncode == 2 and "needs --codec and --tokenizer" in result.stderr
+  assert result.returncode == 2 and "llasa synthesize needs --codec and --tokenizer" in result.stderr
+  assert "note: `jaxspeech synthesize --lm` is now `jaxspeech llasa synthesize`" in result.stderr
 
 
 def test_chunkwise_beam_search_keeps_the_verifiers_best(tokenizer):

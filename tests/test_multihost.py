@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.ast_config import OVERRIDES, ROOT
+from tests.helpers import OVERRIDES, ROOT
 
 LAUNCH = [sys.executable, os.path.join(ROOT, "launch", "local.py")]
 

@@ -14,8 +14,8 @@ from jaxspeech.train import registry
 from jaxspeech.ast import convert, family as ast_family
 from jaxspeech.data import pipeline
 from jaxspeech.train import plan as plan_lib, state as state_lib, trainer
-from tests.ast_config import OVERRIDES, ROOT, load_config, tiny_ast
-from tests.test_llasa_family import code_data, tiny_config as tiny_llasa  # noqa: F401 (code_data: a fixture)
+from tests.helpers import OVERRIDES, ROOT, load_config, tiny_ast
+from tests.helpers.llasa import tiny_config as tiny_llasa
 
 STEP_AND_RNG = 4 + 8  # int32 step and a uint32[2] key, replicated
 

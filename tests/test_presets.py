@@ -2,7 +2,7 @@
 
 import pytest
 
-from tests.ast_config import load_config
+from tests.helpers import load_config
 
 VARIANTS = ("llasa_1b_v5p64", "llasa_3b_v5p64", "llasa_8b_v5p64", "llasa_1b_v5e256", "llasa_3b_v5e256",
             "llasa_8b_v6e256", "llasa_1b_h100x8", "llasa_3b_h100x8", "llasa_8b_h100x64", "dit_base_v5p64",

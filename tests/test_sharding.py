@@ -9,20 +9,11 @@ from jax.sharding import PartitionSpec as P
 
 from jaxspeech import sharding
 from jaxspeech.train import config, state as state_lib, trainer
-from tests.ast_config import tiny_ast
+from tests.helpers import _batch, tiny_ast
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (2, 1, 4)]
 # fp32 sums reduce in a different order on each mesh; differences stay at a few ulp of O(1) values.
 ATOL = 2e-5
-
-
-def _batch(cfg):
-  rng = np.random.default_rng(0)
-  b, s = cfg.train.batch_size, 400 + 160 * (cfg.model.max_frames - 1)
-  lengths = rng.integers(s // 2, s + 1, size=b).astype(np.int32)
-  audio = (rng.standard_normal((b, s)) * 0.1).astype(np.float32) * (np.arange(s) < lengths[:, None])
-  return {"audio": audio, "audio_lengths": lengths, "speaker_id": rng.integers(0, 16, b).astype(np.int32),
-          "valid": np.ones(b, bool)}
 
 
 def _one_step(corpus_path, mesh_shape, devices=None):

@@ -19,7 +19,7 @@ from jaxspeech.convert import mapping
 from jaxspeech.data import pipeline
 from jaxspeech.train import init_from, state as state_lib, trainer
 from jaxspeech.workdir import checkpoints as checkpoint
-from tests.ast_config import load_config
+from tests.helpers import load_config
 
 PATCH_GRID, FRAME_GRID = (8, 64), (1, 512)   # SSAST's 16×16 and 128×2 grids over 1024 frames
 cluster_order = jax.jit(masking.cluster_order, static_argnums=(1, 2, 3))

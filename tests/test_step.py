@@ -9,8 +9,7 @@ import pytest
 
 from jaxspeech import sharding
 from jaxspeech.train import optim, state as state_lib, step as step_lib, trainer
-from tests.ast_config import tiny_ast
-from tests.test_sharding import _batch
+from tests.helpers import _batch, tiny_ast
 
 
 def _step(cfg, batch=None):

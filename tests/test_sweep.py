@@ -19,7 +19,7 @@ import pytest
 
 from jaxspeech.sweep import backends, cli as sweep_cli, counts, design, fit, report
 from jaxspeech.train import config, registry, state
-from tests.ast_config import ROOT
+from tests.helpers import ROOT
 
 # Chinchilla's fitted law (Hoffmann et al. 2022, approach 3).
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)

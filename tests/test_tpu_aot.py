@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxspeech.train import aot, pod, topology
-from tests.ast_config import ROOT
+from tests.helpers import ROOT
 from tests.tpu_cases import cases, check_train_step, config
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxspeech.train import trainer
-from tests.ast_config import OVERRIDES, ROOT, tiny_ast
+from tests.helpers import OVERRIDES, ROOT, tiny_ast
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
 

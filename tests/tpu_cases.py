@@ -6,7 +6,7 @@ the ratio compiler / analytic is allowed [0.75, 1.5] at these tiny shapes (AST: 
 """
 
 from jaxspeech.train import plan as plan_lib, pod, topology
-from tests.ast_config import load_config
+from tests.helpers import load_config
 
 FLOPS_RATIO = (0.75, 1.5)
 # AST at these shapes: the Kaldi fbank's FFTs and filterbank, which the compiler counts and `train_flops` does

@@ -39,37 +39,44 @@ def make_train_step(family: Family, cfg: ml_collections.ConfigDict, graphdef: nn
   apply_update = make_update(cfg, tx)
 
   def loss_fn(params, rest, batch, key, step):
-    return family.loss(nnx.merge(graphdef, params, rest), batch, key, step, cfg)
+    model = nnx.merge(graphdef, params, rest)
+    loss, metrics = family.loss(model, batch, key, step, cfg)
+    return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])  # `rest` as the forward left it: BatchNorm's stats
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def gradients(state: TrainState, batch, key):
+    """((mean loss, (mean metrics, rest after the last microbatch)), mean grads)."""
     if accum == 1:
       return grad_fn(state.params, state.rest, batch, key, state.step)
 
-    def body(acc, micro_i):
+    def body(carry, micro_i):
+      acc, rest = carry
       micro, i = micro_i
-      (loss, aux), grads = grad_fn(state.params, state.rest, micro, jax.random.fold_in(key, i), state.step)
-      return jax.tree.map(jnp.add, acc, ((loss, aux), grads)), None
+      (loss, (aux, rest)), grads = grad_fn(state.params, rest, micro, jax.random.fold_in(key, i), state.step)
+      return (jax.tree.map(jnp.add, acc, ((loss, aux), grads)), rest), None
 
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.params, state.rest,
-                                                        jax.tree.map(lambda x: x[0], _microbatches(batch, accum)), key,
-                                                        state.step))
-    total, _ = jax.lax.scan(body, zeros, (_microbatches(batch, accum), jnp.arange(accum)))
-    return jax.tree.map(lambda x: x / accum, total)
+    (loss, (aux, _)), grads = jax.eval_shape(grad_fn, state.params, state.rest,
+                                             jax.tree.map(lambda x: x[0], _microbatches(batch, accum)), key,
+                                             state.step)
+    zeros = jax.tree.map(jnp.zeros_like, ((loss, aux), grads))
+    (total, rest), _ = jax.lax.scan(body, (zeros, state.rest), (_microbatches(batch, accum), jnp.arange(accum)))
+    (loss, aux), grads = jax.tree.map(lambda x: x / accum, total)
+    return (loss, (aux, rest)), grads
 
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
-    (loss, aux), grads = gradients(state, batch, key)
+    (loss, (aux, rest)), grads = gradients(state, batch, key)
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
     # A non-finite step leaves the state as it was, so any checkpoint taken later is still good.
-    params, opt_state, ema = jax.lax.cond(finite, lambda _: apply_update(state, grads),
-                                          lambda _: (state.params, state.opt_state, state.ema), None)
+    params, opt_state, ema, rest = jax.lax.cond(
+        finite, lambda _: (*apply_update(state, grads), rest),
+        lambda _: (state.params, state.opt_state, state.ema, state.rest), None)
     metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, **aux}
     metrics.update({"lr" if name == "default" else f"lr_{name}": fn(state.step) for name, fn in schedules.items()})
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema=ema)
+    new_state = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state, ema=ema)
     return new_state, metrics
 
   return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
