@@ -1,4 +1,12 @@
-"""FastConformer CTC checkpoints: our variables <-> HF `ParakeetForCTC` state-dict keys.
+"""FastConformer CTC checkpoints: HF `ParakeetForCTC` directories in and out of jaxspeech workdirs.
+
+    jaxspeech convert asr --from hf --src HF_DIR --dst WORKDIR [--remat] [--dtype bfloat16]
+    jaxspeech convert asr --to hf --src WORKDIR --dst HF_DIR
+
+Import reads config.json and model.safetensors (or the shards of model.safetensors.index.json); export writes
+the two files that `transformers.ParakeetForCTC.from_pretrained` loads (no processor or tokenizer files).
+A workdir holds params only, so the BatchNorm running statistics do not travel through it: import leaves
+them out (and says so), export writes the ones the workdir's params carry, else torch's initial 0 and 1.
 
 The table maps every `nnx.Param` and `nnx.BatchStat` (the conv modules' running mean and variance) to its HF
 key. torch's k=1 Conv1d weights (O, I, 1) are our linear kernels (I, O); the GLU conv's 2D output rows (value
@@ -8,14 +16,22 @@ BatchNorm's momentum is None, never here) is dropped on import and written as 0 
 """
 
 import dataclasses
+import json
+import os
 
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 
 from jaxspeech.asr.model import ASRConfig, FastConformerCTC
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import (CONV1D, CONV2D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule,
                                        Transform)
+from jaxspeech.convert.workdir import Imported
+
+SOURCES = {"hf": "an HF ParakeetForCTC directory (config.json + model.safetensors or a sharded index)"}
+TARGETS = {"hf": "an HF directory for transformers.ParakeetForCTC.from_pretrained (config.json + model.safetensors)"}
+WEIGHT_INDEX = "model.safetensors.index.json"
 
 BATCHES_TRACKED = "num_batches_tracked"
 OURS_ONLY = ("vocab_size", "dtype", "remat")   # ASRConfig fields that are not ParakeetEncoderConfig's
@@ -163,3 +179,68 @@ def hf_config(cfg: ASRConfig) -> dict:
   return {"architectures": ["ParakeetForCTC"], "model_type": "parakeet_ctc", "vocab_size": cfg.vocab_size,
           "pad_token_id": cfg.blank_id, "ctc_loss_reduction": "mean", "ctc_zero_infinity": True,
           "encoder_config": encoder, "dtype": "float32"}
+
+
+# ------------------------------------------------------------------------------- `jaxspeech convert asr`
+
+def add_arguments(parser) -> None:
+  g = parser.add_argument_group("import (--from hf)")
+  g.add_argument("--remat", action="store_true", help="rematerialise each conformer block in training")
+  g.add_argument("--dtype", default="float32", help="compute dtype in the workdir's model config (params float32)")
+
+
+def _read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+  try:
+    return safetensors.numpy.load_file(path)
+  except Exception as e:  # pylint: disable=broad-except  (truncated or non-safetensors files)
+    raise ConversionError(f"cannot read {path}", [f"{type(e).__name__}: {str(e)[:200]}"]) from None
+
+
+def read_hf_weights(src: str) -> tuple[dict[str, np.ndarray], str]:
+  """(HF key -> array, the file read) of model.safetensors or the shards of model.safetensors.index.json."""
+  single, index = os.path.join(src, "model.safetensors"), os.path.join(src, WEIGHT_INDEX)
+  if os.path.exists(single):
+    return _load_safetensors(single), "model.safetensors"
+  if not os.path.exists(index):
+    raise ConversionError(f"HF directory {src}", [f"has neither model.safetensors nor {WEIGHT_INDEX}"])
+  state_dict = {}
+  for shard in sorted(set(_read_json(index)["weight_map"].values())):
+    state_dict.update(_load_safetensors(os.path.join(src, shard)))
+  return state_dict, WEIGHT_INDEX
+
+
+def import_checkpoint(source: str, src: str, args) -> Imported:
+  """`jaxspeech convert asr --from hf`: the params and BatchNorm statistics of a ParakeetForCTC directory."""
+  config_path = os.path.join(src, "config.json")
+  if not os.path.isfile(config_path):
+    raise ConversionError(f"HF directory {src}", ["has no config.json"])
+  raw = _read_json(config_path)
+  cfg = config_from_hf(raw, remat=args.remat, dtype=args.dtype)
+  state_dict, filename = read_hf_weights(src)
+  variables = from_torch(state_dict, cfg, f"{src}/{filename}")
+  stats = set(batch_stat_paths(cfg))
+  return Imported(model=dataclasses.asdict(cfg), params={k: v for k, v in variables.items() if k not in stats},
+                  rest={k: v for k, v in variables.items() if k in stats},
+                  provenance={"layout": "ParakeetForCTC", "file": filename, "hf_config": raw})
+
+
+def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
+  """`jaxspeech convert asr --to hf`: config.json and model.safetensors into `dst`; lines to print."""
+  fields = {f.name for f in dataclasses.fields(ASRConfig)}
+  unknown = sorted(checkpoint.model.keys() - fields)
+  if unknown:
+    raise ConversionError(f"workdir model {checkpoint.model}",
+                          [f"model.{k} is not an ASRConfig field" for k in unknown])
+  cfg = ASRConfig(**checkpoint.model)
+  variables = {**checkpoint.params, **checkpoint.rest}
+  state_dict = to_torch(variables, cfg)
+  with open(os.path.join(dst, "config.json"), "w") as f:
+    json.dump(hf_config(cfg), f, indent=2)
+  safetensors.numpy.save_file(state_dict, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+  return [f"ParakeetForCTC, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size} "
+          f"(blank {cfg.blank_id})", f"{len(state_dict)} tensors in model.safetensors (BatchNorm statistics included)"]

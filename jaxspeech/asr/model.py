@@ -6,7 +6,8 @@ x + Conv(LN(x)), x + ½FFN(LN(x)), then LN. A k=1 conv (a linear map) gives the 
 `vocab_size` classes, the last of which is the blank.
 
 Training (`deterministic=False`) needs `key` for dropout and layerdrop, and normalises the conv modules with
-batch statistics, writing the updated running statistics (`nnx.BatchStat`) back into the model.
+batch statistics. It writes the updated running statistics (`nnx.BatchStat`) back into the model; jaxspeech's
+train step returns them with the model's `rest` (`jaxspeech.train.step`).
 """
 
 import dataclasses
@@ -16,8 +17,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxspeech.asr.modules import ACTIVATIONS, ConvModule, FeedForward, RelPositionAttention, Subsampling, conv_length
-from jaxspeech.asr.modules import relative_positions
+from jaxspeech.asr.modules import (ACTIVATIONS, ConvModule, FeedForward, RelPositionAttention, Subsampling, conv_length,
+                                   relative_positions)
 from jaxspeech.nn import layers
 from jaxspeech.sharding import constrain
 
@@ -169,12 +170,12 @@ class FastConformerCTC(nnx.Module):
 
   def _run_block(self, block: ConformerBlock, x_BxNxD, pos_PxD, valid_BxN, deterministic: bool, key):
     """One block, rematerialised with `cfg.remat`; in training it may be skipped (layerdrop), and its updated
-    BatchNorm statistics are written back unless it was."""
+    BatchNorm statistics are written back unless it was (the train step returns them with the model's `rest`)."""
     graphdef, state = nnx.split(block)
-    stats_before = jax.tree.map(lambda x: x, nnx.state(block, nnx.BatchStat))  # merge may share `block`'s variables
 
     def apply(state, x_BxNxD, pos_PxD, valid_BxN, key):
-      block = nnx.merge(graphdef, state)
+      # fresh variables of this trace: merge would reuse `state`'s, which BatchNorm may not mutate here
+      block = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
       y_BxNxD = block(x_BxNxD, pos_PxD, valid_BxN, deterministic, key)
       return y_BxNxD, nnx.state(block, nnx.BatchStat)
 
@@ -187,6 +188,6 @@ class FastConformerCTC(nnx.Module):
     if self.cfg.layerdrop:
       dropped = jax.random.uniform(drop_key) < self.cfg.layerdrop
       y_BxNxD = jnp.where(dropped, x_BxNxD, y_BxNxD)
-      stats = jax.tree.map(lambda old, new: jnp.where(dropped, old, new), stats_before, stats)
+      stats = jax.tree.map(lambda old, new: jnp.where(dropped, old, new), nnx.state(block, nnx.BatchStat), stats)
     nnx.update(block, stats)
     return y_BxNxD

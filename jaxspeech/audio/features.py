@@ -232,6 +232,42 @@ def w2vbert_features(wav_BxS, stride: int = 2, *, lengths_B=None):
   return stacked_BxNxF, frames_B // stride
 
 
+@functools.partial(jax.jit, static_argnames=("n_mels", "sample_rate", "n_fft", "win_length", "hop_length",
+                                             "preemphasis"))
+@_batched
+def parakeet_features(wav_BxS, n_mels: int = 80, sample_rate: int = 16000, n_fft: int = 512, win_length: int = 400,
+                      hop_length: int = 160, preemphasis: float = 0.97, *, lengths_B=None):
+  """FastConformer's (NeMo's) input, as transformers' `ParakeetFeatureExtractor` computes it: pre-emphasis,
+  |STFT|² (symmetric Hann of `win_length` centred in `n_fft`, centred frames with zero padding), slaney mel,
+  ln(mel + 2⁻²⁴), then each bin normalised over the utterance's frames (mean, unbiased std + 1e-5) and padded
+  frames zeroed. (B, 1 + S // hop_length, n_mels); with `lengths_B`, also the valid frames lengths_B // hop_length.
+  """
+  B, S = wav_BxS.shape
+  given = lengths_B is not None
+  lengths_B = jnp.asarray(lengths_B) if given else jnp.full((B,), S)
+  valid_BxS = jnp.arange(S) < lengths_B[:, None]
+  wav_BxS = jnp.where(valid_BxS, wav_BxS, 0.0)
+  wav_BxS = jnp.where(valid_BxS, jnp.concatenate([wav_BxS[:, :1], wav_BxS[:, 1:] - preemphasis * wav_BxS[:, :-1]], 1),
+                      0.0)
+  left = (n_fft - win_length) // 2
+  window_N = np.pad(_hann(win_length, periodic=False), (left, n_fft - win_length - left))
+  frames_BxTxN = _frames(jnp.pad(wav_BxS, ((0, 0), (n_fft // 2, n_fft // 2))), n_fft, hop_length)
+  spectrum_BxTxF = jnp.fft.rfft(frames_BxTxN * jnp.asarray(window_N, wav_BxS.dtype), axis=-1)
+  power_BxTxF = jnp.real(spectrum_BxTxF) ** 2 + jnp.imag(spectrum_BxTxF) ** 2
+  fb_FxM = jnp.asarray(mel_filterbank(sample_rate, n_fft, n_mels, 0.0, sample_rate / 2, False, "slaney"),
+                       wav_BxS.dtype)
+  log_mel_BxTxM = jnp.log(jnp.matmul(power_BxTxF, fb_FxM, precision=_HIGHEST) + 2.0 ** -24)
+  T = log_mel_BxTxM.shape[1]
+  frames_B = (lengths_B + n_fft // 2 * 2 - n_fft) // hop_length
+  valid_BxTx1 = (jnp.arange(T) < frames_B[:, None])[..., None]
+  count_Bx1x1 = frames_B[:, None, None].astype(log_mel_BxTxM.dtype)
+  mean_Bx1xM = jnp.sum(jnp.where(valid_BxTx1, log_mel_BxTxM, 0.0), 1, keepdims=True) / count_Bx1x1
+  centred_BxTxM = jnp.where(valid_BxTx1, log_mel_BxTxM - mean_Bx1xM, 0.0)
+  std_Bx1xM = jnp.sqrt(jnp.sum(centred_BxTxM ** 2, 1, keepdims=True) / (count_Bx1x1 - 1))
+  normed_BxTxM = centred_BxTxM / (std_Bx1xM + 1e-5)
+  return (normed_BxTxM, frames_B) if given else normed_BxTxM
+
+
 def pad_or_crop_frames(fbank_BxTxM, num_frames: int = 1024, frames_B=None):
   """AST's fixed-length input (1024 frames for AudioSet): zero frames from each example's `frames_B` on,
   zero-pad or crop to `num_frames`. AST pads with zeros *before* `ast_normalize`, as here."""

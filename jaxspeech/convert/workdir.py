@@ -48,6 +48,7 @@ class Imported:
   params: dict[str, np.ndarray]      # our dotted param path -> float32 array
   provenance: dict = dataclasses.field(default_factory=dict)   # layout, generation, ignored keys, labels, ...
   notes: list[str] = dataclasses.field(default_factory=list)   # printed to stderr
+  rest: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # other model variables: BatchNorm stats
 
 
 def _version(package: str) -> str | None:
@@ -99,8 +100,9 @@ def _group_labels(family: str, cfg) -> set[str]:
   return set(jax.tree.leaves(optim.group_labels(abstract_params, family_impl.param_groups)))
 
 
-def _state(family_impl, cfg, tx, mesh, params: dict[str, np.ndarray]):
-  """The step-0 TrainState `state_lib.create` makes, with `params` in place of the initial params.
+def _state(family_impl, cfg, tx, mesh, params: dict[str, np.ndarray], model_rest: dict[str, np.ndarray]):
+  """The step-0 TrainState `state_lib.create` makes, with `params` in place of the initial params (and
+  `model_rest` in place of the model's initial other variables, such as BatchNorm statistics).
 
   The model's random init runs only for the params `params` lacks (and other model variables, if any):
   XLA drops the rest of it, so importing a complete checkpoint compiles no init at all. The result is
@@ -131,6 +133,8 @@ def _state(family_impl, cfg, tx, mesh, params: dict[str, np.ndarray]):
         ema=None if abstract.ema is None else jax.tree.map(jnp.copy, p), rng=rng)
 
   arrays = jax.tree_util.tree_map_with_path(put, abstract.params, shardings.params)
+  rest = jax.tree_util.tree_map_with_path(
+      lambda path, leaf: np.asarray(model_rest[key(path)], leaf.dtype) if key(path) in model_rest else leaf, rest)
   return jax.jit(assemble, out_shardings=shardings)(arrays, rest)
 
 
@@ -146,16 +150,19 @@ def write(dst: str, family: str, imported: Imported, provenance: dict) -> dict:
   # As `Trainer.__init__` builds its restore target, so the trainer reads this state as one of its own.
   mesh = sharding.make_mesh(cfg.mesh)
   with sharding.use_rules(mesh, [tuple(r) for r in cfg.axis_rules]):
-    _, abstract_params, _ = state_lib.abstract_model(family_impl, cfg)
+    _, abstract_params, abstract_rest = state_lib.abstract_model(family_impl, cfg)
     shapes = mapping.param_shapes(abstract_params)
+    rest_shapes = mapping.param_shapes(abstract_rest)
     what = f"params for the {family} model {imported.model}"
     problems = [f"unexpected param {k}" for k in sorted(imported.params.keys() - shapes.keys())]
-    problems += [f"shape mismatch {k}: {v.shape}, expected {shapes[k]}" for k, v in sorted(imported.params.items())
-                 if k in shapes and tuple(v.shape) != shapes[k]]
+    problems += [f"unexpected model variable {k}" for k in sorted(imported.rest.keys() - rest_shapes.keys())]
+    problems += [f"shape mismatch {k}: {v.shape}, expected {every[k]}"
+                 for given, every in ((imported.params, shapes), (imported.rest, rest_shapes))
+                 for k, v in sorted(given.items()) if k in every and tuple(v.shape) != every[k]]
     if problems:
       raise ConversionError(what, problems)
     tx, _ = optim.make(cfg.optim, cfg.train.steps, abstract_params, family_impl.param_groups)
-    state = _state(family_impl, cfg, tx, mesh, imported.params)
+    state = _state(family_impl, cfg, tx, mesh, imported.params, imported.rest)
   record = {
       "direction": "import", **provenance, **imported.provenance, "family": family, "step": 0,
       "imported": len(imported.params), "initialised": sorted(shapes.keys() - imported.params.keys()),

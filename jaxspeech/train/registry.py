@@ -17,6 +17,7 @@ FAMILIES = {
     "vocoder": "jaxspeech.vocoder",
     "llasa": "jaxspeech.llasa",
     "dit": "jaxspeech.dit",
+    "asr": "jaxspeech.asr",
 }
 
 

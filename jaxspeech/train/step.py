@@ -39,7 +39,8 @@ def make_train_step(family: Family, cfg: ml_collections.ConfigDict, graphdef: nn
   apply_update = make_update(cfg, tx)
 
   def loss_fn(params, rest, batch, key, step):
-    model = nnx.merge(graphdef, params, rest)
+    # `rest` as fresh Variables of this trace: flax lets a model mutate (BatchNorm's statistics) only those
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     loss, metrics = family.loss(model, batch, key, step, cfg)
     return loss, (metrics, nnx.split(model, nnx.Param, ...)[2])  # `rest` as the forward left it: BatchNorm's stats
 

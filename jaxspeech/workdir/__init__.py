@@ -55,6 +55,7 @@ class Params:
   step: int
   weights: str                       # "params" or "ema": which tree `params` holds
   provenance: dict                   # convert.json, {} if there is none
+  rest: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # other model variables: BatchNorm stats
 
 
 def _strip_value(tree):
@@ -155,12 +156,14 @@ class Workdir:
       weights = "ema" if has_ema else "params"
     if weights == "ema" and not has_ema:
       raise NotAWorkdir(f"checkpoint {path} has no EMA (train.ema_decay was 0); use --weights params")
-    target = {weights: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[weights])}
+    items = [weights] + (["rest"] if jax.tree.leaves(tree.get("rest")) else [])
+    target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[k]) for k in items}
     restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
         partial_restore=True))
-    return Params(family=saved["family"], model=saved["model"], params=mapping.flatten(_strip_value(restored[weights])),
-                  step=step, weights=weights, provenance=self.provenance)
+    flat = {k: mapping.flatten(_strip_value(v)) for k, v in restored.items()}
+    return Params(family=saved["family"], model=saved["model"], params=flat[weights], step=step, weights=weights,
+                  provenance=self.provenance, rest=flat.get("rest", {}))
 
   def write_state(self, state, step: int = 0) -> None:
     """Saves a TrainState as checkpoint `step` (no data item: no iterator has run), synchronously."""
@@ -173,7 +176,8 @@ class Workdir:
 
   def load_model(self, family, *, weights: str = "auto", step: int | None = None
                  ) -> tuple[nnx.Module, ml_collections.ConfigDict]:
-    """(`family.build_model` holding the checkpoint's params, the {family, model} config it was built from).
+    """(`family.build_model` holding the checkpoint's params and BatchNorm statistics, the {family, model} config
+    it was built from).
 
     The model is built from `family` and `model` alone, without a random init, so a GAN-trained codec or
     vocoder comes back as its generator (its discriminators' params are not read into it).
@@ -181,17 +185,17 @@ class Workdir:
     read = self.read_params(family.name, step=step, weights=weights)
     cfg = ml_collections.ConfigDict({"family": read.family, "model": read.model})
     model = nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param)
+    state = nnx.state(model, nnx.Any(nnx.Param, nnx.BatchStat))
     abstract = {".".join(map(str, path)): v for path, v in nnx.to_flat_state(state)}
-    missing = sorted(abstract.keys() - read.params.keys())
+    saved = {**read.params, **read.rest}
+    missing = sorted(abstract.keys() - saved.keys())
     if missing:
       raise NotAWorkdir(f"workdir {self.path} has no param {', '.join(missing[:4])}"
                         + (f" (and {len(missing) - 4} more)" if len(missing) > 4 else ""))
-    wrong = [f"{k} {read.params[k].shape} (the model has {v.shape})" for k, v in abstract.items()
-             if tuple(read.params[k].shape) != tuple(v.shape)]
+    wrong = [f"{k} {saved[k].shape} (the model has {v.shape})" for k, v in abstract.items()
+             if tuple(saved[k].shape) != tuple(v.shape)]
     if wrong:
       raise NotAWorkdir(f"workdir {self.path} has params of other shapes: {'; '.join(wrong[:4])}")
-    nnx.replace_by_pure_dict(state, mapping.unflatten(
-        {k: jnp.asarray(read.params[k], v.dtype) for k, v in abstract.items()}))
+    nnx.replace_by_pure_dict(state, mapping.unflatten({k: jnp.asarray(saved[k], v.dtype) for k, v in abstract.items()}))
     nnx.update(model, state)
     return model, cfg

@@ -1,0 +1,199 @@
+"""The asr family: a FastConformer encoder with a CTC head (NVIDIA's Parakeet-CTC), trained on the corpus.
+
+Audio is resampled to 16 kHz in the input pipeline and grouped into frame-budget batches (about
+`data.frame_budget` 10 ms frames each, similar lengths together, one compile per bucket of `data.bucket_seconds`);
+transcripts become the pieces of `data.tokenizer` (a sentencepiece model) or, when it is "", the characters of
+`jaxspeech.asr.text.ALPHABET`. An utterance with more pieces than the encoder has output frames cannot be
+aligned by CTC: it is skipped and counted. The step computes Parakeet's features on the device
+(`audio.features.parakeet_features`), masks them with SpecAugment when training, and takes CTC over the pieces,
+normalised by the batch's pieces. Evaluation reports the CTC loss and greedy-decoded WER and CER.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxspeech import sharding
+from jaxspeech.asr import evaluate as scoring, text
+from jaxspeech.asr.model import ASRConfig, FastConformerCTC, output_lengths
+from jaxspeech.audio import features
+from jaxspeech.data import batching, pipeline
+from jaxspeech.train.family import Family
+
+SAMPLE_RATE = 16_000
+HOP = 160
+
+
+def model_config(cfg) -> ASRConfig:
+  return ASRConfig(**cfg.model.to_dict())
+
+
+def build_model(cfg, rngs):
+  return FastConformerCTC(model_config(cfg), rngs=rngs)
+
+
+@functools.lru_cache(maxsize=4)
+def tokenizer(path: str):
+  return text.tokenizer(path)
+
+
+def log_mel(batch, cfg):
+  """(Parakeet's normalised log-mel (B, T, M), valid frames mask (B, T)); rows that hold no example are empty."""
+  mel_BxTxM, frames_B = features.parakeet_features(batch["audio"], cfg.model.num_mel_bins,
+                                                   lengths_B=batch["audio_lengths"])
+  frames_B = jnp.where(batch["valid"], frames_B, 0)
+  return mel_BxTxM, jnp.arange(mel_BxTxM.shape[1]) < frames_B[:, None]
+
+
+def spec_augment(mel_BxTxM, mask_BxT, key, a):
+  """SpecAugment as NeMo's FastConformer recipes run it: `a.freq_masks` bands of up to `a.freq_width` bins and
+  `a.time_masks` spans of up to `a.time_width` of each utterance's frames, set to 0 (the features' mean)."""
+  B, T, M = mel_BxTxM.shape
+  k_fw, k_f0, k_tw, k_t0 = jax.random.split(key, 4)
+  width_BxF = jax.random.randint(k_fw, (B, a.freq_masks), 0, a.freq_width + 1)
+  start_BxF = jax.random.randint(k_f0, (B, a.freq_masks), 0, M) % jnp.maximum(M - width_BxF, 1)
+  bins_M = jnp.arange(M)
+  freq_BxM = ((bins_M >= start_BxF[..., None]) & (bins_M < (start_BxF + width_BxF)[..., None])).any(1)
+  frames_B = mask_BxT.sum(-1)
+  longest_B = jnp.maximum(1, (a.time_width * frames_B).astype(jnp.int32))
+  width_BxK = (jax.random.uniform(k_tw, (B, a.time_masks)) * (longest_B[:, None] + 1)).astype(jnp.int32)
+  start_BxK = (jax.random.uniform(k_t0, (B, a.time_masks)) * jnp.maximum(frames_B[:, None] - width_BxK, 1)
+               ).astype(jnp.int32)
+  frames_T = jnp.arange(T)
+  time_BxT = ((frames_T >= start_BxK[..., None]) & (frames_T < (start_BxK + width_BxK)[..., None])).any(1)
+  return jnp.where(freq_BxM[:, None, :] | time_BxT[:, :, None], 0.0, mel_BxTxM)
+
+
+def _ctc(model, batch, cfg, key=None):
+  """(per-row CTC loss (B,), rows that count (B,), logits, output valid mask); training when `key` is given."""
+  mel_BxTxM, mask_BxT = log_mel(batch, cfg)
+  if key is not None:
+    key, k_aug = jax.random.split(key)
+    mel_BxTxM = spec_augment(mel_BxTxM, mask_BxT, k_aug, cfg.augment)
+  logits_BxNxV, valid_BxN = model(mel_BxTxM, mask_BxT, deterministic=key is None, key=key)
+  loss_B = optax.ctc_loss(logits_BxNxV, (~valid_BxN).astype(jnp.float32), batch["text"],
+                          (~batch["text_mask"]).astype(jnp.float32), blank_id=model_config(cfg).blank_id)
+  return loss_B, batch["valid"] & (batch["text_lengths"] > 0), logits_BxNxV, valid_BxN
+
+
+def loss(model, batch, key, step, cfg):
+  del step
+  loss_B, rows_B, _, _ = _ctc(model, batch, cfg, key)
+  pieces = jnp.maximum(jnp.sum(jnp.where(rows_B, batch["text_lengths"], 0)), 1)
+  return jnp.sum(jnp.where(rows_B, loss_B, 0.0)) / pieces, {}
+
+
+def _host_errors(logits_BxNxV, valid_BxN, text_BxL, lengths_B, rows_B, *, tokenizer_path: str, blank: int):
+  """(word errors, words, character errors, characters) per row of greedy decoding, float32 (B, 4)."""
+  tok = tokenizer(tokenizer_path)
+  out = np.zeros((len(rows_B), 4), np.float32)
+  for i, hyp in enumerate(text.greedy(logits_BxNxV, valid_BxN, blank)):
+    if rows_B[i]:
+      e = scoring.errors(tok.decode(hyp), tok.decode(text_BxL[i, :lengths_B[i]].tolist()))
+      out[i] = (*e["wer"], *e["cer"])
+  return out
+
+
+def evaluate(model, batch, cfg):
+  loss_B, rows_B, logits_BxNxV, valid_BxN = _ctc(model, batch, cfg)
+  counts_Bx4 = jax.pure_callback(
+      functools.partial(_host_errors, tokenizer_path=cfg.data.tokenizer, blank=model_config(cfg).blank_id),
+      jax.ShapeDtypeStruct((loss_B.shape[0], 4), jnp.float32), logits_BxNxV, valid_BxN, batch["text"],
+      batch["text_lengths"], rows_B)
+  pieces_B = jnp.where(rows_B, batch["text_lengths"], 0)
+  return {"loss": (jnp.sum(jnp.where(rows_B, loss_B, 0.0)), jnp.sum(pieces_B)),
+          "wer": (counts_Bx4[:, 0].sum(), counts_Bx4[:, 1].sum()),
+          "cer": (counts_Bx4[:, 2].sum(), counts_Bx4[:, 3].sum())}
+
+
+class AddPieces:
+  """A `DecodeSpeech` features hook: the transcript as pieces; None (a filtered record) where CTC cannot align
+  them to the encoder's output frames (one frame per piece, one more between repeated pieces)."""
+
+  def __init__(self, cfg):
+    self.tokenizer = tokenizer(cfg.data.tokenizer)
+    self.model = model_config(cfg)
+
+  def __call__(self, example, record):
+    pieces = np.asarray(self.tokenizer.encode(record["text"].decode()), np.int32)
+    frames = int(output_lengths(len(example["audio"]) // HOP, self.model))
+    if len(pieces) == 0 or len(pieces) + int(np.sum(pieces[1:] == pieces[:-1])) > frames:
+      return None
+    return {**example, "text": pieces}
+
+
+def frame_budget(cfg, shard_count: int, row_multiple: int | None = None) -> batching.FrameBudget:
+  """Batches of about `data.frame_budget` 10 ms frames (over `shard_count` hosts), rows a multiple of
+  `row_multiple` (default: this host's devices) times `optim.accum_steps`."""
+  buckets = batching.Buckets(tuple(int(s * SAMPLE_RATE) // HOP * HOP for s in cfg.data.bucket_seconds))
+  return batching.FrameBudget(
+      cfg.data.frame_budget // shard_count, "audio", buckets, hop=HOP,
+      pad_extra={"text": batching.Buckets((cfg.data.max_text,))},
+      row_multiple=(row_multiple or jax.local_device_count()) * int(cfg.optim.accum_steps))
+
+
+def make_data(cfg, split, *, train, shard_index, shard_count):
+  pipeline.require_speech(cfg.data.path, "the asr family", extra=("text",))
+  pieces = tokenizer(cfg.data.tokenizer).vocab_size
+  if pieces + 1 != cfg.model.vocab_size:
+    raise ValueError(f"model.vocab_size={cfg.model.vocab_size} must be the tokenizer's {pieces} pieces + 1 (the "
+                     f"CTC blank)")
+  return pipeline.for_family(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
+                             map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, features=AddPieces(cfg)),
+                             batching=frame_budget(cfg, shard_count))
+
+
+def batch_axes(cfg):
+  del cfg
+  rows = ("activation_batch",)
+  return {"audio": rows + (None,), "audio_lengths": rows, "audio_mask": rows + (None,), "text": rows + (None,),
+          "text_lengths": rows, "text_mask": rows + (None,), "speaker_id": rows, "valid": rows}
+
+
+def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
+  """The batch of the longest bucket (the most frames per row: the most activation memory)."""
+  budget = frame_budget(cfg, 1, max(sharding.shards("activation_batch"), jax.local_device_count()))
+  samples, pieces = budget.buckets.lengths[-1], cfg.data.max_text
+  rows, spec = budget.rows(samples), jax.ShapeDtypeStruct
+  return {"audio": spec((rows, samples), jnp.float32), "audio_mask": spec((rows, samples), jnp.bool_),
+          "text": spec((rows, pieces), jnp.int32), "text_mask": spec((rows, pieces), jnp.bool_),
+          **{k: spec((rows,), jnp.int32) for k in ("audio_lengths", "text_lengths", "speaker_id")},
+          "valid": spec((rows,), jnp.bool_)}
+
+
+def train_flops(cfg) -> float:
+  """Forward + backward (3× forward) matmul and convolution FLOPs of one global batch of `data.frame_budget`
+  10 ms frames, at the longest bucket's length (attention's share); the subsampling counted at its input rate."""
+  m = model_config(cfg)
+  d, f, c, k = m.hidden_size, m.intermediate_size, m.subsampling_conv_channels, m.subsampling_conv_kernel_size
+  n = max(cfg.data.bucket_seconds) * SAMPLE_RATE / HOP / m.subsampling_factor  # encoder frames of a row
+  per_output = m.num_hidden_layers * (
+      2 * 2 * 2 * d * f                        # two half-step FFNs
+      + 2 * 4 * d * d + 2 * d * d              # q, k, v, out; the relative positions' projection
+      + 2 * 3 * n * d                          # q·kᵀ, q·pᵀ, p·v over n keys
+      + 2 * (2 * d * d + m.conv_kernel_size * d + d * d))  # conv module: GLU pointwise, depthwise, pointwise
+  per_output += 2 * d * m.vocab_size
+  bins, convs = m.num_mel_bins, m.strided_convs
+  per_input = 2 * k * k * c * bins / 4  # the first (full) conv, at stride 2 in time and frequency
+  per_input += sum(2 * (k * k * c + c * c) * bins / 4 ** (i + 1) / 4 for i in range(convs - 1))  # dw + pw
+  per_input += 2 * c * (bins / 2 ** convs) * d / m.subsampling_factor  # the linear into the encoder
+  frames = cfg.data.frame_budget
+  return 3.0 * (per_output * frames / m.subsampling_factor + per_input * frames)
+
+
+def tokens_per_step(cfg) -> float:
+  return float(cfg.data.frame_budget)  # 10 ms frames, padding included: the budget bounds every batch's frames
+
+
+def units(batch) -> dict[str, float]:
+  valid = np.asarray(batch["valid"])
+  return {"examples": float(valid.sum()), "frames": float(np.asarray(batch["audio_lengths"])[valid].sum() / HOP),
+          "pieces": float(np.asarray(batch["text_lengths"])[valid].sum())}
+
+
+FAMILY = Family(name="asr", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
+                batch_axes=batch_axes, train_flops=train_flops, units=units, tokens_per_step=tokens_per_step,
+                batch_shapes=batch_shapes, prepare=text.prepare)

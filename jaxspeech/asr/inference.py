@@ -1,0 +1,52 @@
+"""Transcribing audio with an asr workdir: `Recognizer(workdir).transcribe(wavs, sample_rate)`, the WER judge
+of the TTS families' evaluations."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxspeech.asr import family, text
+from jaxspeech.audio import features, io as audio_io
+from jaxspeech.workdir import Workdir
+
+BUCKET_SECONDS = 2.0  # clips are zero-padded to a multiple of this: one compile per bucket
+
+
+class Recognizer:
+  """An asr workdir's model (its EMA when it has one) with greedy CTC decoding."""
+
+  def __init__(self, workdir: str, weights: str = "auto"):
+    model, cfg = Workdir(workdir).load_model(family.FAMILY, weights=weights)
+    self.tokenizer = text.of_workdir(workdir)
+    self.config = family.model_config(cfg)
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def logits(state, wav_BxS, lengths_B):
+      mel_BxTxM, frames_B = features.parakeet_features(wav_BxS, self.config.num_mel_bins, lengths_B=lengths_B)
+      return nnx.merge(graphdef, state)(mel_BxTxM, jnp.arange(mel_BxTxM.shape[1]) < frames_B[:, None])
+
+    self._logits = functools.partial(logits, state)
+
+  def transcribe(self, wavs: list[np.ndarray], sample_rate: int, batch_size: int = 8) -> list[str]:
+    """The transcript of each mono clip (float in [-1, 1] at `sample_rate`)."""
+    clips = [audio_io.resample(np.asarray(w, np.float32), sample_rate, family.SAMPLE_RATE) for w in wavs]
+    order = np.argsort([len(c) for c in clips])
+    out = [""] * len(clips)
+    bucket = int(BUCKET_SECONDS * family.SAMPLE_RATE)
+    for start in range(0, len(order), batch_size):
+      rows = order[start:start + batch_size]
+      width = -(-max(len(clips[i]) for i in rows) // bucket) * bucket
+      wav_BxS = np.zeros((batch_size, width), np.float32)
+      lengths_B = np.zeros(batch_size, np.int32)
+      for j, i in enumerate(rows):
+        wav_BxS[j, :len(clips[i])], lengths_B[j] = clips[i], len(clips[i])
+      lengths_B[len(rows):] = family.HOP * 2  # padding rows: a few frames of silence, not an empty utterance
+      logits_BxNxV, valid_BxN = self._logits(wav_BxS, lengths_B)
+      for j, ids in enumerate(text.greedy(np.asarray(logits_BxNxV), np.asarray(valid_BxN), self.config.blank_id)):
+        if j < len(rows):
+          out[rows[j]] = self.tokenizer.decode(ids)
+    return out

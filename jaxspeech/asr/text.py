@@ -1,0 +1,78 @@
+"""Transcripts as CTC targets: the characters of a fixed alphabet, or the pieces of a sentencepiece model
+(`jaxspeech text train`); the blank is the class after the last piece, as in ParakeetForCTC."""
+
+import copy
+import os
+import re
+import shutil
+
+import numpy as np
+
+from jaxspeech.text import spm
+
+ALPHABET = " abcdefghijklmnopqrstuvwxyz'"
+
+
+def normalize(text: str) -> str:
+  """Lower case, letters and apostrophes only, single spaces: what WER and CER compare."""
+  return " ".join(re.sub(r"[^a-z' ]+", " ", text.lower()).split())
+
+
+class Characters:
+  """`ALPHABET`'s characters as pieces 0..27."""
+  vocab_size = len(ALPHABET)
+
+  def encode(self, text: str) -> list[int]:
+    return [ALPHABET.index(c) for c in normalize(text)]
+
+  def decode(self, ids) -> str:
+    return "".join(ALPHABET[i] for i in ids)
+
+
+def tokenizer(path: str) -> Characters | spm.Tokenizer:
+  """Characters for "", else the sentencepiece model at `path`."""
+  return spm.Tokenizer.load(path) if path else Characters()
+
+
+FILENAME = "tokenizer.model"  # a run's sentencepiece model, kept in its workdir
+
+
+def in_workdir(workdir: str) -> str:
+  return os.path.join(workdir, FILENAME)
+
+
+def of_workdir(workdir: str) -> Characters | spm.Tokenizer:
+  """The tokenizer a workdir's model was trained with: its own copy of the sentencepiece model, else characters."""
+  return tokenizer(in_workdir(workdir) if os.path.exists(in_workdir(workdir)) else "")
+
+
+def prepare(cfg, workdir: str):
+  """The config a run in `workdir` uses: `data.tokenizer` copied into the workdir on the first run and pointing
+  there, so the workdir alone transcribes (no workdir, or characters: the config as given). A resumed run given
+  another tokenizer is refused."""
+  if not workdir or not cfg.data.tokenizer:
+    return cfg
+  path = in_workdir(workdir)
+  if not os.path.exists(path):
+    os.makedirs(workdir, exist_ok=True)
+    shutil.copyfile(cfg.data.tokenizer, path)
+  elif os.path.abspath(cfg.data.tokenizer) != os.path.abspath(path) and (
+      open(cfg.data.tokenizer, "rb").read() != open(path, "rb").read()):
+    raise ValueError(f"data.tokenizer={cfg.data.tokenizer} differs from the tokenizer this workdir was trained "
+                     f"with ({path}); use a new --workdir")
+  cfg = copy.deepcopy(cfg)
+  with cfg.unlocked():
+    cfg.data.tokenizer = path
+  return cfg
+
+
+def greedy(logits_BxNxV: np.ndarray, valid_BxN: np.ndarray, blank: int) -> list[list[int]]:
+  """Greedy CTC decoding: the best class per frame, repeats merged, blanks dropped, per row."""
+  best_BxN = np.asarray(logits_BxNxV).argmax(-1)
+  out = []
+  for best_N, valid_N in zip(best_BxN, np.asarray(valid_BxN)):
+    ids = best_N[valid_N]
+    keep = np.ones(len(ids), bool)
+    keep[1:] = ids[1:] != ids[:-1]
+    out.append([int(i) for i in ids[keep & (ids != blank)]])
+  return out
