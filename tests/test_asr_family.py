@@ -11,9 +11,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import torch
+import transformers
 from flax import nnx
 
 from jaxspeech.asr import evaluate, family, inference, text
+from jaxspeech.audio import io as audio_io
 from jaxspeech.data import tfds_io
 from jaxspeech.train import config, optim, state as state_lib, step as step_lib
 from jaxspeech.workdir import Workdir
@@ -110,8 +113,9 @@ def test_train_step_carries_batchnorm_statistics(corpus_path, accum):
 
 @pytest.mark.slow
 def test_a_trained_workdir_transcribes_as_its_eval_scores(corpus_path, tmp_path):
-  """`jaxspeech train` a few steps, then the workdir's Recognizer: BatchNorm statistics come back with the
-  params (an eval-mode forward on the restored model equals the trainer's own), and `asr eval` writes its table."""
+  """`jaxspeech train` a few steps, then the workdir: BatchNorm statistics come back with its params, the
+  Recognizer transcribes, `asr eval` writes its table, and `convert asr --to hf` gives a ParakeetForCTC
+  (`from_pretrained`) with our logits, 1e-4 abs in float32."""
   workdir = tmp_path / "asr"
   cmd = [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/asr.py:tiny", f"--workdir={workdir}",
          f"--config.data.path={corpus_path}", *TINY, "--config.train.steps=6", "--config.train.eval_every=6",
@@ -135,3 +139,20 @@ def test_a_trained_workdir_transcribes_as_its_eval_scores(corpus_path, tmp_path)
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "WER" in result.stdout and out.exists()
+
+  # exported through the CLI, the run is a ParakeetForCTC whose logits (on HF's own features) are ours
+  hf_dir = tmp_path / "hf"
+  result = subprocess.run([sys.executable, "-m", "jaxspeech.cli", "convert", "asr", "--to", "hf", "--src",
+                           str(workdir), "--dst", str(hf_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  hf = transformers.ParakeetForCTC.from_pretrained(hf_dir).eval()
+  wav = record["audio"].astype(np.float32) / 32768.0
+  wav = audio_io.resample(wav, int(record["sample_rate"]), family.SAMPLE_RATE)
+  inputs = transformers.ParakeetFeatureExtractor()([wav], sampling_rate=16000, return_tensors="pt",
+                                                   return_attention_mask=True)
+  with torch.no_grad():
+    theirs = hf(input_features=inputs["input_features"], attention_mask=inputs["attention_mask"]).logits.numpy()
+  mel = jnp.asarray(inputs["input_features"].numpy())
+  ours, valid = model(mel, jnp.asarray(inputs["attention_mask"].numpy().astype(bool)))
+  valid = np.asarray(valid)
+  np.testing.assert_allclose(np.asarray(ours)[valid], theirs[valid], rtol=0, atol=1e-4)
