@@ -59,7 +59,7 @@ def main() -> int:
   cfg = pod.cost_config(tpu_aot.scale(tpu_aot.presets(), args.preset, target.chips))
   cfg.train.compilation_cache = ""
   if args.depth:
-    cfg.model["depth" if "depth" in cfg.model else "layers"] = args.depth
+    cfg = pod.at_depth(cfg, args.depth)
   if args.cpu_tricks:
     dit_modules.platform = lambda: "cpu"
   run = trainer.Trainer(cfg, workdir="", devices=topology.devices(target))

@@ -155,13 +155,13 @@ def measure(cfg, topology: topology_lib.Topology, mesh: dict[str, int], keep_exe
   shallow = extrapolate and not loop_free and depth is not None and cheap.model[depth] > 2
   if loop_free:
     cost, cost_run = real, run  # no loop (windowed einsums are loops too): nothing the cost model undercounts
-  elif shallow:
-    cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
-    one, two = (_cost_compile(trainer.Trainer(at_depth(cheap, n), workdir="", devices=devices)) for n in (1, 2))
-    cost = extrapolated(one, two, cheap.model[depth])
   else:
     cost_run = trainer.Trainer(cheap, workdir="", devices=devices)
-    cost = _cost_compile(cost_run)
+    if shallow:
+      one, two = (_cost_compile(trainer.Trainer(at_depth(cheap, n), workdir="", devices=devices)) for n in (1, 2))
+      cost = extrapolated(one, two, cheap.model[depth])
+    else:
+      cost = _cost_compile(cost_run)
   once = _update_cost(cost_run) if accum > 1 else aot.Compiled(seconds=0.0)
   def per_step(microbatch, update):  # the microbatches' forward and backward `accum` times, the update once
     return accum * (microbatch - update) + update
