@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import soundfile
 import torch
 import transformers
 from flax import nnx
@@ -133,6 +134,13 @@ def test_a_trained_workdir_transcribes_as_its_eval_scores(corpus_path, tmp_path)
   record = source[0]
   hyp = recognizer.transcribe([record["audio"].astype(np.float32) / 32768.0], int(record["sample_rate"]))
   assert isinstance(hyp[0], str)
+  # the TTS evaluations' judge: the clips they wrote, transcribed and scored against their rows' text
+  soundfile.write(tmp_path / "test_007.wav", record["audio"], int(record["sample_rate"]))
+  rows = [{"index": 7, "text": record["text"].decode()}]
+  rates = inference.judge(recognizer, rows, str(tmp_path), "test", int(record["sample_rate"]))
+  assert rows[0]["transcript"] == hyp[0]
+  assert rates == {k: rows[0][k] for k in ("wer", "cer")} == {
+      k: e / n for k, (e, n) in evaluate.errors(hyp[0], record["text"].decode()).items()}
   out = tmp_path / "eval.json"
   result = subprocess.run([sys.executable, "-m", "jaxspeech.cli", "asr", "eval", "--asr", str(workdir),
                            "--data-dir", corpus_path, "--limit", "3", "--out", str(out)],

@@ -29,7 +29,7 @@ def _no_reexec(monkeypatch):
 
 def test_every_family_with_a_cli_module_has_its_verbs_at_the_top_level():
   families = {name for name in registry.FAMILIES if registry.part(name, "cli") is not None}
-  assert families == {"codec", "llasa", "dit"}
+  assert families == {"codec", "llasa", "dit", "asr"}
   for family in families:
     assert any(c[0] == family and len(c) == 2 for c in COMMANDS), family
   assert ("llasa", "synthesize") in COMMANDS and ("dit", "synthesize") in COMMANDS

@@ -6,7 +6,8 @@ transcripts become the pieces of `data.tokenizer` (a sentencepiece model) or, wh
 `jaxspeech.asr.text.ALPHABET`. An utterance with more pieces than the encoder has output frames cannot be
 aligned by CTC: it is skipped and counted. The step computes Parakeet's features on the device
 (`audio.features.parakeet_features`), masks them with SpecAugment when training, and takes CTC over the pieces,
-normalised by the batch's pieces. Evaluation reports the CTC loss and greedy-decoded WER and CER.
+normalised by the batch's pieces. Evaluation reports the CTC loss, and the WER and CER of greedy decoding (its
+best classes scored on the host after the step).
 """
 
 import functools
@@ -86,27 +87,24 @@ def loss(model, batch, key, step, cfg):
   return jnp.sum(jnp.where(rows_B, loss_B, 0.0)) / pieces, {}
 
 
-def _host_errors(logits_BxNxV, valid_BxN, text_BxL, lengths_B, rows_B, *, tokenizer_path: str, blank: int):
-  """(word errors, words, character errors, characters) per row of greedy decoding, float32 (B, 4)."""
-  tok = tokenizer(tokenizer_path)
-  out = np.zeros((len(rows_B), 4), np.float32)
-  for i, hyp in enumerate(text.greedy(logits_BxNxV, valid_BxN, blank)):
-    if rows_B[i]:
-      e = scoring.errors(tok.decode(hyp), tok.decode(text_BxL[i, :lengths_B[i]].tolist()))
-      out[i] = (*e["wer"], *e["cer"])
-  return out
-
-
 def evaluate(model, batch, cfg):
+  """The CTC loss per piece; each row's best class per frame, for WER and CER on the host (`evaluate_on_host`)."""
   loss_B, rows_B, logits_BxNxV, valid_BxN = _ctc(model, batch, cfg)
-  counts_Bx4 = jax.pure_callback(
-      functools.partial(_host_errors, tokenizer_path=cfg.data.tokenizer, blank=model_config(cfg).blank_id),
-      jax.ShapeDtypeStruct((loss_B.shape[0], 4), jnp.float32), logits_BxNxV, valid_BxN, batch["text"],
-      batch["text_lengths"], rows_B)
   pieces_B = jnp.where(rows_B, batch["text_lengths"], 0)
   return {"loss": (jnp.sum(jnp.where(rows_B, loss_B, 0.0)), jnp.sum(pieces_B)),
-          "wer": (counts_Bx4[:, 0].sum(), counts_Bx4[:, 1].sum()),
-          "cer": (counts_Bx4[:, 2].sum(), counts_Bx4[:, 3].sum())}
+          "best": jnp.where(valid_BxN, jnp.argmax(logits_BxNxV, -1), model_config(cfg).blank_id).astype(jnp.int32),
+          "text": batch["text"], "text_lengths": pieces_B}
+
+
+def evaluate_on_host(outputs, cfg) -> dict[str, tuple[float, float]]:
+  """WER and CER of the greedy-decoded rows against their transcripts (rows that do not count have no pieces)."""
+  tok, blank = tokenizer(cfg.data.tokenizer), model_config(cfg).blank_id
+  counts = np.zeros(4)
+  for best_N, text_L, n in zip(outputs["best"], outputs["text"], outputs["text_lengths"]):
+    if n:
+      e = scoring.errors(tok.decode(text.collapse(best_N, blank)), tok.decode(text_L[:n].tolist()))
+      counts += (*e["wer"], *e["cer"])
+  return {"wer": (counts[0], counts[1]), "cer": (counts[2], counts[3])}
 
 
 class AddPieces:
@@ -196,4 +194,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(name="asr", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
                 batch_axes=batch_axes, train_flops=train_flops, units=units, tokens_per_step=tokens_per_step,
-                batch_shapes=batch_shapes, prepare=text.prepare)
+                batch_shapes=batch_shapes, prepare=text.prepare, evaluate_on_host=evaluate_on_host)

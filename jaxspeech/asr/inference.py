@@ -2,13 +2,15 @@
 of the TTS families' evaluations."""
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import soundfile
 from flax import nnx
 
-from jaxspeech.asr import family, text
+from jaxspeech.asr import evaluate as scoring, family, text
 from jaxspeech.audio import features, io as audio_io
 from jaxspeech.workdir import Workdir
 
@@ -50,3 +52,14 @@ class Recognizer:
         if j < len(rows):
           out[rows[j]] = self.tokenizer.decode(ids)
     return out
+
+
+def judge(recognizer: Recognizer, rows: list[dict], wav_dir: str, split: str, sample_rate: int) -> dict[str, float]:
+  """The intelligibility of synthesized speech: each row's clip (`wav_dir/{split}_{index:03d}.wav`, as the TTS
+  evaluations write them) transcribed, its `transcript`, `wer` and `cer` added to the row; returns the corpus
+  WER and CER (errors summed over the rows' reference words and characters)."""
+  wavs = [soundfile.read(os.path.join(wav_dir, f"{split}_{r['index']:03d}.wav"), dtype="float32")[0] for r in rows]
+  for row, hyp in zip(rows, recognizer.transcribe(wavs, sample_rate)):
+    row["transcript"] = hyp
+    row.update({k: e / max(n, 1) for k, (e, n) in scoring.errors(hyp, row["text"]).items()})
+  return scoring.rates((r["transcript"], r["text"]) for r in rows)

@@ -66,13 +66,15 @@ def prepare(cfg, workdir: str):
   return cfg
 
 
+def collapse(best_N: np.ndarray, blank: int) -> list[int]:
+  """CTC's collapse of per-frame best classes: repeats merged, then blanks dropped."""
+  best_N = np.asarray(best_N)
+  keep = np.ones(len(best_N), bool)
+  keep[1:] = best_N[1:] != best_N[:-1]
+  return [int(i) for i in best_N[keep & (best_N != blank)]]
+
+
 def greedy(logits_BxNxV: np.ndarray, valid_BxN: np.ndarray, blank: int) -> list[list[int]]:
-  """Greedy CTC decoding: the best class per frame, repeats merged, blanks dropped, per row."""
+  """Greedy CTC decoding: the best class per valid frame, collapsed, per row."""
   best_BxN = np.asarray(logits_BxNxV).argmax(-1)
-  out = []
-  for best_N, valid_N in zip(best_BxN, np.asarray(valid_BxN)):
-    ids = best_N[valid_N]
-    keep = np.ones(len(ids), bool)
-    keep[1:] = ids[1:] != ids[:-1]
-    out.append([int(i) for i in ids[keep & (ids != blank)]])
-  return out
+  return [collapse(best_N[valid_N], blank) for best_N, valid_N in zip(best_BxN, np.asarray(valid_BxN))]

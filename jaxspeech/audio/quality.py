@@ -1,6 +1,5 @@
 """Speech-synthesis metrics against ground-truth audio: mel-cepstral distortion after DTW alignment, duration ratio,
-STOI and wideband PESQ (numpy code: inside a jitted eval step they run on the host through `jax.pure_callback`,
-`host_scores`).
+STOI and wideband PESQ (numpy code, on the host).
 
 MCD (Kubichek 1993) between aligned frames x, y of mel-cepstra c_1..c_D (c_0, the energy, left out):
     MCD = (10 / ln 10) · sqrt(2 · Σ_d (c_d(x) − c_d(y))²)   in dB, averaged over the DTW path.
@@ -9,8 +8,6 @@ The formula assumes the real cepstrum's scale: over the M bins of the natural-lo
 (The orthonormal DCT would be √(2M) times larger: 12.6× at 80 bins.) A gain change moves c_0 only.
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pesq as pesq_lib
 import pystoi
@@ -112,11 +109,3 @@ def scores(ref_BxS, deg_BxS, lengths_B, valid_B, sample_rate):
       score = pesq_lib.pesq(PESQ_RATE, ref, deg, "wb", on_error=pesq_lib.PesqError.RETURN_VALUES)
       pesq_B[i] = score if np.isfinite(score) else -1.0   # NaN on (near-)silent output
   return stoi_B, pesq_B
-
-
-def host_scores(wav_BxS, wav_hat_BxS, lengths_B, valid_B, sample_rate: int) -> dict[str, jax.Array]:
-  """{"stoi": (B,), "pesq": (B,)} computed on the host; PESQ only at 16 kHz."""
-  shape = jax.ShapeDtypeStruct(lengths_B.shape, jnp.float32)
-  stoi_B, pesq_B = jax.pure_callback(
-      lambda *a: scores(*a, sample_rate), (shape, shape), wav_BxS, wav_hat_BxS, lengths_B, valid_B)
-  return {"stoi": stoi_B, "pesq": pesq_B} if sample_rate == PESQ_RATE else {"stoi": stoi_B}

@@ -3,7 +3,7 @@
 The training model is the `Codec` with the discriminators beside its own modules, so a workdir's params are the
 codec's at the top level (as `jaxspeech convert codec --from xcodec2` writes them) plus `discriminator.*` and
 `spec_discriminator.*`. Data: random crops of `data.crop_seconds` (whole hops) resampled to `model.sample_rate`;
-eval crops are `data.eval_crop_seconds` long. STOI and PESQ in `evaluate` run on the host (`audio.quality.host_scores`).
+eval crops are `data.eval_crop_seconds` long. STOI and PESQ run on the host after the eval step (`evaluate_on_host`).
 """
 
 import jax
@@ -57,13 +57,25 @@ def loss(model, batch, key, step, cfg):
 
 
 def evaluate(model, batch, cfg):
-  """Mel distance, STOI and wideband PESQ of each clip's valid samples (the last two on the host)."""
-  wav_BxS, lengths_B, valid_B = batch["audio"], batch["audio_lengths"], batch["valid"].astype(jnp.float32)
+  """Mel distance of each clip's valid samples; the clips and their reconstructions for STOI and wideband PESQ
+  on the host (`evaluate_on_host`)."""
+  wav_BxS, lengths_B, valid_B = batch["audio"], batch["audio_lengths"], batch["valid"]
   mask_BxS = jnp.arange(wav_BxS.shape[1]) < lengths_B[:, None]
   wav_hat_BxS = jnp.where(mask_BxS, model(wav_BxS, batch.get("semantic_features"))["wav"][:, :wav_BxS.shape[1]], 0)
-  scores = {"mel_distance": losses.mel_distance(wav_BxS, wav_hat_BxS, cfg.model.sample_rate),
-            **quality.host_scores(wav_BxS, wav_hat_BxS, lengths_B, valid_B, cfg.model.sample_rate)}
-  return {k: ((v * valid_B).sum(), valid_B.sum()) for k, v in scores.items()}
+  distance_B = losses.mel_distance(wav_BxS, wav_hat_BxS, cfg.model.sample_rate)
+  return {"mel_distance": (jnp.sum(jnp.where(valid_B, distance_B, 0.0)), jnp.sum(valid_B)),
+          "wav": wav_BxS, "wav_hat": wav_hat_BxS, "lengths": lengths_B, "valid": valid_B}
+
+
+def evaluate_on_host(outputs, cfg) -> dict[str, tuple[float, float]]:
+  """STOI (and, at 16 kHz, wideband PESQ) summed over the valid clips."""
+  stoi_B, pesq_B = quality.scores(outputs["wav"], outputs["wav_hat"], outputs["lengths"], outputs["valid"],
+                                  cfg.model.sample_rate)
+  count = float(np.sum(outputs["valid"]))
+  scores = {"stoi": (float(stoi_B.sum()), count)}
+  if cfg.model.sample_rate == quality.PESQ_RATE:
+    scores["pesq"] = (float(pesq_B.sum()), count)
+  return scores
 
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
@@ -91,4 +103,5 @@ def tokens_per_step(cfg) -> float:
 FAMILY = Family(
     name="codec", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
     batch_axes=crops.batch_axes, train_flops=train_flops, units=crops.units,
-    tokens_per_step=tokens_per_step, param_groups=param_group, batch_shapes=batch_shapes)
+    tokens_per_step=tokens_per_step, param_groups=param_group, batch_shapes=batch_shapes,
+    evaluate_on_host=evaluate_on_host)

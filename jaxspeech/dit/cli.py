@@ -5,13 +5,16 @@ Zero-shot TTS as F5-TTS's infer_process does it (`jaxspeech.dit.speak`). Without
 the audio (for listening, not quality).
 """
 
+import contextlib
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
 import soundfile
 
+from jaxspeech.asr import inference as asr_inference
 from jaxspeech.dit import evaluate as evaluation, family, speak, vocab
 from jaxspeech.workdir import Workdir
 
@@ -57,24 +60,34 @@ def add_parser(groups) -> None:
   _sampling_flags(p)
   p.add_argument("--out", default=None, help="the JSON to write (default: WORKDIR/zero_shot_eval_SPLIT.json)")
   p.add_argument("--wav-dir", default=None, help="also write each utterance's audio here")
+  p.add_argument("--asr", default=None, help="an asr workdir: adds WER and CER of the speech it transcribes")
   p.set_defaults(run=evaluate)
 
 
 def evaluate(args) -> None:
+  with contextlib.ExitStack() as stack:
+    wav_dir = args.wav_dir or (stack.enter_context(tempfile.TemporaryDirectory()) if args.asr else None)
+    _evaluate(args, wav_dir)
+
+
+def _evaluate(args, wav_dir: str | None) -> None:
   if args.vocoder_only:
-    rows = evaluation.vocoder_rows(args.vocoder, args.data_dir, args.split, count=args.limit, wav_dir=args.wav_dir)
+    rows = evaluation.vocoder_rows(args.vocoder, args.data_dir, args.split, count=args.limit, wav_dir=wav_dir)
   elif args.dit:
     model, config = Workdir(args.dit).load_model(family.FAMILY, weights=args.weights)
     rows = evaluation.synthesis_rows(model, vocab.of_workdir(args.dit, config), args.data_dir, args.split,
                                      jax.random.PRNGKey(args.seed), count=args.limit, vocoder=args.vocoder,
-                                     sampling=sampling(args), wav_dir=args.wav_dir)
+                                     sampling=sampling(args), wav_dir=wav_dir)
   else:
     raise ValueError("dit eval needs --dit WORKDIR (or --vocoder-only)")
   means = evaluation.means(rows)
+  if args.asr:
+    means.update(asr_inference.judge(asr_inference.Recognizer(args.asr), rows, wav_dir, args.split,
+                                     family.SAMPLE_RATE))
   print(evaluation.table(rows, means))
   workdir = args.vocoder if args.vocoder_only else args.dit
   out = args.out or os.path.join(workdir or ".", f"zero_shot_eval_{args.split}.json")
-  settings = {k: v for k, v in vars(args).items() if k not in ("run", "group", "command")}
+  settings = {k: v for k, v in vars(args).items() if k not in ("run", "group", "command", "argv")}
   with open(out, "w") as f:
     json.dump({"settings": settings, "means": means, "utterances": rows}, f, indent=1)
   print(f"wrote {out}")

@@ -97,4 +97,5 @@ def means(rows: list[dict]) -> dict[str, float]:
 
 
 def table(rows: list[dict], means_: dict[str, float]) -> str:
-  return quality.table(rows, means_, (("mcd_dtw", "MCD dB", 7), ("duration_ratio", "dur", 5), ("rtf", "RTF", 6)))
+  return quality.table(rows, means_, (("mcd_dtw", "MCD dB", 7), ("duration_ratio", "dur", 5), ("wer", "WER", 5),
+                                      ("cer", "CER", 5), ("rtf", "RTF", 6)))

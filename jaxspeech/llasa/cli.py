@@ -11,13 +11,16 @@ speaks held-out corpus sentences and scores them against their recordings (`jaxs
 on stdout, every utterance's scores in a JSON. `--resynthesis` scores the codec's encode → decode instead.
 """
 
+import contextlib
 import json
 import os
+import tempfile
 
 import jax
 import numpy as np
 import soundfile
 
+from jaxspeech.asr import inference as asr_inference
 from jaxspeech.audio import io as audio_io, quality
 from jaxspeech.codec import family as codec_family
 from jaxspeech.llasa import evaluate as evaluation, family, generate, synthesis, verify
@@ -127,13 +130,20 @@ def add_parser(groups) -> None:
   _sampling_flags(p, max_seconds=20.0)
   p.add_argument("--out", default=None, help="the JSON to write (default: WORKDIR/synthesis_eval_SPLIT.json)")
   p.add_argument("--wav-dir", default=None, help="also write each utterance's audio here")
+  p.add_argument("--asr", default=None, help="an asr workdir: adds WER and CER of the speech it transcribes")
   p.set_defaults(run=evaluate)
 
 
 def evaluate(args) -> None:
+  with contextlib.ExitStack() as stack:
+    wav_dir = args.wav_dir or (stack.enter_context(tempfile.TemporaryDirectory()) if args.asr else None)
+    _evaluate(args, wav_dir)
+
+
+def _evaluate(args, wav_dir: str | None) -> None:
   lm, codec, sample_rate, vocab, tokenizer = _load(args, "llasa eval", lm=not args.resynthesis)
   common = dict(count=args.limit, embed=verify.ast_embedder(args.speaker_ast) if args.speaker_ast else None,
-                sample_rate=sample_rate, wav_dir=args.wav_dir)
+                sample_rate=sample_rate, wav_dir=wav_dir)
   if args.resynthesis:
     rows = evaluation.resynthesis_rows(codec, args.data_dir, args.split, **common)
   else:
@@ -141,9 +151,11 @@ def evaluate(args) -> None:
                                      jax.random.PRNGKey(args.seed), max_seconds=args.max_seconds,
                                      sampling=_sampling(args), best_of=args.best_of, **common)
   means = evaluation.means(rows)
+  if args.asr:
+    means.update(asr_inference.judge(asr_inference.Recognizer(args.asr), rows, wav_dir, args.split, sample_rate))
   print(table(rows, means))
   out = args.out or os.path.join(args.codec if args.resynthesis else args.lm, f"synthesis_eval_{args.split}.json")
-  settings = {k: v for k, v in vars(args).items() if k not in ("run", "group", "command")}
+  settings = {k: v for k, v in vars(args).items() if k not in ("run", "group", "command", "argv")}
   with open(out, "w") as f:
     json.dump({"settings": settings, "means": means, "utterances": rows}, f, indent=1)
   print(f"wrote {out}")
@@ -151,4 +163,5 @@ def evaluate(args) -> None:
 
 def table(rows: list[dict], means: dict[str, float]) -> str:
   return quality.table(rows, means, (("mcd_dtw", "MCD dB", 7), ("duration_ratio", "dur", 5),
-                                     ("speaker_similarity", "spk sim", 7), ("wall_seconds", "wall s", 6)))
+                                     ("speaker_similarity", "spk sim", 7), ("wer", "WER", 5), ("cer", "CER", 5),
+                                     ("wall_seconds", "wall s", 6)))

@@ -20,8 +20,9 @@ class Family:
   # (model, batch, key, step, config) -> (scalar loss, metrics); runs inside the jitted step. `step` (int32
   # scalar) is the optimizer steps taken before this one, e.g. for a GAN's generator-only warm-up.
   loss: Callable[[nnx.Module, Batch, jax.Array, jax.Array, ml_collections.ConfigDict], tuple[jax.Array, Metrics]]
-  # (model, batch, config) -> {name: (sum, count)} summed over an eval pass, reported as sum / count
-  evaluate: Callable[[nnx.Module, Batch, ml_collections.ConfigDict], dict[str, tuple[jax.Array, jax.Array]]]
+  # (model, batch, config) -> {name: (sum, count)} summed over an eval pass, reported as sum / count; a value that
+  # is an array instead (per-row outputs, e.g. decoded ids) goes to `evaluate_on_host`
+  evaluate: Callable[[nnx.Module, Batch, ml_collections.ConfigDict], dict[str, Any]]
   # (config, split, train, shard_index, shard_count) -> grain IterDataset of host-local numpy batches
   make_data: Callable[..., Any]
   # logical axes of each batch field, e.g. {"audio": ("activation_batch", None)}
@@ -38,6 +39,10 @@ class Family:
   # (params read from train.init_from as {dotted path: array}, that workdir's config.json, config) -> params
   # in this model's paths; e.g. SSAST pretraining params into an AST classifier. None keeps them as they are.
   adapt_init: Callable[[dict, dict, ml_collections.ConfigDict], dict] | None = None
+  # ({name: numpy array} of `evaluate`'s array outputs, every host's rows, config) -> {name: (sum, count)}: metrics
+  # that need the host (WER, PESQ). Not a callback inside the step: on CPU a callback that reads device arrays
+  # deadlocks a multi-device step.
+  evaluate_on_host: Callable[[Mapping[str, Any], ml_collections.ConfigDict], dict[str, tuple[float, float]]] | None = None
   # (config, workdir) -> the config the run uses, called first on every host: e.g. the dit family copies the
   # vocabulary it builds from the data into the workdir and points the config there. The workdir is "" where
   # there is none (`jaxspeech plan`, benchmarks). None: the config as given.

@@ -131,7 +131,11 @@ class Trainer:
       for batch in self._eval_batches():
         if stop is not None and stop.agree():
           return {}
-        out = jax.device_get(self.eval_step(state, self._global(batch)))
+        out = self.eval_step(state, self._global(batch))
+        arrays = {k: v for k, v in out.items() if not isinstance(v, tuple)}
+        out = jax.device_get({k: v for k, v in out.items() if isinstance(v, tuple)})
+        if arrays:
+          out.update(self.family.evaluate_on_host(multihost_utils.process_allgather(arrays, tiled=True), self.cfg))
         for name, (total, count) in out.items():
           s, c = sums.get(name, (0.0, 0.0))
           sums[name] = (s + float(total), c + float(count))
