@@ -1,9 +1,11 @@
 """FastConformer-CTC speech recognition (NVIDIA's Parakeet-CTC) on the embedded corpus, 16 kHz.
 
-`tiny` trains on a 2-core CPU over characters (4× subsampling: 25 output frames a second outrun the corpus's
-~18 characters a second, which 8× would not):
+`tiny` (2.2M params) trains on a 2-core CPU over characters (4× subsampling: 25 output frames a second outrun
+the corpus's ~18 characters a second, which 8× would not); 2,000 steps of 30 s of audio took 52 minutes and
+reach CER 4.3% / WER 21% on the test split (benchmarks/RESULTS.md):
 
   jaxspeech train --config=configs/asr.py:tiny --workdir=workdirs/asr_tiny
+  jaxspeech asr eval --asr workdirs/asr_tiny --split test
 
 `parakeet_ctc_0.6b` is nvidia/parakeet-ctc-0.6b's shape (24 layers, d_model 1024, 8× subsampling) over a
 1,024-piece sentencepiece model, with NeMo's FastConformer recipe (AdamW lr 1e-3 after 15k warmup steps,
@@ -36,9 +38,9 @@ def get_config(variant: str = "tiny"):
   if variant == "tiny":
     cfg.model.update(subsampling_factor=4, vocab_size=text.Characters.vocab_size + 1)
     cfg.augment.freq_width = 15
-    cfg.data.update(frame_budget=6_000, bucket_seconds=(5, 10), max_text=224)
-    cfg.train.update(steps=3000, log_every=25, eval_every=500, checkpoint_every=500)
-    cfg.optim.update(lr=2e-3, warmup_steps=300)
+    cfg.data.update(frame_budget=3_000, bucket_seconds=(5, 10), max_text=224)
+    cfg.train.update(steps=2000, log_every=25, eval_every=500, checkpoint_every=500)
+    cfg.optim.update(lr=2e-3, warmup_steps=200)
   else:
     cfg.model.dtype = "bfloat16"
     cfg.train.update(steps=300_000, log_every=100, eval_every=5_000, checkpoint_every=5_000)
