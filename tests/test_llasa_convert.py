@@ -14,7 +14,7 @@ import safetensors.numpy
 import torch
 import transformers
 
-from jaxspeech.convert import cli as convert_cli
+from jaxspeech.convert import cli as convert_cli, mapping
 from jaxspeech.llasa import convert
 from jaxspeech.workdir import Workdir
 from tests.helpers.llama import HF_CONFIGS, hf_llama, save_tokenizer
@@ -42,7 +42,7 @@ def to_old_config(path) -> None:
 
 
 def hf_tensors(path) -> dict[str, np.ndarray]:
-  state_dict, _ = convert.read_hf_weights(str(path))
+  state_dict, _ = mapping.read_hf_weights(str(path))
   return state_dict
 
 
@@ -84,7 +84,7 @@ def test_hf_to_workdir_to_hf_round_trip(name, old_config, shard, scan, tmp_path,
   save_tokenizer(src, HF_CONFIGS[name]["vocab_size"])
   if old_config:
     to_old_config(src)
-  assert os.path.exists(src / convert.WEIGHT_INDEX) == shard
+  assert os.path.exists(src / mapping.WEIGHT_INDEX) == shard
   flags = ["--scan-layers"] if scan else []
   code, out, err = run_inprocess(capsys, "--from", "hf", "--src", src, "--dst", tmp_path / "wd", *flags)
   assert code == 0, err

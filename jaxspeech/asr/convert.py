@@ -31,7 +31,6 @@ from jaxspeech.convert.workdir import Imported
 
 SOURCES = {"hf": "an HF ParakeetForCTC directory (config.json + model.safetensors or a sharded index)"}
 TARGETS = {"hf": "an HF directory for transformers.ParakeetForCTC.from_pretrained (config.json + model.safetensors)"}
-WEIGHT_INDEX = "model.safetensors.index.json"
 
 BATCHES_TRACKED = "num_batches_tracked"
 OURS_ONLY = ("vocab_size", "dtype", "remat")   # ASRConfig fields that are not ParakeetEncoderConfig's
@@ -189,39 +188,14 @@ def add_arguments(parser) -> None:
   g.add_argument("--dtype", default="float32", help="compute dtype in the workdir's model config (params float32)")
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  try:
-    return safetensors.numpy.load_file(path)
-  except Exception as e:  # pylint: disable=broad-except  (truncated or non-safetensors files)
-    raise ConversionError(f"cannot read {path}", [f"{type(e).__name__}: {str(e)[:200]}"]) from None
-
-
-def read_hf_weights(src: str) -> tuple[dict[str, np.ndarray], str]:
-  """(HF key -> array, the file read) of model.safetensors or the shards of model.safetensors.index.json."""
-  single, index = os.path.join(src, "model.safetensors"), os.path.join(src, WEIGHT_INDEX)
-  if os.path.exists(single):
-    return _load_safetensors(single), "model.safetensors"
-  if not os.path.exists(index):
-    raise ConversionError(f"HF directory {src}", [f"has neither model.safetensors nor {WEIGHT_INDEX}"])
-  state_dict = {}
-  for shard in sorted(set(_read_json(index)["weight_map"].values())):
-    state_dict.update(_load_safetensors(os.path.join(src, shard)))
-  return state_dict, WEIGHT_INDEX
-
-
 def import_checkpoint(source: str, src: str, args) -> Imported:
   """`jaxspeech convert asr --from hf`: the params and BatchNorm statistics of a ParakeetForCTC directory."""
   config_path = os.path.join(src, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"HF directory {src}", ["has no config.json"])
-  raw = _read_json(config_path)
+  raw = mapping.read_json(config_path)
   cfg = config_from_hf(raw, remat=args.remat, dtype=args.dtype)
-  state_dict, filename = read_hf_weights(src)
+  state_dict, filename = mapping.read_hf_weights(src)
   variables = from_torch(state_dict, cfg, f"{src}/{filename}")
   stats = set(batch_stat_paths(cfg))
   return Imported(model=dataclasses.asdict(cfg), params={k: v for k, v in variables.items() if k not in stats},

@@ -17,11 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxspeech import sharding
 from jaxspeech.asr import evaluate as scoring, text
 from jaxspeech.asr.model import ASRConfig, FastConformerCTC, output_lengths
 from jaxspeech.audio import features
-from jaxspeech.data import batching, pipeline
+from jaxspeech.data import pipeline, speech_text
 from jaxspeech.train.family import Family
 
 SAMPLE_RATE = 16_000
@@ -123,16 +122,6 @@ class AddPieces:
     return {**example, "text": pieces}
 
 
-def frame_budget(cfg, shard_count: int, row_multiple: int | None = None) -> batching.FrameBudget:
-  """Batches of about `data.frame_budget` 10 ms frames (over `shard_count` hosts), rows a multiple of
-  `row_multiple` (default: this host's devices) times `optim.accum_steps`."""
-  buckets = batching.Buckets(tuple(int(s * SAMPLE_RATE) // HOP * HOP for s in cfg.data.bucket_seconds))
-  return batching.FrameBudget(
-      cfg.data.frame_budget // shard_count, "audio", buckets, hop=HOP,
-      pad_extra={"text": batching.Buckets((cfg.data.max_text,))},
-      row_multiple=(row_multiple or jax.local_device_count()) * int(cfg.optim.accum_steps))
-
-
 def make_data(cfg, split, *, train, shard_index, shard_count):
   pipeline.require_speech(cfg.data.path, "the asr family", extra=("text",))
   pieces = tokenizer(cfg.data.tokenizer).vocab_size
@@ -141,25 +130,16 @@ def make_data(cfg, split, *, train, shard_index, shard_count):
                      f"CTC blank)")
   return pipeline.for_family(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
                              map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, features=AddPieces(cfg)),
-                             batching=frame_budget(cfg, shard_count))
+                             batching=speech_text.frame_budget(cfg, shard_count, SAMPLE_RATE, HOP))
 
 
 def batch_axes(cfg):
   del cfg
-  rows = ("activation_batch",)
-  return {"audio": rows + (None,), "audio_lengths": rows, "audio_mask": rows + (None,), "text": rows + (None,),
-          "text_lengths": rows, "text_mask": rows + (None,), "speaker_id": rows, "valid": rows}
+  return speech_text.AXES
 
 
 def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """The batch of the longest bucket (the most frames per row: the most activation memory)."""
-  budget = frame_budget(cfg, 1, max(sharding.shards("activation_batch"), jax.local_device_count()))
-  samples, pieces = budget.buckets.lengths[-1], cfg.data.max_text
-  rows, spec = budget.rows(samples), jax.ShapeDtypeStruct
-  return {"audio": spec((rows, samples), jnp.float32), "audio_mask": spec((rows, samples), jnp.bool_),
-          "text": spec((rows, pieces), jnp.int32), "text_mask": spec((rows, pieces), jnp.bool_),
-          **{k: spec((rows,), jnp.int32) for k in ("audio_lengths", "text_lengths", "speaker_id")},
-          "valid": spec((rows,), jnp.bool_)}
+  return speech_text.batch_shapes(cfg, SAMPLE_RATE, HOP)
 
 
 def train_flops(cfg) -> float:

@@ -10,8 +10,11 @@ through it, and any key either side does not account for, or any shape that does
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
+import json
+import os
 
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 
 
@@ -236,3 +239,35 @@ def to_hf(params: Mapping[str, np.ndarray], table: Table, shapes: Mapping[str, t
   return {key: np.ascontiguousarray(transform.to_hf(arrays[ours] if isinstance(ours, str)
                                                     else tuple(arrays[o] for o in ours)))
           for key, (ours, transform) in table.items()}
+
+
+WEIGHT_INDEX = "model.safetensors.index.json"
+
+
+def read_json(path: str):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
+  try:
+    return safetensors.numpy.load_file(path)
+  except Exception as e:  # pylint: disable=broad-except  (truncated or non-safetensors files)
+    raise ConversionError(f"cannot read {path}", [f"{type(e).__name__}: {str(e)[:200]}"]) from None
+
+
+def read_hf_weights(src: str) -> tuple[dict[str, np.ndarray], str]:
+  """(HF key -> array, the file read) of model.safetensors or the shards of model.safetensors.index.json."""
+  single, index = os.path.join(src, "model.safetensors"), os.path.join(src, WEIGHT_INDEX)
+  if os.path.exists(single):
+    return _load_safetensors(single), "model.safetensors"
+  if os.path.exists(index):
+    weight_map = read_json(index)["weight_map"]
+    state_dict = {}
+    for shard in sorted(set(weight_map.values())):
+      state_dict.update(_load_safetensors(os.path.join(src, shard)))
+    listed_only = sorted(weight_map.keys() - state_dict.keys())
+    if listed_only:
+      raise ConversionError(f"{index}", [f"lists {k}, which its shard does not hold" for k in listed_only])
+    return state_dict, WEIGHT_INDEX
+  raise ConversionError(f"HF directory {src}", [f"has neither model.safetensors nor {WEIGHT_INDEX}"])

@@ -11,9 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspeech import sharding
 from jaxspeech.audio import features
-from jaxspeech.data import batching, pipeline
+from jaxspeech.data import pipeline, speech_text
 from jaxspeech.dit import sample, vocab
 from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.dit.objective import Objective, flow_matching_loss
@@ -73,16 +72,6 @@ class AddText:
     return {**example, "text": vocab.encode(record["text"].decode(), self.tokens)}
 
 
-def frame_budget(cfg, shard_count: int, row_multiple: int | None = None) -> batching.FrameBudget:
-  """Batches of about `data.frame_budget` frames (over `shard_count` hosts), rows a multiple of `row_multiple`
-  (default: this host's devices) times `optim.accum_steps`, so every microbatch splits over the devices."""
-  buckets = batching.Buckets(tuple(int(s * SAMPLE_RATE) // HOP * HOP for s in cfg.data.bucket_seconds))
-  return batching.FrameBudget(
-      cfg.data.frame_budget // shard_count, "audio", buckets, hop=HOP,
-      pad_extra={"text": batching.Buckets((cfg.data.max_text,))},
-      row_multiple=(row_multiple or jax.local_device_count()) * int(cfg.optim.accum_steps))
-
-
 def make_data(cfg, split, *, train, shard_index, shard_count):
   pipeline.require_speech(cfg.data.path, "the dit family", extra=("text",))
   tokens = vocab.of_config(cfg)
@@ -91,25 +80,16 @@ def make_data(cfg, split, *, train, shard_index, shard_count):
                      f"{cfg.model.text_num_embeds}")
   return pipeline.for_family(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,
                              map_fn=pipeline.DecodeSpeech(SAMPLE_RATE, features=AddText(tokens)),
-                             batching=frame_budget(cfg, shard_count))
+                             batching=speech_text.frame_budget(cfg, shard_count, SAMPLE_RATE, HOP))
 
 
 def batch_axes(cfg):
-  rows = ("activation_batch",)
-  return {"audio": rows + (None,), "audio_lengths": rows, "audio_mask": rows + (None,), "text": rows + (None,),
-          "text_lengths": rows, "text_mask": rows + (None,), "speaker_id": rows, "valid": rows}
+  del cfg
+  return speech_text.AXES
 
 
 def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
-  """The batch of the longest bucket (the most frames per row: the most activation memory); under sharding rules
-  (the planner's), rows a multiple of the batch shards."""
-  budget = frame_budget(cfg, 1, max(sharding.shards("activation_batch"), jax.local_device_count()))
-  samples, text = budget.buckets.lengths[-1], cfg.data.max_text
-  rows, spec = budget.rows(samples), jax.ShapeDtypeStruct
-  return {"audio": spec((rows, samples), jnp.float32), "audio_mask": spec((rows, samples), jnp.bool_),
-          "text": spec((rows, text), jnp.int32), "text_mask": spec((rows, text), jnp.bool_),
-          **{k: spec((rows,), jnp.int32) for k in ("audio_lengths", "text_lengths", "speaker_id")},
-          "valid": spec((rows,), jnp.bool_)}
+  return speech_text.batch_shapes(cfg, SAMPLE_RATE, HOP)
 
 
 def train_flops(cfg) -> float:

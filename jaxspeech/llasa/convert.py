@@ -31,7 +31,6 @@ SOURCES = {"hf": "an HF LlamaForCausalLM directory (config.json + model.safetens
 TARGETS = {"hf": "an HF directory for transformers.AutoModelForCausalLM.from_pretrained"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "chat_template.jinja", "generation_config.json")
-WEIGHT_INDEX = "model.safetensors.index.json"
 
 LAYERS = (
     Rule("blocks.{i}.attn_norm.scale", "model.layers.{i}.input_layernorm.weight"),
@@ -166,35 +165,6 @@ def llama_to_hf_config(cfg: LlamaConfig, max_positions: int = 131_072) -> dict:
       "mlp_bias": False, "attention_dropout": 0.0, "dtype": "float32"}
 
 
-def _read_json(path: str):
-  with open(path) as f:
-    return json.load(f)
-
-
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  try:
-    return safetensors.numpy.load_file(path)
-  except Exception as e:  # pylint: disable=broad-except  (truncated or non-safetensors files)
-    raise ConversionError(f"cannot read {path}", [f"{type(e).__name__}: {str(e)[:200]}"]) from None
-
-
-def read_hf_weights(src: str) -> tuple[dict[str, np.ndarray], str]:
-  """(HF key -> array, the file read) of model.safetensors or the shards of model.safetensors.index.json."""
-  single, index = os.path.join(src, "model.safetensors"), os.path.join(src, WEIGHT_INDEX)
-  if os.path.exists(single):
-    return _load_safetensors(single), "model.safetensors"
-  if os.path.exists(index):
-    weight_map = _read_json(index)["weight_map"]
-    state_dict = {}
-    for shard in sorted(set(weight_map.values())):
-      state_dict.update(_load_safetensors(os.path.join(src, shard)))
-    listed_only = sorted(weight_map.keys() - state_dict.keys())
-    if listed_only:
-      raise ConversionError(f"{index}", [f"lists {k}, which its shard does not hold" for k in listed_only])
-    return state_dict, WEIGHT_INDEX
-  raise ConversionError(f"HF directory {src}", [f"has neither model.safetensors nor {WEIGHT_INDEX}"])
-
-
 def model_dict(cfg: LlamaConfig) -> dict:
   """config.json's "model" of a workdir holding `cfg`."""
   return dataclasses.asdict(cfg)
@@ -205,9 +175,9 @@ def import_checkpoint(source: str, src: str, args):
   config_path = os.path.join(src, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"HF directory {src}", ["has no config.json"])
-  raw = _read_json(config_path)
+  raw = mapping.read_json(config_path)
   cfg = hf_config_to_llama(raw, scan_layers=args.scan_layers, remat=args.remat, dtype=args.dtype)
-  state_dict, filename = read_hf_weights(src)
+  state_dict, filename = mapping.read_hf_weights(src)
   notes = []
   if cfg.tie_embeddings and "lm_head.weight" in state_dict:
     notes.append("tie_word_embeddings: lm_head.weight (a copy of the embedding) is not imported")
@@ -233,7 +203,7 @@ def write_safetensors(state_dict: dict[str, np.ndarray], dst: str, max_shard_byt
     names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     weight_map = {key: name for name, keys in zip(names, shards) for key in keys}
     total = sum(x.nbytes for x in state_dict.values())
-    with open(os.path.join(dst, WEIGHT_INDEX), "w") as f:
+    with open(os.path.join(dst, mapping.WEIGHT_INDEX), "w") as f:
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
   for name, keys in zip(names, shards):
     safetensors.numpy.save_file({k: state_dict[k] for k in keys}, os.path.join(dst, name), metadata={"format": "pt"})
