@@ -97,7 +97,9 @@ def write(rows: list[str]) -> None:
       "(chips × bf16 peak × estimated time); Pallas kernels (splash attention) are priced by bytes only, so "
       "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e "
       "step, and some others) the row has n/a; `roofline ms` (the compiler's FLOPs and HBM bytes at the chip's "
-      "peak rates) is a lower bound on any step.",
+      "peak rates) is a lower bound on any step. Presets missing from the table are not compiled yet: on a "
+      "2-core host a 1B-8B step takes the TPU compiler 6-25 minutes, and `codec_base_v5p64` over 45 (its "
+      "cost-model time is negative as well; docs/scale.md).",
       "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
       "est. MFU | roofline ms | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
       "| --- " * 15 + "|", *merged(rows, date)])
