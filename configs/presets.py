@@ -20,8 +20,8 @@ Memory per chip is the TPU compiler's, not a formula: `jaxspeech plan --topology
 preset's real step for the topology on any host, and `benchmarks/tpu_aot.py` tables every preset on v5p-8,
 v5p-64, v5e-16 and v6e-16 (benchmarks/RESULTS.md); a dash is a preset not compiled there yet. GPU presets are
 planned with `jaxspeech plan --mesh ... --device h100` (CPU compiler) or measured by benchmarks/gpu.py. MFU
-targets are what comparable MaxText runs publish (../shared/reference/model-specs.md: Llama2-7B at 492 TFLOP/s
-per H100 ≈ 50 %; 65 % on v5p; 45 % on v6e-256); they are targets, not measurements of these presets. Llasa
+targets are what comparable MaxText runs publish (its README's tables: Llama2-7B at 492 TFLOP/s per H100
+≈ 50 %; 65 % on v5p; 45 % on v6e-256); they are targets, not measurements of these presets. Llasa
 presets compute the cross-entropy 256 positions at a time (`llasa.loss_chunk`): on v5p the same estimated step
 time as the whole row with 12.5 GiB of temporaries instead of 23.
 
