@@ -197,3 +197,25 @@ def test_launcher_runs_as_a_script():
 def test_execute_stops_at_the_first_failure(tmp_path):
   assert common.execute([["true"], ["false"], ["touch", str(tmp_path / "after")]], dry_run=False) == 1
   assert not (tmp_path / "after").exists()
+
+
+def test_local_dry_run_prints_each_process_line_and_runs_nothing(tmp_path):
+  probe = [sys.executable, "-c", "import os, pathlib; pathlib.Path(os.environ['JAXSPEECH_PROCESS_ID']).touch(); "
+           "print(os.environ['JAXSPEECH_NUM_PROCESSES'], os.environ['XLA_FLAGS'])"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num-processes", "3",
+                           "--devices-per-process", "2", "--port", "4321", "--dry-run", "--", *probe],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+  assert result.returncode == 0, result.stderr
+  assert os.listdir(tmp_path) == []
+  lines = result.stdout.splitlines()
+  assert len(lines) == 3
+  for i, line in enumerate(lines):
+    argv = shlex.split(line)
+    assert argv[:6] == ["env", "JAX_PLATFORMS=cpu", "JAXSPEECH_COORDINATOR_ADDRESS=127.0.0.1:4321",
+                        "JAXSPEECH_NUM_PROCESSES=3", f"JAXSPEECH_PROCESS_ID={i}",
+                        "XLA_FLAGS=--xla_force_host_platform_device_count=2"]
+    assert argv[6:] == probe
+    ran = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert ran.stdout.split() == ["3", "--xla_force_host_platform_device_count=2"], ran.stderr
+  assert sorted(os.listdir(tmp_path)) == ["0", "1", "2"]
