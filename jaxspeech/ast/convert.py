@@ -30,12 +30,16 @@ from flax import nnx
 import safetensors.numpy
 
 from jaxspeech.ast import adapters
+from jaxspeech.ast import family as ast_family
 from jaxspeech.ast.model import AST, ASTConfig
+from jaxspeech.audio import features
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import (CONV2D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, QKV_BIAS, QKV_IN,
                                        ConversionError, Rule)
 from jaxspeech.ast.ssast import SSAST
 from jaxspeech.convert.workdir import Imported
+from jaxspeech.data import tfds_io
+from jaxspeech.workdir import Workdir
 
 PREFIX = "audio_spectrogram_transformer."
 
@@ -298,8 +302,8 @@ def add_arguments(parser) -> None:
                  help="transformers naming generation to write (default: the installed transformers'; "
                       "transformers 5 also reads 4)")
   g.add_argument("--labels", default=None,
-                 help="id2label: a JSON list or {id: label} file, or one label per line "
-                      "(default: the labels of an imported HF classifier, else LABEL_i)")
+                 help="id2label: a JSON list or {id: label} file, or one label per line (default: the labels of "
+                      "an imported HF classifier, else the speakers of the run's dataset, else LABEL_i)")
 
 
 def _model_dict(cfg: ASTConfig, task: str) -> dict:
@@ -482,8 +486,71 @@ def _labels(path: str | None, provenance: dict, num_classes: int) -> dict[int, s
   return labels
 
 
+def feature_settings(cfg: ASTConfig) -> dict:
+  """The fbank `jaxspeech.ast.family.fbank` feeds `cfg`'s model: `features.kaldi_fbank` at its defaults (25 ms
+  Hann frames every 10 ms), zero frames padded or cropped to `max_frames`, then `features.ast_normalize`."""
+  return {"sampling_rate": ast_family.SAMPLE_RATE, "frame_length_ms": 25.0, "frame_shift_ms": 10.0,
+          "window_type": "hanning", "num_mel_bins": cfg.num_mel_bins, "max_length": cfg.max_frames,
+          "mean": features.AST_MEAN, "std": features.AST_STD}
+
+
+# What ASTFeatureExtractor computes whatever its config says. Without torchaudio it frames 400 samples every 160
+# (FFT 512); with torchaudio, 25 ms every 10 ms: the two agree, and are ours, at 16 kHz only.
+HF_FIXED_FEATURES = {"sampling_rate": 16000, "frame_length_ms": 25.0, "frame_shift_ms": 10.0, "window_type": "hanning"}
+
+
+def preprocessor_config(settings: dict) -> dict:
+  """preprocessor_config.json of an `ASTFeatureExtractor` computing the fbank `settings` (`feature_settings`);
+  a setting it cannot represent is a ConversionError naming the field."""
+  problems = [f"{k}={settings[k]!r}: ASTFeatureExtractor computes {k}={v!r} only" for k, v in HF_FIXED_FEATURES.items()
+              if settings[k] != v]
+  if problems:
+    raise ConversionError("feature extractor (preprocessor_config.json)", problems)
+  return {"feature_extractor_type": "ASTFeatureExtractor", "feature_size": 1, "sampling_rate": settings["sampling_rate"],
+          "num_mel_bins": settings["num_mel_bins"], "max_length": settings["max_length"], "padding_value": 0.0,
+          "padding_side": "right", "do_normalize": True, "mean": settings["mean"], "std": settings["std"],
+          "return_attention_mask": False}
+
+
+def dataset_labels(config: dict) -> tuple[list[str] | None, str]:
+  """(the class names of the run's dataset, where they came from), or (None, why there are none).
+
+  The names are the dataset's `speaker_id` ClassLabel names, else its jaxspeech.json speakers (their index is
+  the `speaker_id` the family trains on).
+  """
+  path = (config.get("data") or {}).get("path")
+  if not path:
+    return None, "the workdir's config names no dataset"
+  if not os.path.exists(os.path.join(path, "dataset_info.json")):
+    return None, f"its dataset {path} is not here"
+  speaker_id = tfds_io.load(path).info.features["speaker_id"]
+  if getattr(speaker_id, "names", None):
+    return list(speaker_id.names), f"the speaker_id ClassLabel of {path}"
+  speakers = tfds_io.metadata(path).get("speakers")
+  if not speakers:
+    return None, f"its dataset {path} names no speakers"
+  return [s["name"] if isinstance(s, dict) else s for s in speakers], f"the speakers of {path}"
+
+
+def export_labels(args, checkpoint, num_classes: int) -> tuple[dict[int, str] | None, str]:
+  """(id2label, where it came from): --labels, else the run's dataset's names, else an imported HF classifier's;
+  (None, why) when there is none of them (HF then names them LABEL_i)."""
+  if args.labels:
+    return _labels(args.labels, {}, num_classes), args.labels
+  names, where = dataset_labels(Workdir(args.src).config)
+  if names is None:
+    labels = _labels(None, checkpoint.provenance, num_classes)
+    return (labels, "the imported HF classifier") if labels else (None, where)
+  if len(names) > num_classes:
+    raise ConversionError("id2label", [f"{where} are {len(names)}, more than the model's {num_classes} classes"])
+  # classes beyond the dataset's never had an example
+  names += [f"LABEL_{i}" for i in range(len(names), num_classes)]
+  return dict(enumerate(names)), where
+
+
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
-  """`jaxspeech convert ast --to hf`: writes config.json and model.safetensors into `dst`; lines to print.
+  """`jaxspeech convert ast --to hf`: writes config.json, model.safetensors and preprocessor_config.json (the
+  `ASTFeatureExtractor` of the run's fbank) into `dst`; lines to print.
 
   A classifier run becomes `ASTForAudioClassification`; an SSAST pretraining run its encoder as `ASTModel`
   (HF has no SSAST heads: `mask_embed`, `cpred` and `gpred` are left out, and the output says so). A BitFit
@@ -524,12 +591,17 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
     state_dict = to_hf_state_dict(mapping.unflatten(params), cfg, generation)
     hf_config = ast_to_hf_config(cfg)
     hf_config.architectures = ["ASTForAudioClassification"]
-    labels = _labels(args.labels, checkpoint.provenance, cfg.num_classes)
+    labels, where = export_labels(args, checkpoint, cfg.num_classes)
     if labels:
       hf_config.id2label, hf_config.label2id = labels, {v: k for k, v in labels.items()}
     lines.append(f"ASTForAudioClassification, {cfg.num_classes} labels"
-                 + ("" if labels else " (LABEL_i; name them with --labels)"))
+                 + (f" from {where}" if labels else f" (LABEL_i: {where}; name them with --labels)"))
+  extractor = preprocessor_config(feature_settings(cfg))
   hf_config.save_pretrained(dst)
+  with open(os.path.join(dst, "preprocessor_config.json"), "w") as f:
+    json.dump(extractor, f, indent=2)
+  lines.append(f"preprocessor_config.json: ASTFeatureExtractor, {extractor['sampling_rate']} Hz, "
+               f"{extractor['num_mel_bins']} mel bins, {extractor['max_length']} frames")
   safetensors.numpy.save_file(state_dict, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
   lines.append(f"{len(state_dict)} tensors in transformers {generation} names")
   return lines
