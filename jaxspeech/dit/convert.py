@@ -2,12 +2,16 @@
 
     jaxspeech convert dit --from f5 --src model_1250000.safetensors --dst WORKDIR [--config=configs/dit.py:base
         --config.model.heads=16 ...] [--vocab vocab.txt]
-    jaxspeech convert dit --to f5 --src WORKDIR --dst model.safetensors
+    jaxspeech convert dit --to f5 --src WORKDIR --dst DIR     (model.safetensors, vocab.txt, model.yaml)
+    jaxspeech convert dit --to f5 --src WORKDIR --dst model.safetensors     (the checkpoint alone)
 
 F5 checkpoints (`.pt`: `ema_model_state_dict` with `ema_model.transformer.*` keys plus `initted`/`step`, or
 `model_state_dict` with `transformer.*`; `.safetensors`: the EMA dict) do not record the model config, so
 the import takes one (`configs/dit.py:<size>` plus overrides) and checks every tensor's shape against it.
-Export writes the `.safetensors` EMA dict that f5-tts' `load_checkpoint` reads.
+Export writes the `.safetensors` EMA dict that f5-tts' `load_checkpoint` reads; into a directory, with the run's
+vocabulary as F5's vocab.txt and an F5 config yaml, so that `f5_tts.infer.utils_infer.load_model` builds and
+loads the model from them. The text embedding is cut to the vocabulary (F5 sizes it from vocab.txt): its rows
+past the vocabulary are never read, since our tokenizer maps unknown characters to 0, as F5's does.
 
 `rotary_embed.inv_freq` is a buffer, not a param: import checks it against the config's head size, export
 writes it. Conv1d weights (O, I/groups, K) become Flax kernels (K, I/groups, O); the AdaLN Linears' output
@@ -22,12 +26,14 @@ import os
 import numpy as np
 from flax import nnx
 import safetensors.numpy
+import yaml
 
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
 from jaxspeech.dit import modules
 from jaxspeech.dit.model import DiTConfig, build, config_from
-from jaxspeech.convert.workdir import Imported
+from jaxspeech.convert.workdir import Imported, staged
+from jaxspeech.dit import family as dit_family
 from jaxspeech.dit import vocab
 
 
@@ -151,8 +157,9 @@ def to_f5_state_dict(params, cfg: DiTConfig) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------------------- `jaxspeech convert dit`
 
 SOURCES = {"f5": "an F5-TTS checkpoint: .pt (ema_model_state_dict or model_state_dict) or .safetensors (EMA)"}
-TARGETS = {"f5": "a .safetensors file (the EMA dict) that f5-tts' load_checkpoint reads"}
-EXPORTS_FILE = True
+TARGETS = {"f5": "a directory for f5-tts' load_model (model.safetensors, vocab.txt, model.yaml); a --dst ending in "
+                 ".safetensors: that file alone (the EMA dict that f5-tts' load_checkpoint reads)"}
+EXPORTS_FILE = True  # this converter stages its output itself: a file or a directory
 DEFAULT_CONFIG = "configs/dit.py:base"
 # Keys of F5 checkpoints that hold no param: EMA bookkeeping, and mel buffers of old checkpoints.
 UNUSED = ("initted", "step", "mel_spec.mel_stft.mel_scale.fb", "mel_spec.mel_stft.spectrogram.window")
@@ -242,12 +249,59 @@ def import_checkpoint(source: str, src: str, args):
                   provenance={**provenance, "config": args.config}, notes=notes)
 
 
-def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
-  """`jaxspeech convert dit --to f5`: the EMA-style safetensors file at `dst`, written to a temporary sibling
-  and renamed."""
-  cfg = config_from(checkpoint.model)
-  state_dict = {f"ema_model.transformer.{k}": v for k, v in to_f5_state_dict(checkpoint.params, cfg).items()}
-  state_dict.update(initted=np.asarray(True), step=np.asarray(checkpoint.step, np.int64))
+EMBEDDING = "embed.text_embed.embed.embedding"
+CHECKPOINT, VOCAB, CONFIG = "model.safetensors", "vocab.txt", "model.yaml"
+# The mel that f5-tts' load_model builds its CFM with, whatever the config says (utils_infer's module constants).
+F5_MEL = {"target_sample_rate": 24000, "n_mel_channels": 100, "hop_length": 256, "win_length": 1024, "n_fft": 1024,
+          "mel_spec_type": "vocos"}
+
+
+def mel_spec(cfg: DiTConfig) -> dict:
+  """The log-mel the dit family trains on (`jaxspeech.dit.family.mel`: `features.log_mel` at its defaults, F5's
+  Vocos mel) in F5's `model.mel_spec` names."""
+  return {"target_sample_rate": dit_family.SAMPLE_RATE, "n_mel_channels": cfg.mel_dim, "hop_length": dit_family.HOP,
+          "win_length": 1024, "n_fft": 1024, "mel_spec_type": "vocos"}
+
+
+def f5_arch(cfg: DiTConfig) -> dict:
+  """F5's `model.arch`: the DiT / UNetT keyword arguments besides mel_dim and text_num_embeds, which load_model
+  passes itself (from its mel constants and vocab.txt)."""
+  arch = dict(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, dim_head=cfg.dim_head, ff_mult=cfg.ff_mult,
+              text_dim=cfg.text_dim, text_mask_padding=cfg.text_mask_padding, qk_norm=None,
+              conv_layers=cfg.conv_layers, pe_attn_head=cfg.rope_heads or None, attn_backend="torch",
+              attn_mask_enabled=cfg.key_mask)
+  if cfg.backbone == "unett":
+    return {**arch, "skip_connect_type": cfg.skip_connect}
+  return {**arch, "checkpoint_activations": False}
+
+
+def f5_config(cfg: DiTConfig, name: str, vocab_path: str) -> dict:
+  """An F5 config in the layout of f5_tts/configs/F5TTS_v1_Base.yaml (its `model` section)."""
+  return {"model": {"name": name, "tokenizer": "custom", "tokenizer_path": vocab_path,
+                    "backbone": "DiT" if cfg.backbone == "dit" else "UNetT", "arch": f5_arch(cfg),
+                    "mel_spec": mel_spec(cfg), "vocoder": {"is_local": False, "local_path": None}}}
+
+
+def export_problems(cfg: DiTConfig, tokens: list[str]) -> list[str]:
+  """What load_model with this vocabulary cannot build as our model, one line each, naming the field."""
+  problems = [f"{'mel_dim' if k == 'n_mel_channels' else k}={v!r}: f5-tts' load_model builds {k}={F5_MEL[k]!r}"
+              for k, v in mel_spec(cfg).items() if v != F5_MEL[k]]
+  if len(tokens) > cfg.text_num_embeds:
+    problems.append(f"text_num_embeds={cfg.text_num_embeds}: the run's vocabulary has {len(tokens)} tokens")
+  bad = sorted({t for t in tokens if tokens.count(t) > 1 or "\n" in t}, key=tokens.index)
+  if bad:
+    problems.append(f"vocabulary tokens {bad!r}: F5's vocab.txt holds one distinct token per line")
+  return problems
+
+
+def ema_state_dict(params: dict, cfg: DiTConfig, step: int) -> dict[str, np.ndarray]:
+  """The `.safetensors` EMA dict f5-tts' load_checkpoint reads."""
+  state_dict = {f"ema_model.transformer.{k}": v for k, v in to_f5_state_dict(params, cfg).items()}
+  return {**state_dict, "initted": np.asarray(True), "step": np.asarray(step, np.int64)}
+
+
+def _write_file(dst: str, state_dict: dict) -> None:
+  """`state_dict` at `dst`, written to a temporary sibling and renamed."""
   tmp = f"{dst}.converting-{os.getpid()}"
   try:
     safetensors.numpy.save_file(state_dict, tmp)
@@ -255,4 +309,31 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-  return [f"{len(state_dict) - 2} tensors as ema_model.transformer.* (+ initted, step) for {cfg.backbone}"]
+
+
+def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
+  """`jaxspeech convert dit --to f5`: a directory f5-tts' load_model reads (model.safetensors, vocab.txt,
+  model.yaml), or with a `.safetensors` dst that file alone; staged in a temporary sibling and renamed."""
+  cfg = config_from(checkpoint.model)
+  if dst.endswith(".safetensors"):
+    state_dict = ema_state_dict(checkpoint.params, cfg, checkpoint.step)
+    _write_file(dst, state_dict)
+    return [f"{len(state_dict) - 2} tensors as ema_model.transformer.* (+ initted, step) for {cfg.backbone}"]
+  tokens = vocab.of_workdir(args.src, {"model": checkpoint.model})
+  problems = export_problems(cfg, tokens)
+  if problems:
+    raise ConversionError(f"workdir model {checkpoint.model} as an f5-tts load_model directory", problems)
+  exported = dataclasses.replace(cfg, text_num_embeds=len(tokens))
+  params = {**checkpoint.params, EMBEDDING: checkpoint.params[EMBEDDING][:len(tokens) + 1]}
+  state_dict = ema_state_dict(params, exported, checkpoint.step)
+  name = os.path.basename(os.path.normpath(os.path.abspath(args.src)))
+  config = f5_config(exported, name, os.path.join(os.path.abspath(dst), VOCAB))
+  with staged(dst) as tmp:
+    safetensors.numpy.save_file(state_dict, os.path.join(tmp, CHECKPOINT))
+    vocab.write(os.path.join(tmp, VOCAB), tokens)
+    with open(os.path.join(tmp, CONFIG), "w") as f:
+      yaml.safe_dump(config, f, sort_keys=False)
+  return [f"{CHECKPOINT}: {len(state_dict) - 2} tensors as ema_model.transformer.* (+ initted, step)",
+          f"{VOCAB}: the run's {len(tokens)} tokens; the text embedding cut from {cfg.text_num_embeds} + 1 rows "
+          f"to {len(tokens)} + 1",
+          f"{CONFIG}: F5's config layout, backbone {config['model']['backbone']}, mel_spec_type vocos"]
