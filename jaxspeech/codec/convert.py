@@ -1,7 +1,10 @@
-"""X-codec2 checkpoints (the `xcodec2` package's module names) in and out of codec workdirs.
+"""X-codec2 checkpoints (the `xcodec2` package's module names) in and out of codec workdirs; `hf`, transformers'
+own Xcodec2Model, is `jaxspeech.codec.hf`'s layout, dispatched here.
 
     jaxspeech convert codec --from xcodec2 --src CKPT --dst WORKDIR [--w2vbert W2V_BERT_DIR]
     jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR        (DIR/model.safetensors)
+    jaxspeech convert codec --from hf --src HF_DIR --dst WORKDIR
+    jaxspeech convert codec --to hf --src WORKDIR --dst HF_DIR          (Xcodec2Model.from_pretrained(HF_DIR))
 
 CKPT is a safetensors file, or a directory holding `model.safetensors` (HKUSTAudio/xcodec2's release).
 Keys: `CodecEnc.*` (CodecEncoder_Transformer), `generator.{quantizer,backbone,head}.*` (CodecDecoderVocos),
@@ -28,7 +31,7 @@ import safetensors.numpy
 import ml_collections
 
 from jaxspeech.audio.istft import hann_window
-from jaxspeech.codec import sizes
+from jaxspeech.codec import hf, sizes
 from jaxspeech.codec.encoder import LOWPASS
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
@@ -51,6 +54,7 @@ GAIN = Transform(gain_to_torch, gain_from_torch)
 # Weight-norm key suffixes: (g, v) as torch.nn.utils.parametrizations.weight_norm, and as the older weight_norm.
 WEIGHT_NORM = {"parametrizations": ("parametrizations.weight.original0", "parametrizations.weight.original1"),
                "legacy": ("weight_g", "weight_v")}
+XCODEC2_LEVELS = [4] * 8
 NOT_IMPORTED = {"semantic_model.": "w2v-BERT 2.0 (import it from its Hugging Face directory with --w2vbert)",
                 "discriminator.": "the multi-period discriminator (generator-only import)",
                 "spec_discriminator.": "the STFT discriminator (generator-only import)"}
@@ -200,8 +204,27 @@ def from_state_dict(state_dict, cfg, what: str = "xcodec2 state dict") -> tuple[
   return name, mapping.from_hf(params, chosen.table(), param_shapes(cfg), f"{what} ({name})")
 
 
+def xcodec2_problems(cfg) -> list[str]:
+  """Every field of `cfg` that the xcodec2 modules (CodecDecoderVocos, ResidualFSQ) hard-code otherwise."""
+  out = []
+  if cfg.decoder.norm_groups != hf.NORM_GROUPS:
+    out.append(f"decoder.norm_groups {cfg.decoder.norm_groups}: xcodec2's GroupNorm (Normalize) has {hf.NORM_GROUPS} "
+               "groups")
+  if cfg.decoder.n_fft != 4 * cfg.decoder.hop:
+    out.append(f"decoder.n_fft {cfg.decoder.n_fft}: CodecDecoderVocos's is 4 × hop = {4 * cfg.decoder.hop}")
+  if list(cfg.fsq.levels) != XCODEC2_LEVELS:
+    out.append(f"fsq.levels {list(cfg.fsq.levels)}: CodecDecoderVocos's ResidualFSQ has {XCODEC2_LEVELS}")
+  if cfg.decoder.input_channels != cfg.decoder.dim:
+    out.append(f"decoder.input_channels {cfg.decoder.input_channels} != decoder.dim {cfg.decoder.dim}: "
+               "VocosBackbone's embed keeps its width")
+  return out
+
+
 def to_state_dict(params: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
   """The xcodec2 state dict (parametrizations weight norm, buffers included) of our dotted-path params."""
+  problems = xcodec2_problems(cfg)
+  if problems:
+    raise ConversionError("codec config (the xcodec2 modules cannot represent it)", problems)
   chosen = layout(cfg)
   state_dict = mapping.to_hf(params, chosen.table(), param_shapes(cfg), f"codec params for {cfg.to_dict()}")
   return {**state_dict, **chosen.constants}
@@ -210,8 +233,10 @@ def to_state_dict(params: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- `jaxspeech convert codec`
 
 SOURCES = {"xcodec2": "an xcodec2 checkpoint: a .safetensors file, or a directory with model.safetensors "
-                      "(HKUSTAudio/xcodec2, or a training checkpoint's state dict saved as safetensors)"}
-TARGETS = {"xcodec2": "a directory with model.safetensors in the xcodec2 package's key names and config.json"}
+                      "(HKUSTAudio/xcodec2, or a training checkpoint's state dict saved as safetensors)",
+           "hf": "a transformers Xcodec2Model directory (config.json, model.safetensors), as save_pretrained writes it"}
+TARGETS = {"xcodec2": "a directory with model.safetensors in the xcodec2 package's key names and config.json",
+           "hf": "a transformers Xcodec2Model directory: Xcodec2Model.from_pretrained(DIR) loads it"}
 
 
 def add_arguments(parser) -> None:
@@ -297,8 +322,9 @@ def _read_safetensors(src: str) -> tuple[dict, str]:
 
 
 def import_checkpoint(source: str, src: str, args):
-  """`jaxspeech convert codec --from xcodec2`: a `jaxspeech.convert.workdir.Imported`."""
-  del source   # xcodec2 is the only one
+  """`jaxspeech convert codec --from xcodec2|hf`: a `jaxspeech.convert.workdir.Imported`."""
+  if source == "hf":
+    return _import_hf(src)
   state_dict, path = _read_safetensors(src)
   config_path = os.path.join(os.path.dirname(path), "config.json")
   saved = {}
@@ -334,9 +360,42 @@ def _import_w2vbert(cfg, src: str, layers: int) -> dict[str, np.ndarray]:
   return params
 
 
+def _import_hf(src: str):
+  config_path = os.path.join(src, "config.json")
+  if not os.path.isfile(config_path):
+    raise ConversionError(f"Xcodec2Model directory {src}", ["has no config.json"])
+  hf_config = mapping.read_json(config_path)
+  if hf_config.get("model_type") != "xcodec2":
+    raise ConversionError(config_path, [f"model_type {hf_config.get('model_type')!r}, not 'xcodec2'"])
+  cfg = hf.config_from_hf(hf_config)
+  state_dict, name = mapping.read_hf_weights(src)
+  params = hf.from_state_dict(state_dict, cfg, f"Xcodec2Model checkpoint {src}")
+  notes = ["Xcodec2Model has no fc_post_s or SemanticDecoder_module: they start from their initialisation"]
+  return Imported(model=cfg.to_dict(), params=params, provenance={"layout": "Xcodec2Model (transformers)",
+                                                                   "file": name}, notes=notes)
+
+
+def _export_hf(checkpoint, dst: str) -> list[str]:
+  """`--to hf`: config.json (Xcodec2Config) and model.safetensors, w2v-BERT included, in `dst`."""
+  cfg = ml_collections.ConfigDict(checkpoint.model)
+  config = hf.hf_config(cfg)
+  ours = hf.param_shapes(cfg)
+  left_out = sorted({k.split(".")[0] for k in checkpoint.params if k not in ours or k.startswith(hf.NOT_EXPORTED)})
+  state_dict = hf.to_state_dict({k: v for k, v in checkpoint.params.items() if k in ours}, cfg)
+  safetensors.numpy.save_file(state_dict, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+  with open(os.path.join(dst, "config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  lines = [f"{len(state_dict)} tensors in Xcodec2Model names (weight norm folded into the encoder's convs)"]
+  if left_out:
+    lines.append(f"left out (Xcodec2Model has no such part): {', '.join(left_out)}")
+  return lines
+
+
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
-  """`jaxspeech convert codec --to xcodec2`: model.safetensors and config.json in `dst`; lines to print."""
-  del target, args
+  """`jaxspeech convert codec --to xcodec2|hf`: model.safetensors and config.json in `dst`; lines to print."""
+  del args
+  if target == "hf":
+    return _export_hf(checkpoint, dst)
   cfg = ml_collections.ConfigDict(checkpoint.model)
   if cfg.semantic.get("w2vbert"):   # left out: a re-import takes it with --w2vbert again
     cfg.semantic.w2vbert = None
