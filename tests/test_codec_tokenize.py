@@ -128,3 +128,21 @@ def test_eval_reports_every_metric(codec_workdir, small_corpus, capsys):
   assert result["utterances"] == 2
   assert result["mel_distance"] > 0 and 0 <= result["stoi"] <= 1 and -1 <= result["pesq"] <= 4.7
   assert 0 < result["codebook_usage"] <= 1 and 1 <= result["codebook_perplexity"] <= 4 ** 8
+
+
+@pytest.mark.slow
+def test_encode_shows_progress_and_ends_with_a_summary(codec_workdir, small_corpus, tmp_path, capsys):
+  out = str(tmp_path / "codes" / "1.0.0")
+  os.makedirs(out + ".parts")  # validation's first utterance was encoded by an earlier, killed run
+  np.savez(os.path.join(out + ".parts", "validation-00000.npz"), codes=np.arange(5, dtype=np.int32),
+           counts=np.array([5]), durations=np.array([0.1], np.float32))
+  assert cli.main(["codec", "encode", "--workdir", codec_workdir, "--data-dir", small_corpus, "--out", out,
+                   "--splits", "validation", "--chunk", "1", "--per-device", "1"]) == 0
+  captured = capsys.readouterr()
+  bar = captured.err.replace("\r", "\n")
+  assert " 1/2 " in bar and " 2/2 " in bar and "utt/s" in bar, captured.err  # resumed at 1, then done
+  second = tfds_io.data_source(out, "validation")[1]
+  summary = [line for line in captured.out.splitlines() if line.startswith("codec encode:")]
+  assert summary == [f"codec encode: 1 utterances, {second['duration']:.1f} s of audio, {len(second['codes'])} codes "
+                     f"written in {summary[0].split(' written in ')[1].split(' s ')[0]} s "
+                     "(1 utterances already encoded by an earlier run)"], captured.out

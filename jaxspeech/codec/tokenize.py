@@ -7,11 +7,13 @@ over its own devices) and saves each finished chunk as `OUT.parts/<split>-<chunk
 name, then renamed). A rerun skips the chunks already saved, so a killed job resumes where it stopped. Once
 every chunk exists, process 0 writes the dataset (staged, then renamed into place by `tfds_io`) and the parts
 are removed. The output keeps each utterance's id, transcript, speaker and language, and adds its duration
-(seconds) and `codes` (int32, 50 per second for X-codec2).
+(seconds) and `codes` (int32, 50 per second for X-codec2). Process 0 shows a progress bar over its utterances
+(the trainer's, with the rate and the time left) and ends with a one-line summary.
 """
 
 import os
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -21,6 +23,7 @@ from jax.experimental import multihost_utils
 from jaxspeech.codec import family, inference
 from jaxspeech.codec.model import Codec
 from jaxspeech.data import tfds_io
+from jaxspeech.train import metrics
 from jaxspeech.workdir import Workdir
 
 KEPT = ("id", "text", "speaker", "speaker_id", "language")
@@ -48,7 +51,7 @@ def _chunk_path(parts: str, split: str, index: int) -> str:
   return os.path.join(parts, f"{split}-{index:05d}.npz")
 
 
-def _encode_chunk(codec, sample_rate, hop, records, per_device: int, bucket: int) -> dict[str, np.ndarray]:
+def _encode_chunk(codec, sample_rate, hop, records, per_device: int, bucket: int, bar) -> dict[str, np.ndarray]:
   """{"codes": all codes concatenated, "counts": codes per record, "durations": seconds per record}."""
   wavs = [inference.decode_audio(r, sample_rate) for r in records]
   codes, counts = [], []
@@ -58,6 +61,7 @@ def _encode_chunk(codec, sample_rate, hop, records, per_device: int, bucket: int
       if length:
         counts.append(-(-int(length) // hop))
         codes.append(row[:counts[-1]])
+        bar.update(1)
   return {"codes": np.concatenate(codes).astype(np.int32), "counts": np.array(counts, np.int64),
           "durations": np.array([len(w) / sample_rate for w in wavs], np.float32)}
 
@@ -65,6 +69,7 @@ def _encode_chunk(codec, sample_rate, hop, records, per_device: int, bucket: int
 def encode_dataset(workdir: str, data_dir: str, out: str, *, splits: list[str] | None = None, chunk: int = 64,
                    per_device: int = 4, bucket_seconds: float = 1.0) -> str:
   """Writes the codes of every record of `splits` (default: all) of `data_dir` as a TFDS dataset at `out`."""
+  start = time.monotonic()
   tfds_io.check_dataset_path(out)
   codec, sample_rate, hop = load_codec(workdir)
   bucket = max(int(bucket_seconds * sample_rate) // hop, 1) * hop
@@ -73,16 +78,26 @@ def encode_dataset(workdir: str, data_dir: str, out: str, *, splits: list[str] |
   parts = os.path.abspath(out) + ".parts"
   os.makedirs(parts, exist_ok=True)
   sizes = {s: info.splits[s].num_examples for s in splits}
+  mine = {s: list(range(jax.process_index(), -(-sizes[s] // chunk), jax.process_count())) for s in splits}
+  rows = lambda s, index: min((index + 1) * chunk, sizes[s]) - index * chunk
+  saved = sum(rows(s, i) for s in splits for i in mine[s] if os.path.exists(_chunk_path(parts, s, i)))
+  bar = metrics.progress_bar(sum(rows(s, i) for s in splits for i in mine[s]), saved, unit="utt",
+                             disable=jax.process_index() != 0)
+  encoded = {"utterances": 0, "seconds": 0.0, "codes": 0}
   for split in splits:
     source = tfds_io.data_source(data_dir, split)
-    for index in range(jax.process_index(), -(-sizes[split] // chunk), jax.process_count()):
+    for index in mine[split]:
       path = _chunk_path(parts, split, index)
       if os.path.exists(path):
         continue
-      records = [source[i] for i in range(index * chunk, min((index + 1) * chunk, sizes[split]))]
-      arrays = _encode_chunk(codec, sample_rate, hop, records, per_device, bucket)
+      records = [source[i] for i in range(index * chunk, index * chunk + rows(split, index))]
+      arrays = _encode_chunk(codec, sample_rate, hop, records, per_device, bucket, bar)
       np.savez(path + ".tmp.npz", **arrays)
       os.replace(path + ".tmp.npz", path)
+      encoded["utterances"] += len(records)
+      encoded["seconds"] += float(arrays["durations"].sum())
+      encoded["codes"] += int(arrays["counts"].sum())
+  bar.close()
   multihost_utils.sync_global_devices("codec encode: every chunk saved")
   if jax.process_index() == 0:
     metadata = {**tfds_io.metadata(data_dir), "source": os.path.abspath(data_dir), "codec": os.path.abspath(workdir),
@@ -91,8 +106,18 @@ def encode_dataset(workdir: str, data_dir: str, out: str, *, splits: list[str] |
     tfds_io.write_dataset(out, FEATURES, {s: _examples(data_dir, s, sizes[s], parts, chunk) for s in splits},
                           description=f"codes of {data_dir} by the codec in {workdir}", metadata=metadata)
     shutil.rmtree(parts)
+    print(summary(encoded, saved, time.monotonic() - start, jax.process_count()))
   multihost_utils.sync_global_devices("codec encode: dataset written")
   return out
+
+
+def summary(encoded: dict, resumed: int, wall_s: float, hosts: int) -> str:
+  """The job's last line: what this host encoded (utterances, seconds of audio, codes written), in what time."""
+  line = (f"codec encode: {encoded['utterances']:,} utterances, {encoded['seconds']:,.1f} s of audio, "
+          f"{encoded['codes']:,} codes written in {wall_s:,.1f} s")
+  notes = ([f"{resumed:,} utterances already encoded by an earlier run"] if resumed else []) + (
+      [f"process 0 of {hosts}"] if hosts > 1 else [])
+  return line + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def _examples(data_dir: str, split: str, size: int, parts: str, chunk: int):

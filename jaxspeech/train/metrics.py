@@ -2,12 +2,13 @@
 
 import json
 import math
-import os
 import sys
 
 import jax
 import tensorboardX
 import tqdm
+
+from jaxspeech import storage
 
 # Dense bf16 peak FLOP/s per chip, from the vendors' spec sheets, by `device_kind` prefix.
 PEAK_BF16_FLOPS = {
@@ -41,21 +42,50 @@ def utilisation(flops_per_step: float, step_time: float, devices: list[jax.Devic
   return out
 
 
-def _truncate_after(path: str, step: int) -> None:
-  """Drops the lines of metrics.jsonl whose step is past `step` (and a torn last line)."""
-  if not os.path.exists(path):
-    return
+def progress_bar(total: int, initial: int = 0, unit: str = "step", disable: bool = False) -> tqdm.tqdm:
+  """The progress bar training shows on stderr: done of `total` `unit`s, the rate and the time left."""
+  return tqdm.tqdm(total=total, initial=initial, unit=unit, dynamic_ncols=True, mininterval=1.0, file=sys.stderr,
+                   disable=disable)
+
+
+def _kept(path: str, step: int) -> list[str]:
+  """The lines of metrics.jsonl up to `step`: what an earlier run wrote past it, and a torn last line, dropped."""
+  if not storage.exists(path):
+    return []
   kept = []
-  with open(path) as f:
-    for line in f:
-      try:
-        if json.loads(line)["step"] <= step:
-          kept.append(line)
-      except (ValueError, KeyError):
-        continue
-  with open(path + ".tmp", "w") as f:
-    f.writelines(kept)
-  os.replace(path + ".tmp", path)
+  for line in storage.read_text(path).splitlines(keepends=True):
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError):
+      continue
+  return kept
+
+
+class _Lines:
+  """metrics.jsonl opened for appending: a local file, or on a bucket (whose objects cannot be appended to) the
+  whole object rewritten at each flush."""
+
+  def __init__(self, path: str, lines: list[str]):
+    self.path, self.remote = path, storage.is_remote(path)
+    self.lines = list(lines)
+    self.file = None if self.remote else open(path, "a")
+
+  def write(self, line: str) -> None:
+    if self.remote:
+      self.lines.append(line)
+    else:
+      self.file.write(line)
+
+  def flush(self) -> None:
+    if self.remote:
+      storage.write_text(self.path, "".join(self.lines))
+    else:
+      self.file.flush()
+
+  def close(self) -> None:
+    if self.file is not None:
+      self.file.close()
 
 
 class Writer:
@@ -69,12 +99,12 @@ class Writer:
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
-    path = os.path.join(workdir, "metrics.jsonl")
-    _truncate_after(path, initial_step)
-    self.tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=initial_step + 1)
-    self.jsonl = open(path, "a")
-    self.bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True,
-                         mininterval=1.0, file=sys.stderr)
+    path = storage.join(workdir, "metrics.jsonl")
+    kept = _kept(path, initial_step)
+    storage.write_text(path, "".join(kept))
+    self.tb = tensorboardX.SummaryWriter(storage.join(workdir, "tb"), purge_step=initial_step + 1)
+    self.jsonl = _Lines(path, kept)
+    self.bar = progress_bar(total_steps, initial_step)
 
   def advance(self, step: int) -> None:
     if self.enabled:
