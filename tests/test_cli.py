@@ -2,6 +2,7 @@
 input is one line."""
 
 import argparse
+import time
 
 import pytest
 
@@ -55,3 +56,40 @@ def test_bad_input_is_one_line(argv, says, capsys):
   assert cli.main(argv) == 2
   err = capsys.readouterr().err
   assert err.startswith(says) and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("words, flags", [
+    (("plan",), ["--config FILE.py[:VARIANT]", "--mesh MESH", "--topology TOPOLOGY", "--device", "--json",
+                 "--extrapolate"]),
+    (("train",), ["--config FILE.py[:VARIANT]", "--workdir WORKDIR", "--num_processes", "--verbosity"]),
+    (("eval",), ["--config FILE.py[:VARIANT]", "--workdir WORKDIR", "--verbosity"]),
+], ids=lambda v: " ".join(v) if isinstance(v, tuple) else "")
+def test_help_of_the_main_commands_shows_their_flags(words, flags, capsys):
+  assert cli.main([*words, "--help"]) == 0
+  out = capsys.readouterr().out
+  assert [f for f in flags if f not in out] == [], out
+
+
+def test_unknown_config_field_is_one_clean_line(tmp_path, capsys):
+  assert cli.main(["train", "--config=configs/ast.py:tiny", f"--workdir={tmp_path / 'run'}",
+                   "--config.train.nope=1"]) == 2
+  err = capsys.readouterr().err
+  assert err == "jaxspeech train: error: no config field '--config.train.nope' in the config file\n", err
+  assert not (tmp_path / "run").exists()
+
+
+def test_convert_names_an_unknown_flag_before_the_missing_ones(capsys):
+  with pytest.raises(SystemExit) as e:  # the family's own parser exits, as `jaxspeech convert` does
+    cli.main(["convert", "ast", "--too", "hf"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.splitlines()[-1] == "jaxspeech convert ast: error: unrecognized arguments: --too", err
+
+
+def test_plan_refuses_a_bad_mesh_at_once(capsys):
+  start = time.monotonic()
+  assert cli.main(["plan", "--config=configs/ast.py:tiny", "--mesh", "fsdb=2"]) == 2
+  took = time.monotonic() - start
+  err = capsys.readouterr().err
+  assert err.startswith("jaxspeech plan: error: --mesh takes axis=size pairs") and "'fsdb=2'" in err, err
+  assert len(err.strip().splitlines()) == 1 and took < 5, (took, err)

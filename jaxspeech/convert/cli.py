@@ -94,6 +94,10 @@ def _run(family: str, argv: list[str]) -> int:
     _print_error(e)
     return 2
   parser = family_parser(family, module)
+  unknown = [a for a in argv if a.startswith("--") and not any(
+      o.startswith(a.split("=")[0]) for o in parser._option_string_actions)]  # pylint: disable=protected-access
+  if unknown:  # before argparse's own complaint about a missing --src or --to, which would hide the typo
+    parser.error(f"unrecognized arguments: {' '.join(unknown)}")
   args = parser.parse_args(argv)
   if args.source and (args.step is not None or args.best or args.weights != "auto"):
     parser.error("--step, --best and --weights apply to --to only")
