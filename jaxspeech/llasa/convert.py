@@ -6,7 +6,12 @@
 Import reads config.json in either generation (transformers 5 `rope_parameters`, or the older top-level
 `rope_theta` + `rope_scaling`) and model.safetensors, or shards listed by model.safetensors.index.json.
 Export writes config.json (transformers 5 layout), safetensors (sharded with an index above --max-shard-gb),
-and the tokenizer files of --tokenizer, by default of the HF directory the workdir was imported from.
+and a tokenizer. A workdir trained on a sentencepiece model (its config's `llasa.tokenizer`, or
+`--tokenizer FILE.model`) gets that model as an HF fast tokenizer in our Llasa id layout
+(`jaxspeech.text.hf_tokenizer`: text ids as sentencepiece gives them, `<|reserved_N|>` up to
+`llasa.text_vocab_size`, the 8 specials, the `<|s_N|>` codes) and a generation_config.json that stops at
+<|SPEECH_GENERATION_END|> with jaxspeech's sampling defaults. `--tokenizer DIR` copies that directory's
+tokenizer files instead; an imported workdir copies those of the HF directory it came from.
 
 q/k layout: HF's q_proj/k_proj rows are already in the "rotate half" RoPE layout (dims i and i + K/2 of a
 head form a rotation pair; HF's Meta-to-HF script permuted Meta's interleaved pairs into it), and our
@@ -24,8 +29,12 @@ import safetensors.numpy
 
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
-from jaxspeech.llasa.model import Llama, LlamaConfig
 from jaxspeech.convert.workdir import Imported
+from jaxspeech.llasa import generate
+from jaxspeech.llasa.model import Llama, LlamaConfig
+from jaxspeech.llasa.vocab import NUM_SPEECH_TOKENS, SPECIAL_TOKENS, LlasaVocab
+from jaxspeech.text import hf_tokenizer, spm
+from jaxspeech.workdir import Workdir
 
 SOURCES = {"hf": "an HF LlamaForCausalLM directory (config.json + model.safetensors or a sharded index)"}
 TARGETS = {"hf": "an HF directory for transformers.AutoModelForCausalLM.from_pretrained"}
@@ -210,6 +219,67 @@ def write_safetensors(state_dict: dict[str, np.ndarray], dst: str, max_shard_byt
   return names
 
 
+def export_vocab(cfg: LlamaConfig, llasa: dict) -> LlasaVocab:
+  """The Llasa id layout of a workdir (its config's `llasa` section; without one, 65,536 codes after the
+  text ids, as `jaxspeech llasa synthesize` reads it); refused unless it spans exactly `model.vocab_size`."""
+  speech = int(llasa.get("num_speech_tokens", NUM_SPEECH_TOKENS))
+  vocab = LlasaVocab(int(llasa.get("text_vocab_size", cfg.vocab_size - len(SPECIAL_TOKENS) - speech)), speech)
+  if vocab.size != cfg.vocab_size:
+    raise ConversionError("the Llasa vocabulary", [
+        f"llasa.text_vocab_size={vocab.text_vocab_size} + {len(SPECIAL_TOKENS)} specials + llasa.num_speech_tokens="
+        f"{speech} is {vocab.size} ids, but model.vocab_size={cfg.vocab_size}"])
+  return vocab
+
+
+def generation_config(vocab: LlasaVocab) -> dict:
+  """generation_config.json: stop at <|SPEECH_GENERATION_END|>, sample as `jaxspeech llasa synthesize` does."""
+  end, sampling = vocab.special("SPEECH_GENERATION_END"), generate.Sampling()
+  return {"eos_token_id": end, "pad_token_id": end, "do_sample": True, "temperature": sampling.temperature,
+          "top_k": sampling.top_k, "top_p": sampling.top_p, "repetition_penalty": sampling.repetition_penalty}
+
+
+def write_tokenizer(spm_path: str, vocab: LlasaVocab, dst: str, field: str) -> list[str]:
+  """The sentencepiece model at `spm_path` (named by `field`) as an HF tokenizer in `vocab`'s layout, and
+  generation_config.json, in `dst`; the names written."""
+  if not os.path.isfile(spm_path):
+    raise ConversionError("the tokenizer", [f"{field}={spm_path}: no such file (run from the directory the run was "
+                                            "started in, or pass --tokenizer FILE.model or DIR)"])
+  tokenizer = spm.Tokenizer.load(spm_path)
+  if tokenizer.vocab_size > vocab.text_vocab_size:
+    raise ConversionError("the tokenizer", [f"{field}={spm_path} has {tokenizer.vocab_size} pieces, more than "
+                                            f"llasa.text_vocab_size={vocab.text_vocab_size}"])
+  added = [(token, token in SPECIAL_TOKENS) for token in vocab.added_tokens()]
+  hf = hf_tokenizer.from_sentencepiece(tokenizer.model_proto, added, pad_to=vocab.text_vocab_size)
+  end = "<|SPEECH_GENERATION_END|>"
+  files = hf_tokenizer.save(hf, dst, eos_token=end, pad_token=end)
+  with open(os.path.join(dst, "generation_config.json"), "w") as f:
+    json.dump(generation_config(vocab), f, indent=2)
+  return files + ["generation_config.json"]
+
+
+def export_tokenizer(cfg: LlamaConfig, checkpoint, dst: str, args) -> str:
+  """Writes or copies the tokenizer files (see the module docstring); the line to print."""
+  llasa = Workdir(args.src).config.get("llasa") or {}
+  given, trained = args.tokenizer, llasa.get("tokenizer")
+  if given and given.endswith(".json"):
+    raise ConversionError("the tokenizer", [f"--tokenizer {given}: give the directory that holds it"])
+  if given and not os.path.isdir(given):
+    spm_path, field = given, "--tokenizer"
+  elif not given and trained and not trained.endswith(".json"):
+    spm_path, field = trained, "llasa.tokenizer"
+  else:
+    spm_path = None
+  if spm_path:
+    files = write_tokenizer(spm_path, export_vocab(cfg, llasa), dst, field)
+    return f"tokenizer of {spm_path} ({field}), in the Llasa id layout: {', '.join(files)}"
+  tokenizer_dir = given or checkpoint.provenance.get("source")
+  copied = [name for name in TOKENIZER_FILES
+            if tokenizer_dir and os.path.isfile(os.path.join(tokenizer_dir, name))]
+  for name in copied:
+    shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(dst, name))
+  return f"tokenizer files from {tokenizer_dir}: {', '.join(copied)}" if copied else "no tokenizer files"
+
+
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   """`jaxspeech convert llasa --to hf`: config.json, safetensors and tokenizer files into `dst`; lines to print."""
   fields = {f.name for f in dataclasses.fields(LlamaConfig)}
@@ -217,18 +287,13 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   if unknown:
     raise ConversionError(f"workdir model {checkpoint.model}", [f"model.{k} is not a LlamaConfig field" for k in unknown])
   cfg = LlamaConfig(**checkpoint.model)
+  tokenizer = export_tokenizer(cfg, checkpoint, dst, args)
   state_dict = to_hf_state_dict(checkpoint.params, cfg)
   with open(os.path.join(dst, "config.json"), "w") as f:
     json.dump(llama_to_hf_config(cfg), f, indent=2)
   files = write_safetensors(state_dict, dst, int(args.max_shard_gb * 2**30))
-  tokenizer_dir = args.tokenizer or checkpoint.provenance.get("source")
-  copied = [name for name in TOKENIZER_FILES
-            if tokenizer_dir and os.path.isfile(os.path.join(tokenizer_dir, name))]
-  for name in copied:
-    shutil.copy(os.path.join(tokenizer_dir, name), os.path.join(dst, name))
   return [f"LlamaForCausalLM, {'tied' if cfg.tie_embeddings else 'untied'} embeddings, vocab {cfg.vocab_size}",
-          f"{len(state_dict)} tensors in {len(files)} file(s)",
-          f"tokenizer files from {tokenizer_dir}: {', '.join(copied)}" if copied else "no tokenizer files"]
+          f"{len(state_dict)} tensors in {len(files)} file(s)", tokenizer]
 
 
 def add_arguments(parser) -> None:
@@ -239,4 +304,6 @@ def add_arguments(parser) -> None:
   g = parser.add_argument_group("export (--to hf)")
   g.add_argument("--max-shard-gb", type=float, default=5.0, help="safetensors shard size (GiB)")
   g.add_argument("--tokenizer", default=None,
-                 help="a directory whose tokenizer files to copy (default: the HF directory imported from)")
+                 help="a sentencepiece FILE.model to convert, or a DIR whose HF tokenizer files to copy (default: "
+                      "the workdir's llasa.tokenizer when it is a sentencepiece model, else the HF directory "
+                      "it was imported from)")
