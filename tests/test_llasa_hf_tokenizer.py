@@ -153,6 +153,14 @@ def test_export_converts_the_workdir_sentencepiece_model_by_default(random_workd
   assert len(hf) == VOCAB.size and hf.convert_tokens_to_ids(speech_token(CODES - 1)) == VOCAB.size - 1
 
 
+def test_tokenizer_dir_is_copied(random_workdir, corpus, tmp_path, capsys):
+  code, out, err = export(capsys, random_workdir, tmp_path / "hf", "--tokenizer", corpus[2])
+  assert code == 0, err
+  assert f"tokenizer files from {corpus[2]}: tokenizer.json, tokenizer_config.json, special_tokens_map.json" in out
+  with open(tmp_path / "hf" / "tokenizer.json") as f, open(os.path.join(corpus[2], "tokenizer.json")) as g:
+    assert f.read() == g.read()
+
+
 @pytest.fixture(scope="module")
 def exported(code_data, tmp_path_factory):
   """(workdir, HF dir): `jaxspeech train` 8 steps of the tiny config on the code dataset, exported by the CLI."""

@@ -25,8 +25,7 @@ from sentencepiece import sentencepiece_model_pb2
 from jaxspeech.convert.mapping import ConversionError
 
 BPE = sentencepiece_model_pb2.TrainerSpec.BPE
-NORMAL, USER_DEFINED = sentencepiece_model_pb2.ModelProto.SentencePiece.NORMAL, \
-    sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+PIECE = sentencepiece_model_pb2.ModelProto.SentencePiece
 
 
 def reserved_token(token_id: int) -> str:
@@ -42,7 +41,7 @@ def read_proto(model_proto: bytes) -> sentencepiece_model_pb2.ModelProto:
        proto.trainer_spec.model_type == BPE),
       ("trainer_spec.byte_fallback=True", not proto.trainer_spec.byte_fallback),
       ("trainer_spec.treat_whitespace_as_suffix=True", not proto.trainer_spec.treat_whitespace_as_suffix),
-      ("user-defined pieces", not any(p.type == USER_DEFINED for p in proto.pieces)),
+      ("user-defined pieces", not any(p.type == PIECE.USER_DEFINED for p in proto.pieces)),
   )
   problems = [f"{message} is not supported" for message, ok in checks if not ok]
   if problems:
@@ -52,7 +51,7 @@ def read_proto(model_proto: bytes) -> sentencepiece_model_pb2.ModelProto:
 
 def _merges(proto) -> list[tuple[str, str]]:
   """Every (left, right) split of a normal piece into two normal pieces, highest-scoring result first."""
-  normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == NORMAL}
+  normal = {p.piece: (p.score, i) for i, p in enumerate(proto.pieces) if p.type == PIECE.NORMAL}
   ranked = sorted((-score, i, piece[:k], piece[k:]) for piece, (score, i) in normal.items()
                   for k in range(1, len(piece)) if piece[:k] in normal and piece[k:] in normal)
   return [(left, right) for _, _, left, right in ranked]
