@@ -80,8 +80,9 @@ def from_sentencepiece(model_proto: bytes, added: Sequence[tuple[str, bool]] = (
   tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " ")] + (
       [decoders.Fuse(), decoders.Strip(content=" ", left=1)] if spec.add_dummy_prefix else []))
   reserved = [(reserved_token(i), True) for i in range(len(vocab), pad_to)]
-  for special, run in itertools.groupby([*reserved, *added], key=lambda t: t[1]):  # one call per run: each rebuilds
-    tokens = [tokenizers.AddedToken(content, normalized=False, special=special) for content, _ in run]  # the matcher
+  # one call per run of equal `special`: each call rebuilds the added-token matcher (65,536 calls take minutes)
+  for special, run in itertools.groupby([*reserved, *added], key=lambda t: t[1]):
+    tokens = [tokenizers.AddedToken(content, normalized=False, special=special) for content, _ in run]
     (tokenizer.add_special_tokens if special else tokenizer.add_tokens)(tokens)
   return tokenizer
 
