@@ -99,16 +99,21 @@ def load_strictly(path: str) -> Xcodec2Model:
   return model.eval()
 
 
-def assert_same_codec(model: Codec, theirs: Xcodec2Model, wav_BxS: np.ndarray) -> None:
-  """The same codes from the same audio; the same audio (DECODE_ATOL) from those codes."""
+def assert_same_codes(model: Codec, theirs: Xcodec2Model, wav_BxS: np.ndarray) -> np.ndarray:
+  """Xcodec2Model.encode's codes of the audio are ours, identical; returns them."""
   input_values_BxS, input_features = xcodec2_inputs(wav_BxS)
   codes_BxN = np.asarray(nnx.jit(lambda m, w: m.encode(w))(model, input_values_BxS))
-  wav_hat_BxS = np.asarray(nnx.jit(lambda m, c: m.decode(c))(model, jnp.asarray(codes_BxN)))
   with torch.no_grad():
     their_codes_Bx1xN = theirs.encode(torch.from_numpy(input_values_BxS)[:, None], input_features).audio_codes
-    their_wav_Bx1xS = theirs.decode(torch.from_numpy(codes_BxN[:, None].astype(np.int64))).audio_values
-  assert len(np.unique(codes_BxN)) > codes_BxN.size // 2   # codes that vary: a wrong weight would change them
   np.testing.assert_array_equal(their_codes_Bx1xN[:, 0].numpy(), codes_BxN)
+  return codes_BxN
+
+
+def assert_same_audio(model: Codec, theirs: Xcodec2Model, codes_BxN: np.ndarray) -> None:
+  """Xcodec2Model.decode's audio of the codes is ours, within DECODE_ATOL."""
+  wav_hat_BxS = np.asarray(nnx.jit(lambda m, c: m.decode(c))(model, jnp.asarray(codes_BxN)))
+  with torch.no_grad():
+    their_wav_Bx1xS = theirs.decode(torch.from_numpy(codes_BxN[:, None].astype(np.int64))).audio_values
   assert np.abs(wav_hat_BxS).max() > 100 * DECODE_ATOL
   np.testing.assert_allclose(their_wav_Bx1xS[:, 0].numpy(), wav_hat_BxS, atol=DECODE_ATOL, rtol=0)
 
@@ -119,7 +124,16 @@ def test_export_loads_into_xcodec2model_and_computes_the_same(tmp_path):
   path = export(params, cfg, tmp_path / "hf")
   with open(os.path.join(path, "config.json")) as f:
     assert Xcodec2Config(**json.load(f)).head_dim == 16
-  assert_same_codec(codec_with(params, cfg), load_strictly(path), audio())
+  model, theirs = codec_with(params, cfg), load_strictly(path)
+  codes_BxN = assert_same_codes(model, theirs, audio())
+  assert len(np.unique(codes_BxN)) > codes_BxN.size // 2   # codes that vary: a wrong weight would change them
+  assert_same_audio(model, theirs, codes_BxN)
+
+
+def kernel(params: dict, conv: str) -> np.ndarray:
+  """A weight-normalised conv's kernel g · v / ‖v‖."""
+  v_KxIxO = params[f"{conv}.weight_v"]
+  return v_KxIxO * params[f"{conv}.weight_g"] / np.sqrt((v_KxIxO ** 2).sum((0, 1)))
 
 
 def test_round_trips(tmp_path):
@@ -148,8 +162,7 @@ def test_round_trips(tmp_path):
   for key, value in back.items():
     if key.endswith("weight_v"):
       conv = key[:-len(".weight_v")]
-      kernel = lambda p: p[f"{conv}.weight_v"] * p[f"{conv}.weight_g"] / np.sqrt((p[f"{conv}.weight_v"] ** 2).sum((0, 1)))
-      np.testing.assert_allclose(kernel(back), kernel(params), rtol=KERNEL_RTOL, atol=0, err_msg=key)
+      np.testing.assert_allclose(kernel(back, conv), kernel(params, conv), rtol=KERNEL_RTOL, atol=0, err_msg=key)
     elif not key.endswith("weight_g"):
       np.testing.assert_array_equal(value, params[key], err_msg=key)
 
@@ -218,18 +231,21 @@ def test_cli_exports_a_trained_workdir_and_reads_it_back(corpus_path, tmp_path):
   """`jaxspeech train` a representable tiny_semantic codec, `convert codec --to hf`, Xcodec2Model.from_pretrained:
   the same codes and audio as the workdir's model; `--from hf` gives a workdir whose params export to the same
   file; the tiny workdir (GroupNorm(16)) is refused, naming the field, with nothing written."""
-  small = {"data.path": corpus_path, "model.decoder.depth": 1, "gan.periods": (2, 3), "gan.windows": (512, 256),
-           "train.batch_size": 2, "train.steps": 2, "train.log_every": 1, "train.eval_every": 0,
-           "train.checkpoint_every": 2, "optim.warmup_steps": 1}
+  small = {"model.decoder.depth": 1, "gan.periods": (2, 3), "gan.windows": (512, 256), "train.batch_size": 2,
+           "train.steps": 2, "train.log_every": 1, "train.eval_every": 0, "train.checkpoint_every": 2,
+           "optim.warmup_steps": 1}
   representable = {"model.semantic.dim": 32, "model.fsq.dim": 96, "model.decoder.norm_groups": 32}
   result = cli("train", "--config=configs/codec.py:tiny_semantic", f"--workdir={tmp_path / 'wd'}",
+               f"--config.data.path={corpus_path}",
                *(f"--config.{k}={v!r}" for k, v in {**small, **representable}.items()))
   assert result.returncode == 0, result.stderr[-3000:]
   result = cli("convert", "codec", "--to", "hf", "--src", tmp_path / "wd", "--dst", tmp_path / "hf")
   assert result.returncode == 0, result.stderr
   assert "left out (Xcodec2Model has no such part)" in result.stdout
   model, _ = Workdir(str(tmp_path / "wd")).load_model(family.FAMILY)
-  assert_same_codec(model, load_strictly(str(tmp_path / "hf")), audio(seconds=1.0))
+  theirs = load_strictly(str(tmp_path / "hf"))
+  assert_same_codes(model, theirs, audio(seconds=1.0))   # two steps from init: one code everywhere
+  assert_same_audio(model, theirs, np.random.default_rng(0).integers(0, 4 ** 8, (2, 50), dtype=np.int32))
 
   result = cli("convert", "codec", "--from", "hf", "--src", tmp_path / "hf", "--dst", tmp_path / "back")
   assert result.returncode == 0, result.stderr
@@ -239,6 +255,7 @@ def test_cli_exports_a_trained_workdir_and_reads_it_back(corpus_path, tmp_path):
   assert again.keys() == original.keys() and all(np.array_equal(again[k], original[k]) for k in original)
 
   result = cli("train", "--config=configs/codec.py:tiny", f"--workdir={tmp_path / 'tiny'}",
+               f"--config.data.path={corpus_path}",
                *(f"--config.{k}={v!r}" for k, v in {**small, "train.steps": 1, "train.checkpoint_every": 1}.items()))
   assert result.returncode == 0, result.stderr[-3000:]
   for target in ("hf", "xcodec2"):
