@@ -10,7 +10,7 @@ from jaxspeech.train import registry
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jaxspeech")
 # lowest first; a module imports from its own layer or below
 LAYERS = (
-    ("audio", "text", "nn", "sharding", "data", "convert.mapping"),
+    ("storage", "audio", "text", "nn", "sharding", "data", "convert.mapping"),
     ("workdir",),
     ("train",),
     ("convert", "gan", "teachers", "sweep"),

@@ -2,12 +2,11 @@
 (`jaxspeech text train`); the blank is the class after the last piece, as in ParakeetForCTC."""
 
 import copy
-import os
 import re
-import shutil
 
 import numpy as np
 
+from jaxspeech import storage
 from jaxspeech.text import spm
 
 ALPHABET = " abcdefghijklmnopqrstuvwxyz'"
@@ -38,12 +37,12 @@ FILENAME = "tokenizer.model"  # a run's sentencepiece model, kept in its workdir
 
 
 def in_workdir(workdir: str) -> str:
-  return os.path.join(workdir, FILENAME)
+  return storage.join(workdir, FILENAME)
 
 
 def of_workdir(workdir: str) -> Characters | spm.Tokenizer:
   """The tokenizer a workdir's model was trained with: its own copy of the sentencepiece model, else characters."""
-  return tokenizer(in_workdir(workdir) if os.path.exists(in_workdir(workdir)) else "")
+  return tokenizer(in_workdir(workdir) if storage.exists(in_workdir(workdir)) else "")
 
 
 def prepare(cfg, workdir: str):
@@ -53,11 +52,10 @@ def prepare(cfg, workdir: str):
   if not workdir or not cfg.data.tokenizer:
     return cfg
   path = in_workdir(workdir)
-  if not os.path.exists(path):
-    os.makedirs(workdir, exist_ok=True)
-    shutil.copyfile(cfg.data.tokenizer, path)
-  elif os.path.abspath(cfg.data.tokenizer) != os.path.abspath(path) and (
-      open(cfg.data.tokenizer, "rb").read() != open(path, "rb").read()):
+  if not storage.exists(path):
+    storage.makedirs(workdir)
+    storage.write_bytes(path, storage.read_bytes(cfg.data.tokenizer))
+  elif storage.read_bytes(cfg.data.tokenizer) != storage.read_bytes(path):
     raise ValueError(f"data.tokenizer={cfg.data.tokenizer} differs from the tokenizer this workdir was trained "
                      f"with ({path}); use a new --workdir")
   cfg = copy.deepcopy(cfg)

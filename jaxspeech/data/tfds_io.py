@@ -17,12 +17,15 @@ from array_record.python import array_record_module
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_serializer
 
+from jaxspeech import storage
+
 DEFAULT_SHARD_BYTES = 256 << 20
 
 
 def check_dataset_path(path: str | os.PathLike) -> str:
   """`path` made absolute, if it is a `name/version` dir TFDS can load (name: lowercase snake_case, version
   x.y.z); else a ValueError naming the part that is not, before any work is spent on the dataset."""
+  storage.local_only(os.fspath(path), "dataset")
   path = os.path.abspath(os.fspath(path))
   name, version = os.path.basename(os.path.dirname(path)), os.path.basename(path)
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
@@ -102,6 +105,7 @@ def _rename_shards(tmp, name, split, template, num_shards):
 def load(path: str | os.PathLike) -> tfds.core.DatasetBuilder:
   """Opens a dataset directory written by `write_dataset` (or by TFDS itself)."""
   path = os.fspath(path)
+  storage.local_only(path, "dataset")
   if not os.path.exists(os.path.join(path, "dataset_info.json")):
     raise FileNotFoundError(f"no TFDS dataset at {path} (dataset_info.json is missing); "
                             "build one with `jaxspeech data synth` or `jaxspeech data build`")

@@ -7,29 +7,26 @@ indices the model was trained with, and the dataset directory is only read.
 """
 
 import copy
-import os
 
 import numpy as np
 
+from jaxspeech import storage
 from jaxspeech.data import tfds_io
 
 FILENAME = "vocab_char.txt"
 
 
 def read(path: str) -> list[str]:
-  with open(path, encoding="utf-8") as f:
-    tokens = [line[:-1] if line.endswith("\n") else line for line in f]
+  text = storage.read_bytes(path).decode("utf-8")
+  tokens = text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
   if not tokens or tokens[0] != " ":
     raise ValueError(f"{path}: F5's vocab.txt has the space at index 0 (the unknown-character index)")
   return tokens
 
 
 def write(path: str, tokens: list[str]) -> None:
-  """Written to a temporary sibling and renamed, so a reader never sees half a file."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(token + "\n" for token in tokens)
-  os.replace(tmp, path)
+  """Whole or not at all (`storage.write_text`): a reader never sees half a file."""
+  storage.write_text(path, "".join(token + "\n" for token in tokens))
 
 
 def build(transcripts) -> list[str]:
@@ -52,13 +49,13 @@ def of_config(cfg) -> list[str]:
 
 
 def in_workdir(workdir: str) -> str:
-  return os.path.join(workdir, FILENAME)
+  return storage.join(workdir, FILENAME)
 
 
 def of_workdir(workdir: str, config: dict) -> list[str]:
   """The vocabulary a workdir's model reads: the one its training kept there, else its `model.vocab_file` (an
   imported F5 checkpoint's vocab.txt)."""
-  if os.path.exists(in_workdir(workdir)):
+  if storage.exists(in_workdir(workdir)):
     return read(in_workdir(workdir))
   if config["model"].get("vocab_file"):
     return read(config["model"]["vocab_file"])
@@ -72,8 +69,8 @@ def prepare(cfg, workdir: str):
   if not workdir:
     return cfg
   path = in_workdir(workdir)
-  if not os.path.exists(path):
-    os.makedirs(workdir, exist_ok=True)
+  if not storage.exists(path):
+    storage.makedirs(workdir)
     write(path, of_config(cfg))
   elif cfg.model.get("vocab_file") and read(cfg.model.vocab_file) != read(path):
     raise ValueError(f"model.vocab_file={cfg.model.vocab_file} differs from the vocabulary this workdir was "

@@ -6,6 +6,8 @@ import os
 
 import sentencepiece as spm
 
+from jaxspeech import storage
+
 
 class Tokenizer:
   """A loaded SentencePiece model. `pad_id` 0, `unk_id` 1, `bos_id` 2, `eos_id` 3 when trained here."""
@@ -16,10 +18,9 @@ class Tokenizer:
 
   @classmethod
   def load(cls, path: str | os.PathLike) -> "Tokenizer":
-    if not os.path.exists(path):
+    if not storage.exists(os.fspath(path)):
       raise FileNotFoundError(f"no sentencepiece model at {path}; train one with `jaxspeech text train`")
-    with open(path, "rb") as f:
-      return cls(f.read())
+    return cls(storage.read_bytes(os.fspath(path)))
 
   def save(self, path: str | os.PathLike) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

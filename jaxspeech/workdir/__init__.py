@@ -1,5 +1,6 @@
 """A jaxspeech workdir: the one place its format is known. Training, `convert`, `init_from`, synthesis, eval
-and sweeps all read and write it through `Workdir`.
+and sweeps all read and write it through `Workdir`. A workdir is a local directory or a gs:// prefix
+(`storage`).
 
     WORKDIR/config.json               the run's config (ml_collections JSON); a converted workdir holds only
                                       {"family": ..., "model": {...}}. `family` and `model` are checked on resume.
@@ -18,17 +19,14 @@ and sweeps all read and write it through `Workdir`.
     WORKDIR/profile/                  jax.profiler traces (`train.profile_steps`)
     family files                      e.g. the dit family's vocab.txt, written by its `prepare`
 
-Reading the params without jaxspeech, with plain Orbax:
-
-    import orbax.checkpoint as ocp
-    tree = ocp.PyTreeCheckpointer().restore(f"{os.path.abspath(WORKDIR)}/checkpoints/{step}/state")
-    tree["params"]        # nested dicts by module path; each param is {"value": array}; tree["ema"] likewise
+Reading the params without jaxspeech, with plain Orbax: docs/training.md, "Reading a checkpoint with plain Orbax"
+(numpy restore types for every leaf, so any host reads a checkpoint saved over any device count).
 """
 
 import dataclasses
 import json
-import os
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -37,6 +35,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from jaxspeech.convert import mapping
+from jaxspeech import storage
 
 CONFIG = "config.json"
 PROVENANCE = "convert.json"
@@ -68,39 +67,34 @@ def _strip_value(tree):
 
 
 def _write_json(path: str, obj) -> None:
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=2)
-    f.write("\n")
-  os.replace(path + ".tmp", path)
+  storage.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 class Workdir:
   def __init__(self, path: str):
-    self.path = os.path.abspath(path)  # Orbax reads no metadata through a relative path
+    self.path = storage.resolve(path)
 
   def __repr__(self) -> str:
     return f"Workdir({self.path!r})"
 
   def file(self, *names: str) -> str:
-    return os.path.join(self.path, *names)
+    return storage.join(self.path, *names)
 
   @property
   def config(self) -> dict:
     """config.json as a dict."""
-    if not os.path.exists(self.file(CONFIG)):
+    if not storage.exists(self.file(CONFIG)):
       raise FileNotFoundError(f"{self.path} has no {CONFIG}; is it a jaxspeech workdir?")
-    with open(self.file(CONFIG)) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(self.file(CONFIG)))
 
   @property
   def provenance(self) -> dict:
-    if not os.path.exists(self.file(PROVENANCE)):
+    if not storage.exists(self.file(PROVENANCE)):
       return {}
-    with open(self.file(PROVENANCE)) as f:
-      return json.load(f)
+    return json.loads(storage.read_text(self.file(PROVENANCE)))
 
   def write_config(self, config: dict, provenance: dict | None = None) -> None:
-    os.makedirs(self.path, exist_ok=True)
+    storage.makedirs(self.path)
     _write_json(self.file(CONFIG), config)
     if provenance is not None:
       _write_json(self.file(PROVENANCE), provenance)
@@ -108,8 +102,8 @@ class Workdir:
   def claim(self, cfg: ml_collections.ConfigDict, write: bool = True) -> None:
     """Writes `cfg` as config.json in a new workdir (`write`: on process 0); in one that has a config.json,
     refuses a `family` or `model` other than the one it holds. Model fields added since are new knobs."""
-    os.makedirs(self.path, exist_ok=True)
-    if not os.path.exists(self.file(CONFIG)):
+    storage.makedirs(self.path)
+    if not storage.exists(self.file(CONFIG)):
       if write:
         _write_json(self.file(CONFIG), json.loads(cfg.to_json()))
       return
@@ -123,12 +117,12 @@ class Workdir:
                           f"this config has {key}={cfg[key]!r}. Use a new --workdir.")
 
   def steps(self, best: bool = False) -> list[int]:
-    """The finished checkpoint steps (Orbax renames a step's temporary dir to its number when it is done)."""
+    """The finished checkpoint steps: on disk Orbax renames a step's temporary dir to its number when it is done;
+    in a bucket (no atomic rename) it writes into the step's dir and adds commit_success.txt last."""
     directory = self.file("best" if best else "checkpoints")
-    if not os.path.isdir(directory):
-      return []
-    return sorted(int(name) for name in os.listdir(directory)
-                  if name.isdigit() and os.path.isdir(os.path.join(directory, name, "state")))
+    done = "commit_success.txt" if storage.is_remote(directory) else "state"  # Orbax's mark on a bucket
+    return sorted(int(name) for name in storage.listdir(directory)
+                  if name.isdigit() and storage.exists(storage.join(directory, name, done)))
 
   def read_params(self, family: str | None = None, *, step: int | None = None, best: bool = False,
                   weights: str = "auto") -> Params:
@@ -148,9 +142,9 @@ class Workdir:
       step = available[-1]
     elif step not in available:
       raise NotAWorkdir(f"workdir {self.path} has no checkpoint at step {step} (it has {available})")
-    path = os.path.join(where, str(step), "state")
-    checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
+    path = storage.join(where, str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointHandler()  # the item's handler: no step metadata is looked for in `state/`
+    tree = checkpointer.metadata(epath.Path(path)).tree
     has_ema = tree.get("ema") is not None
     if weights == "auto":
       weights = "ema" if has_ema else "params"
@@ -158,7 +152,7 @@ class Workdir:
       raise NotAWorkdir(f"checkpoint {path} has no EMA (train.ema_decay was 0); use --weights params")
     items = [weights] + (["rest"] if jax.tree.leaves(tree.get("rest")) else [])
     target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree[k]) for k in items}
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+    restored = checkpointer.restore(epath.Path(path), args=ocp.args.PyTreeRestore(
         item=target, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target),
         partial_restore=True))
     flat = {k: mapping.flatten(_strip_value(v)) for k, v in restored.items()}

@@ -8,7 +8,6 @@ run can save that step again.
 """
 
 import json
-import os
 import shutil
 
 from absl import logging
@@ -18,6 +17,8 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
+
+from jaxspeech import storage
 
 _GOLDEN = np.uint32(2654435761)  # odd: every element's weight (2i + 1) · _GOLDEN is odd, so any one flipped bit shows
 
@@ -78,14 +79,14 @@ class Checkpoints:
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler(),
                 "digest": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), item_handlers=handlers,
+        storage.join(storage.resolve(workdir), "checkpoints"), item_handlers=handlers,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True,
                                              cleanup_tmp_directories=True))
     self.best = None
     if best_metric:
       self.best_metric = best_metric
       self.best = ocp.CheckpointManager(
-          os.path.join(os.path.abspath(workdir), "best"), item_handlers={"state": ocp.StandardCheckpointHandler()},
+          storage.join(storage.resolve(workdir), "best"), item_handlers={"state": ocp.StandardCheckpointHandler()},
           options=ocp.CheckpointManagerOptions(
               max_to_keep=1, best_fn=lambda m: m[best_metric], best_mode=best_mode, create=True,
               enable_async_checkpointing=async_save, cleanup_tmp_directories=True))
@@ -106,7 +107,7 @@ class Checkpoints:
   def _check_space(self, step: int, state) -> None:
     """DiskFull, before Orbax's writer threads fail one by one, when a local disk lacks the state's bytes."""
     directory = str(self.manager.directory)
-    if "://" in directory:
+    if storage.is_remote(directory):
       return
     leaves = [x for x in jax.tree.leaves(state) if hasattr(x, "nbytes")]
     need = sum(x.nbytes for x in leaves) + _METADATA_PER_LEAF * len(leaves)
@@ -136,19 +137,18 @@ class Checkpoints:
     for step in reversed(self.steps()):
       items = {"state": ocp.args.StandardRestore(target)}
       data = self._data_file(step)
-      if not os.path.exists(data) and jax.process_index() == 0:
+      if not storage.exists(data) and jax.process_index() == 0:
         print(f"warning: checkpoint {step} holds no data-iterator state for {jax.process_count()} host(s) (saved "
               "by another host count, or converted); the data stream starts from its beginning")
-      has_digest = os.path.isdir(os.path.join(self.manager.directory, str(step), "digest"))
+      has_digest = storage.isdir(storage.join(str(self.manager.directory), str(step), "digest"))
       if has_digest:
         items["digest"] = ocp.args.JsonRestore()
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         if has_digest:
           _check_digest(restored["digest"], restored["state"])
-        if os.path.exists(data):
-          with open(data) as f:
-            _set_data_state(iterator, json.load(f))
+        if storage.exists(data):
+          _set_data_state(iterator, json.loads(storage.read_text(data)))
       except Exception as e:  # pylint: disable=broad-except
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         errors.append(f"step {step}: {reason}")
@@ -176,12 +176,11 @@ class Checkpoints:
     if not steps:
       return
     if jax.process_index() == 0:
-      aside = os.path.join(self.manager.directory, ".damaged")
-      os.makedirs(aside, exist_ok=True)
+      aside = storage.join(str(self.manager.directory), ".damaged")
+      storage.makedirs(aside)
       for step in steps:
-        target = os.path.join(aside, str(step))
-        shutil.rmtree(target, ignore_errors=True)
-        shutil.move(os.path.join(self.manager.directory, str(step)), target)
+        target = storage.join(aside, str(step))
+        storage.move(storage.join(str(self.manager.directory), str(step)), target)
         print(f"warning: moved damaged checkpoint {step} to {target}")
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("jaxspeech: damaged checkpoints set aside")
@@ -190,7 +189,7 @@ class Checkpoints:
   def _data_file(self, step: int) -> str:
     """This host's iterator state in checkpoint `step`, as `grain.checkpoint.CheckpointSave` writes it."""
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-    return os.path.join(self.manager.directory, str(step), "data", name)
+    return storage.join(str(self.manager.directory), str(step), "data", name)
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
