@@ -98,8 +98,9 @@ def write(rows: list[str]) -> None:
       "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e "
       "step, and some others) the row has n/a; `roofline ms` (the compiler's FLOPs and HBM bytes at the chip's "
       "peak rates) is a lower bound on any step. Presets missing from the table are not compiled yet: on a "
-      "2-core host a 1B-8B step takes the TPU compiler 6-25 minutes, and `codec_base_v5p64` over 45 (its "
-      "cost-model time is negative as well; docs/scale.md).",
+      "2-core host a 1B-8B step takes the TPU compiler 6-25 minutes; `codec_base_v5p64` (a 75,000-op GAN step: "
+      "generator, multi-period and STFT discriminators) ran the compiler out of a 24 GiB host (killed at 23.6 "
+      "GiB RSS); at a 0.1 s crop it compiles in 9.5 minutes (docs/scale.md).",
       "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
       "est. MFU | roofline ms | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
       "| --- " * 15 + "|", *merged(rows, date)])

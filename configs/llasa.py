@@ -12,7 +12,7 @@ Larger variants follow Llasa's recipe (bf16, AdamW lr 5e-5 with 3% warmup and co
 weight decay 0.01, clip 1.0, 2048-token rows) with layers scanned and FSDP over every device:
 
   jaxspeech train --config=configs/llasa.py:1b --workdir=gs://BUCKET/llasa_1b \
-      --config.data.path=gs://BUCKET/codes/1.0.0 --config.llasa.tokenizer=gs://BUCKET/spm.model
+      --config.data.path=/gcs/BUCKET/codes/1.0.0 --config.llasa.tokenizer=gs://BUCKET/spm.model
 
 `150m` is a 146M-param model with Llasa's full vocabulary; `1b`, `3b` and `8b` are the Llama 3.2-1B / 3.2-3B /
 3.1-8B shapes of Llasa-1B / 3B / 8B (193,800 ids; 1B tied, 3B and 8B untied). To continue from a released

@@ -1,7 +1,7 @@
 """Sharding presets: the Llasa LM (1B, 3B, 8B), the F5 DiT base and the X-codec2 base on typical TPU and GPU topologies.
 
   jaxspeech train --config=configs/presets.py:llasa_8b_v5p64 --workdir=gs://BUCKET/llasa_8b \
-      --config.data.path=gs://BUCKET/codes/1.0.0 --config.llasa.tokenizer=gs://BUCKET/spm.model
+      --config.data.path=/gcs/BUCKET/codes/1.0.0 --config.llasa.tokenizer=gs://BUCKET/spm.model
   jaxspeech plan  --config=configs/presets.py:llasa_8b_v5p64 --topology v5p-128      (the TPU compiler, no TPU)
 
 A preset is the family config (configs/llasa.py:<size>, configs/dit.py:base) with the mesh, the remat policy,

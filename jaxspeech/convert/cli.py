@@ -3,9 +3,11 @@
   jaxspeech convert ast --from hf|original --src PATH --dst WORKDIR [family flags]
   jaxspeech convert ast --to hf --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
   jaxspeech convert dit --from f5 --src CKPT.pt|.safetensors --dst WORKDIR [--config=configs/dit.py:base ...]
-  jaxspeech convert dit --to f5 --src WORKDIR --dst OUT.safetensors
-  jaxspeech convert codec --from xcodec2 --src CKPT.safetensors|DIR --dst WORKDIR [--heads N ...] [--w2vbert HF_DIR]
-  jaxspeech convert codec --to xcodec2 --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
+  jaxspeech convert dit --to f5 --src WORKDIR --dst DIR|OUT.safetensors   (DIR: weights, vocab.txt, model.yaml)
+  jaxspeech convert codec --from xcodec2|hf --src CKPT.safetensors|DIR --dst WORKDIR [--heads N ...] [--w2vbert HF_DIR]
+  jaxspeech convert codec --to xcodec2|hf --src WORKDIR --dst DIR [--step N | --best] [--weights auto|params|ema]
+  jaxspeech convert llasa --from hf --src HF_DIR --dst WORKDIR  /  --to hf --src WORKDIR --dst DIR [--tokenizer T]
+  jaxspeech convert asr --from hf --src HF_DIR --dst WORKDIR  /  --to hf --src WORKDIR --dst DIR
 
 A family's converter is its package's `convert` module (`jaxspeech/codec/convert.py`; the vocoder has none). It
 provides `SOURCES` and `TARGETS` ({name: help}), `add_arguments(parser)` for its own flags,
