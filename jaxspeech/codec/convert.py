@@ -244,7 +244,6 @@ def add_arguments(parser) -> None:
   g.add_argument("--heads", type=int, default=16, help="decoder attention heads (default 16, the release's)")
   g.add_argument("--dilations", default="1,3,9", help="encoder residual-unit dilations (default 1,3,9)")
   g.add_argument("--levels", default="4,4,4,4,4,4,4,4", help="FSQ levels (default [4]*8: 65,536 codes)")
-  g.add_argument("--norm-groups", type=int, default=32, help="decoder GroupNorm groups (xcodec2: 32)")
   g = parser.add_argument_group("w2v-BERT 2.0, the semantic branch's frozen teacher")
   g.add_argument("--w2vbert", metavar="DIR", default=None,
                  help="also import w2v-BERT 2.0 (a Hugging Face Wav2Vec2BertModel directory: config.json and "
@@ -294,7 +293,7 @@ def config_from_state_dict(state_dict, args):
   cfg.decoder.update(input_channels=int(embed.shape[1]), dim=int(embed.shape[0]), heads=args.heads,
                      depth=len(_indices(state_dict, "generator.backbone.transformers.")),
                      n_fft=int(state_dict["generator.head.out.weight"].shape[0]) - 2, hop=int(np.prod(strides)),
-                     norm_groups=args.norm_groups)
+                     norm_groups=hf.NORM_GROUPS)  # xcodec2's Normalize hard-codes it
   problems = []
   if units != len(dilations):
     problems.append(f"the encoder blocks have {units} residual units; --dilations gives {len(dilations)}")
