@@ -18,7 +18,7 @@ LAYERS = (
     ("cli",),
 )
 # optional or heavy dependencies a function may import when it needs them (none of them is ours)
-LAZY = {"torch", "transformers", "matplotlib", "libtpu", "threadpoolctl", "tokenizers"}
+LAZY = {"torch", "transformers", "matplotlib", "libtpu", "threadpoolctl", "tokenizers", "tensorboardX"}
 LAZY_BECAUSE = {("jaxspeech.train.host", "jax"): "the CLI reads train/host.py before `train` re-executes itself"}
 
 

@@ -5,7 +5,6 @@ import math
 import sys
 
 import jax
-import tensorboardX
 import tqdm
 
 from jaxspeech import storage
@@ -102,6 +101,7 @@ class Writer:
     path = storage.join(workdir, "metrics.jsonl")
     kept = _kept(path, initial_step)
     storage.write_text(path, "".join(kept))
+    import tensorboardX  # imports torch (2.7 s): only a run that writes events pays it, not every command
     self.tb = tensorboardX.SummaryWriter(storage.join(workdir, "tb"), purge_step=initial_step + 1)
     self.jsonl = _Lines(path, kept)
     self.bar = progress_bar(total_steps, initial_step)
