@@ -92,7 +92,7 @@ def test_a_run_killed_on_a_bucket_resumes_to_the_params_of_an_uninterrupted_loca
   log = open(tmp_path / "killed.log", "w")
   run = _train(remote, corpus_path, log=log)
   deadline = time.time() + 300
-  while not Workdir(remote).steps() and time.time() < deadline:
+  while not Workdir(remote).steps() and run.poll() is None and time.time() < deadline:
     time.sleep(0.5)
   run.send_signal(signal.SIGKILL)
   run.wait()
