@@ -33,12 +33,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def gcs():
+def gcs(tmp_path_factory):
   """A GCS emulator with one bucket, its endpoint in this process's and its children's environment."""
   port = _free_port()
-  server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-                             f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  log = tmp_path_factory.mktemp("gcs") / "emulator.log"
+  with open(log, "w") as out:
+    server = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                               f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+                              stdout=out, stderr=subprocess.STDOUT)
   url = f"http://127.0.0.1:{port}"
   env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url, "GOOGLE_CLOUD_PROJECT": "test",
          "GCE_METADATA_HOST": "127.0.0.1:1",  # no metadata server: credentials lookups fail at once
@@ -47,12 +49,14 @@ def gcs():
          "TENSORSTORE_GCS_REQUEST_CONCURRENCY": "1"}
   saved = {k: os.environ.get(k) for k in env}
   os.environ.update(env)
-  for _ in range(100):
+  deadline = time.time() + 180  # a cold import on a loaded CI machine took more than 10 s
+  while True:
     try:
       socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
       break
     except OSError:
-      time.sleep(0.1)
+      assert server.poll() is None and time.time() < deadline, f"the emulator did not start:\n{log.read_text()}"
+      time.sleep(0.2)
   yield f"gs://{BUCKET}"
   server.kill()
   server.wait()
