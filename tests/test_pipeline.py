@@ -210,7 +210,9 @@ def test_global_batch_on_8_devices():
   assert jax.device_count() == 8
   mesh = jax.make_mesh((4, 2), ("data", "model"))
   batch = {"audio": np.arange(8 * 6, dtype=np.float32).reshape(8, 6), "audio_lengths": np.arange(8, dtype=np.int32)}
-  arrays = pipeline.global_batch(batch, mesh, jax.sharding.PartitionSpec("data"))
+  data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  arrays = pipeline.global_batch({**batch, "text": np.zeros(8)}, {key: data for key in batch})
+  assert arrays.keys() == batch.keys()
   for key, x in batch.items():
     assert arrays[key].shape == x.shape and arrays[key].sharding.spec == jax.sharding.PartitionSpec("data")
     np.testing.assert_array_equal(np.asarray(arrays[key]), x)

@@ -208,8 +208,9 @@ def pipeline_stats(iterator: grain.DatasetIterator) -> dict[str, float]:
   return stats
 
 
-def global_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
-                 spec: jax.sharding.PartitionSpec) -> dict[str, jax.Array]:
-  """Assembles every host's batch into global arrays sharded by `spec` (hosts' rows concatenated)."""
-  sharding = jax.sharding.NamedSharding(mesh, spec)
-  return {key: jax.make_array_from_process_local_data(sharding, x) for key, x in batch.items()}
+def global_batch(batch: Mapping[str, np.ndarray],
+                 shardings: Mapping[str, jax.sharding.Sharding]) -> dict[str, jax.Array]:
+  """Assembles every host's batch into global arrays (hosts' rows concatenated), each field by its sharding in
+  `shardings`; fields without one are left out."""
+  return {key: jax.make_array_from_process_local_data(shardings[key], np.asarray(x))
+          for key, x in batch.items() if key in shardings}

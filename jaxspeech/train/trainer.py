@@ -101,8 +101,7 @@ class Trainer:
     self.flops_per_step = self.family.train_flops(cfg)
 
   def _global(self, batch):
-    return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
-            for k, v in batch.items() if k in self.batch_shardings}
+    return pipeline.global_batch(batch, self.batch_shardings)
 
   def _data(self, split: str, train: bool):
     return self.family.make_data(self.cfg, split, train=train, shard_index=jax.process_index(),
