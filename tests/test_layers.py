@@ -67,3 +67,14 @@ def test_attention_in_row_blocks_matches_whole_batch_and_stays_on_each_device(me
   assert hlo.count("fusion(") + hlo.count(" dot(") > 6  # really cut into blocks: several attention ops
   for collective in ("all-gather", "all-to-all", "collective-permute", "all-reduce"):
     assert collective not in hlo
+
+
+def test_rope_keeps_norms_and_scores_depend_on_the_offset_only():
+  """Rotating q and k by their positions keeps each vector's norm, and q·k depends on the positions' offset."""
+  rng = np.random.default_rng(0)
+  q, k = (jnp.asarray(rng.standard_normal((1, 1, 2, 16)), jnp.float32) for _ in range(2))
+  inv_freq = layers.rope_inv_freq(16, 10_000.0)
+  rotate = lambda x, p: layers.apply_rope(x, jnp.full((1, 1), p, jnp.float32)[..., None] * inv_freq)  # noqa: E731
+  np.testing.assert_allclose(jnp.linalg.norm(rotate(q, 7.0), axis=-1), jnp.linalg.norm(q, axis=-1), rtol=1e-6)
+  score = lambda i, j: jnp.sum(rotate(q, i) * rotate(k, j), -1)  # noqa: E731
+  np.testing.assert_allclose(score(9.0, 4.0), score(105.0, 100.0), rtol=1e-5)

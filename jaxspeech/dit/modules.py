@@ -44,8 +44,7 @@ def text_positions(n: int, dim: int, max_pos: int | None = None) -> np.ndarray:
 
 def rope_angles(n: int, dim_head: int) -> np.ndarray:
   """x-transformers' RotaryEmbedding angles (n, dim_head): p·θ_j for interleaved pairs (2j, 2j+1)."""
-  inv_freq = 1.0 / 10000.0 ** (np.arange(0, dim_head, 2).astype(np.float32) / dim_head)
-  return np.repeat(np.outer(np.arange(n, dtype=np.float32), inv_freq), 2, axis=-1)
+  return np.repeat(np.outer(np.arange(n, dtype=np.float32), layers.rope_inv_freq(dim_head, 10000.0)), 2, axis=-1)
 
 
 def _rotate_half(dim_head: int) -> np.ndarray:
@@ -57,7 +56,8 @@ def _rotate_half(dim_head: int) -> np.ndarray:
 
 
 def apply_rope(x_BxLxHxK, angles_LxK):
-  """x·cos + rotate_half(x)·sin in float32. The pairs are swapped by a signed-permutation matmul (exact; ~1% of
+  """x·cos + rotate_half(x)·sin in float32, over x-transformers' interleaved pairs (`layers.apply_rope` pairs
+  halves, as HF's Llama). The pairs are swapped by a signed-permutation matmul (exact; ~1% of
   a block's FLOPs): on TPU a (K/2, 2) reshape of the head dim is not lane-dense, and its float32 copies cost 9%
   of a DiT base step's estimated time (benchmarks/RESULTS.md)."""
   rotated = jnp.einsum("blhk,kj->blhj", x_BxLxHxK, _rotate_half(x_BxLxHxK.shape[-1]).astype(x_BxLxHxK.dtype),
@@ -289,7 +289,8 @@ class FeedForward(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-  """x-transformers' RMSNorm: x / max(‖x‖, 1e-12) · √D · g, in float32."""
+  """x-transformers' RMSNorm: x / max(‖x‖, 1e-12) · √D · g, in float32 (no ε inside the root, unlike
+  `layers.rms_norm`)."""
 
   def __init__(self, dim: int, rngs: nnx.Rngs):
     self.scale = nnx.Param(nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",))(rngs.params(), (dim,)))

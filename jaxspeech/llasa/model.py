@@ -68,10 +68,9 @@ class LlamaConfig:
 
 def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
   """Inverse frequencies (K/2,) float32, with Llama 3's scaling when `rope_factor` > 0 (as HF's "llama3")."""
-  k = cfg.head_dim
-  inv_freq = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, k, 2, dtype=np.float32) / np.float32(k))))
+  inv_freq = layers.rope_inv_freq(cfg.head_dim, cfg.rope_theta)
   if not cfg.rope_factor:
-    return inv_freq.astype(np.float32)
+    return inv_freq
   factor, low, high, old = (cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
                             cfg.rope_original_max_positions)
   wavelen = 2 * np.pi / inv_freq
@@ -81,16 +80,6 @@ def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
   smoothed = (1 - smooth) * scaled / factor + smooth * scaled
   medium = (wavelen >= old / high) & (wavelen <= old / low)
   return np.where(medium, smoothed, scaled).astype(np.float32)
-
-
-def apply_rope(x_BxLxHxK: jax.Array, positions_BxL: jax.Array, inv_freq_K2: np.ndarray) -> jax.Array:
-  """Rotates the pairs (x[i], x[i + K/2]) by position · inv_freq[i] (HF's rotate_half), in float32."""
-  angles_BxLxK2 = positions_BxL[..., None].astype(jnp.float32) * inv_freq_K2
-  cos_BxLx1xK = jnp.cos(jnp.concatenate([angles_BxLxK2] * 2, -1))[:, :, None]
-  sin_BxLx1xK = jnp.sin(jnp.concatenate([angles_BxLxK2] * 2, -1))[:, :, None]
-  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (x_BxLxHxK * cos_BxLx1xK + rotated * sin_BxLx1xK).astype(x_BxLxHxK.dtype)
 
 
 @flax.struct.dataclass
@@ -109,8 +98,7 @@ class Cache:
 
 
 def rms_norm(features: int, cfg: LlamaConfig, rngs: nnx.Rngs) -> nnx.RMSNorm:
-  return nnx.RMSNorm(features, epsilon=cfg.rms_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs,
-                     scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)))
+  return layers.rms_norm(features, epsilon=cfg.rms_eps, dtype=jnp.dtype(cfg.dtype), rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -127,10 +115,10 @@ class Attention(nnx.Module):
     """(out, this call's (keys, values) when decoding): with `past`, a layer's cached (keys, values) of S slots,
     the L new keys/values are placed at `slot` and attention runs over all S slots. Without a mask (TPU, no
     cache) the splash kernel attends block-diagonally and causally over `segment_ids_BxL`."""
-    inv_freq = rope_inv_freq(self.cfg)
-    q_BxLxHxK = apply_rope(self.q(x_BxLxD), positions_BxL, inv_freq)
+    angles_BxLxK2 = positions_BxL[..., None].astype(jnp.float32) * rope_inv_freq(self.cfg)
+    q_BxLxHxK = layers.apply_rope(self.q(x_BxLxD), angles_BxLxK2)
     q_BxLxHxK = constrain(q_BxLxHxK, ("activation_batch", "activation_length", "activation_heads", "kv"))
-    k_BxLxGxK = apply_rope(self.k(x_BxLxD), positions_BxL, inv_freq)
+    k_BxLxGxK = layers.apply_rope(self.k(x_BxLxD), angles_BxLxK2)
     v_BxLxGxK = self.v(x_BxLxD)
     new = None
     k_BxSxGxK, v_BxSxGxK = k_BxLxGxK, v_BxLxGxK

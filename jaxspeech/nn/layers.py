@@ -1,4 +1,4 @@
-"""Linear and norm layers whose params carry logical axis names (see `jaxspeech.sharding`)."""
+"""Linear and norm layers whose params carry logical axis names (see `jaxspeech.sharding`), attention and RoPE."""
 
 from collections.abc import Sequence
 import math
@@ -53,6 +53,27 @@ def layer_norm(features: int, *, rngs: nnx.Rngs, epsilon: float = 1e-6, dtype: D
   return nnx.LayerNorm(features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
                        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)))
+
+
+def rms_norm(features: int, *, rngs: nnx.Rngs, epsilon: float = 1e-6, dtype: Dtype = jnp.float32,
+             param_dtype: Dtype = jnp.float32) -> nnx.RMSNorm:
+  """RMSNorm, x / √(mean(x²) + ε) · g; statistics are computed in float32 whatever `dtype` is."""
+  return nnx.RMSNorm(features, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                     scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)))
+
+
+def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+  """RoPE's inverse frequencies θ^(−2i/K) for i < K/2 (K = `head_dim`), float32."""
+  return 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
+
+
+def apply_rope(x_BxLxHxK: jax.Array, angles_BxLxK2: jax.Array) -> jax.Array:
+  """Rotates the pairs (x[i], x[i + K/2]) of every head by angles[..., i] (HF's rotate_half), in float32."""
+  cos_BxLx1xK = jnp.cos(jnp.concatenate([angles_BxLxK2] * 2, -1))[:, :, None]
+  sin_BxLx1xK = jnp.sin(jnp.concatenate([angles_BxLxK2] * 2, -1))[:, :, None]
+  x1, x2 = jnp.split(x_BxLxHxK.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x_BxLxHxK * cos_BxLx1xK + rotated * sin_BxLx1xK).astype(x_BxLxHxK.dtype)
 
 
 def dot_product_attention(q_BxLxHxK: jax.Array, k_BxSxHxK: jax.Array, v_BxSxHxK: jax.Array,

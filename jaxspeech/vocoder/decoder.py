@@ -28,11 +28,6 @@ def group_norm(channels: int, groups: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> 
                        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)))
 
 
-def rms_norm(channels: int, dtype: jnp.dtype, rngs: nnx.Rngs) -> nnx.RMSNorm:
-  return nnx.RMSNorm(channels, epsilon=1e-6, dtype=dtype, rngs=rngs,
-                     scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)))
-
-
 class ResnetBlock(nnx.Module):
   """x + conv2(swish(GN(conv1(swish(GN(x)))))), k3 convs (the LDM/VQGAN block, no time embedding)."""
 
@@ -51,10 +46,10 @@ class ResnetBlock(nnx.Module):
 class TransformerBlock(nnx.Module):
   def __init__(self, dim: int, heads: int, dtype: jnp.dtype, rngs: nnx.Rngs):
     k, kw = dim // heads, dict(use_bias=False, dtype=dtype, rngs=rngs)
-    self.att_norm = rms_norm(dim, dtype, rngs)
+    self.att_norm = layers.rms_norm(dim, dtype=dtype, rngs=rngs)
     self.c_attn = layers.dense(dim, (3, heads, k), ("embed", None, "heads", "kv"), **kw)
     self.c_proj = layers.dense((heads, k), dim, ("heads", "kv", "embed"), **kw)
-    self.ffn_norm = rms_norm(dim, dtype, rngs)
+    self.ffn_norm = layers.rms_norm(dim, dtype=dtype, rngs=rngs)
     self.fc1 = layers.dense(dim, 4 * dim, ("embed", "mlp"), **kw)
     self.fc2 = layers.dense(4 * dim, dim, ("mlp", "embed"), **kw)
 

@@ -58,9 +58,10 @@ class ConvModule(nnx.Module):
 
 
 def rotate(x_BxTxHxK: jax.Array, base: float) -> jax.Array:
-  """Rotate-half rotary embedding of positions 0..T-1 (HF's `Wav2Vec2BertRotaryPositionalEmbedding`)."""
-  T, K = x_BxTxHxK.shape[1], x_BxTxHxK.shape[-1]
-  inv_freq_H = 1.0 / (base ** (np.arange(0, K, 2, dtype=np.float32) / K))
+  """Rotate-half rotary embedding of positions 0..T-1 (HF's `Wav2Vec2BertRotaryPositionalEmbedding`), in x's
+  dtype as HF rotates it (`layers.apply_rope` rotates in float32)."""
+  T = x_BxTxHxK.shape[1]
+  inv_freq_H = layers.rope_inv_freq(x_BxTxHxK.shape[-1], base)
   angles_TxK = np.concatenate([np.arange(T, dtype=np.float32)[:, None] * inv_freq_H] * 2, axis=-1)
   cos_Tx1xK = jnp.asarray(np.cos(angles_TxK)[:, None], x_BxTxHxK.dtype)
   sin_Tx1xK = jnp.asarray(np.sin(angles_TxK)[:, None], x_BxTxHxK.dtype)
