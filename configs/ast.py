@@ -45,8 +45,11 @@ Variants: `tiny`, `ssast_patch_tiny`, `ssast_frame_tiny`, `finetune` and the PET
 `ssast_patch_base` and `ssast_frame_base` (the SSAST-Base recipe: 400 of 512 patches masked, batch 24, lr 1e-4).
 """
 
+import dataclasses
+
 import ml_collections
 
+from jaxspeech.ast.model import ASTConfig
 from jaxspeech.train import config as base
 
 # PETL variant -> its `model.adapter` (see jaxspeech.ast.adapters.PETLConfig for every field)
@@ -70,15 +73,9 @@ def get_config(variant: str = "tiny"):
     raise ValueError(f"unknown variant {variant!r} of configs/ast.py; choose one of {', '.join(VARIANTS)}")
   cfg = base.defaults()
   cfg.family = "ast"
-  cfg.model.task = "classify"         # or "ssast" (pretraining)
-  cfg.model.num_classes = 16          # speakers of the default corpus (held-out ones never train)
-  cfg.model.num_mel_bins = 128
-  cfg.model.patch = 16
-  cfg.model.time_patch = 0            # 0 = square patches
-  cfg.model.pool = "cls"              # "cls" (mean of the cls and distillation outputs) or "mean" (of the patches)
-  cfg.model.layer_norm_eps = 1e-12
-  cfg.model.dtype = "float32"
-  cfg.model.attention_block_kib = 0   # 0: the whole batch in one attention; else blocks of rows (model.py)
+  # task: "classify" or "ssast" (pretraining); 16 classes: the speakers of the default corpus (held-out ones never
+  # train). jaxspeech.ast.model.ASTConfig says what each model field is.
+  cfg.model.update(task="classify", **dataclasses.asdict(ASTConfig(num_classes=16)))
   cfg.train.best_metric = "accuracy"
   if variant.startswith("ssast"):
     _ssast(cfg, frame=variant.startswith("ssast_frame"))

@@ -21,6 +21,8 @@ Zero-shot evaluation on the corpus's unseen speakers (see docs/dit.md):
   jaxspeech dit eval --dit workdirs/dit_tiny --vocoder workdirs/vocoder_tiny --split test_unseen
 """
 
+import dataclasses
+
 from jaxspeech.dit.sizes import SIZES
 from jaxspeech.train import config as base
 
@@ -30,11 +32,7 @@ def get_config(variant: str = "tiny"):
     raise ValueError(f"unknown variant {variant!r} of configs/dit.py; choose one of {', '.join(SIZES)}")
   cfg = base.defaults()
   cfg.family = "dit"
-  cfg.model.update(backbone="dit", dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2, mel_dim=100,
-                   text_num_embeds=256, text_dim=512, conv_layers=4, text_mask_padding=True, rope_heads=0,
-                   key_mask=False, skip_connect="concat", dtype="float32", remat="none", vocab_file="",
-                   attention_block_kib=0)
-  cfg.model.update(**SIZES[variant])
+  cfg.model.update(**dataclasses.asdict(SIZES[variant]), vocab_file="")
   cfg.objective = dict(frac_lengths=(0.7, 1.0), audio_drop_prob=0.3, cond_drop_prob=0.2)
   cfg.data.update(frame_budget=38_400 * 8, bucket_seconds=(4, 8, 16, 30), max_text=1024)
   cfg.train.update(ema_decay=0.9999, best_metric="loss", best_mode="min")
