@@ -7,6 +7,11 @@ reach CER 4.3% / WER 21% on the test split (benchmarks/RESULTS.md):
   jaxspeech train --config=configs/asr.py:tiny --workdir=workdirs/asr_tiny
   jaxspeech asr eval --asr workdirs/asr_tiny --split test
 
+`tiny_streaming` is the same model with NeMo's cache-aware streaming (chunks of 320 ms, 1.92 s of left context,
+causal convs; docs/asr.md): `jaxspeech asr transcribe --stream` runs it chunk by chunk.
+
+  jaxspeech train --config=configs/asr.py:tiny_streaming --workdir=workdirs/asr_streaming
+
 `parakeet_ctc_0.6b` is nvidia/parakeet-ctc-0.6b's shape (24 layers, d_model 1024, 8× subsampling) over a
 1,024-piece sentencepiece model, with NeMo's FastConformer recipe (AdamW lr 1e-3 after 15k warmup steps,
 SpecAugment 2 × 27 bins and 10 × 5% of frames, bf16):
@@ -35,7 +40,7 @@ def get_config(variant: str = "tiny"):
   cfg.data.update(tokenizer="", frame_budget=8 * 20_000, bucket_seconds=(5, 10, 20), max_text=512)
   cfg.train.update(best_metric="wer", best_mode="min")
   cfg.optim.update(lr=1e-3, schedule="cosine", warmup_steps=15_000, weight_decay=1e-3, b2=0.98, clip_norm=1.0)
-  if variant == "tiny":
+  if variant.startswith("tiny"):
     cfg.model.update(subsampling_factor=4, vocab_size=text.Characters.vocab_size + 1)
     cfg.augment.freq_width = 15
     cfg.data.update(frame_budget=3_000, bucket_seconds=(5, 10), max_text=224)

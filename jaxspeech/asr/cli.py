@@ -1,4 +1,4 @@
-"""`jaxspeech asr transcribe --asr WORKDIR AUDIO...` and `jaxspeech asr eval --asr WORKDIR [--split test]`.
+"""`jaxspeech asr transcribe --asr WORKDIR [--stream] AUDIO...` and `jaxspeech asr eval --asr WORKDIR [--split test]`.
 
 Greedy CTC decoding with a trained (or imported) asr workdir; `eval` scores a split's recordings against their
 transcripts (WER and CER of normalised text: lower case, letters and apostrophes) and writes every utterance's
@@ -17,7 +17,7 @@ from jaxspeech.data import tfds_io
 
 
 def _transcribe(args) -> None:
-  recognizer = inference.Recognizer(args.asr, args.weights)
+  recognizer = inference.Recognizer(args.asr, args.weights, stream=args.stream)
   for path in args.audio:
     wav, rate = soundfile.read(path, dtype="float32", always_2d=True)
     print(f"{path}\t{recognizer.transcribe([wav.mean(1)], rate)[0]}")
@@ -51,6 +51,9 @@ def add_parser(groups) -> None:
   p = asr.add_parser("transcribe", help="print each audio file's transcript", description=__doc__.split("\n\n")[0])
   p.add_argument("--asr", required=True, help="an asr workdir (trained, or imported with `jaxspeech convert asr`)")
   p.add_argument("--weights", choices=("auto", "params", "ema"), default="auto")
+  p.add_argument("--stream", action="store_true",
+                  help="run the model chunk by chunk with its caches (a model trained for streaming, e.g. "
+                       "configs/asr.py:tiny_streaming); same transcript as without")
   p.add_argument("audio", nargs="+", help="audio files (any rate; resampled to 16 kHz)")
   p.set_defaults(run=_transcribe)
   p = asr.add_parser("eval", help="WER and CER of a split's recordings against their transcripts")

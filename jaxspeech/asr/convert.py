@@ -3,8 +3,9 @@
     jaxspeech convert asr --from hf --src HF_DIR --dst WORKDIR [--remat] [--dtype bfloat16]
     jaxspeech convert asr --to hf --src WORKDIR --dst HF_DIR
 
-Import reads config.json and model.safetensors (or the shards of model.safetensors.index.json); export writes
-the two files that `transformers.ParakeetForCTC.from_pretrained` loads (no processor or tokenizer files).
+Import reads config.json and model.safetensors (or the shards of model.safetensors.index.json), and copies
+the tokenizer files into the workdir; export writes the two files that `transformers.ParakeetForCTC.from_pretrained`
+loads, and the workdir's tokenizer with processor_config.json (`jaxspeech.asr.hf_tokenizer`).
 A workdir holds params only, so the BatchNorm running statistics do not travel through it: import leaves
 them out (and says so), export writes the ones the workdir's params carry, else torch's initial 0 and 1.
 
@@ -23,14 +24,17 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from jaxspeech.asr import hf_tokenizer
 from jaxspeech.asr.model import ASRConfig, FastConformerCTC
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import (CONV1D, CONV2D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule,
                                        Transform)
 from jaxspeech.convert.workdir import Imported
 
-SOURCES = {"hf": "an HF ParakeetForCTC directory (config.json + model.safetensors or a sharded index)"}
-TARGETS = {"hf": "an HF directory for transformers.ParakeetForCTC.from_pretrained (config.json + model.safetensors)"}
+SOURCES = {"hf": "an HF ParakeetForCTC directory (config.json + model.safetensors or a sharded index, and its "
+                 "tokenizer.json when it has one)"}
+TARGETS = {"hf": "an HF directory for transformers.ParakeetForCTC.from_pretrained (config.json + model.safetensors) "
+                 "and AutoProcessor (the workdir's tokenizer)"}
 
 BATCHES_TRACKED = "num_batches_tracked"
 OURS_ONLY = ("vocab_size", "dtype", "remat")   # ASRConfig fields that are not ParakeetEncoderConfig's
@@ -172,7 +176,13 @@ def config_from_hf(raw: dict, **overrides) -> ASRConfig:
 
 
 def hf_config(cfg: ASRConfig) -> dict:
-  """config.json of `cfg` for `ParakeetForCTC`."""
+  """config.json of `cfg` for `ParakeetForCTC`, which has no streaming settings: a model with any refused."""
+  offline = ASRConfig()
+  streaming = [f"model.{name}={getattr(cfg, name)} (ParakeetForCTC has only {getattr(offline, name)})"
+               for name in ("att_context_left", "att_context_right", "conv_context_right", "causal_downsampling",
+                            "normalize_features") if getattr(cfg, name) != getattr(offline, name)]
+  if streaming:
+    raise ConversionError("a streaming asr model", streaming)
   encoder = {"model_type": "parakeet_encoder", **{k: getattr(cfg, k) for k in ENCODER_FIELDS},
              "num_key_value_heads": cfg.num_attention_heads, "initializer_range": 0.02}
   return {"architectures": ["ParakeetForCTC"], "model_type": "parakeet_ctc", "vocab_size": cfg.vocab_size,
@@ -189,7 +199,8 @@ def add_arguments(parser) -> None:
 
 
 def import_checkpoint(source: str, src: str, args) -> Imported:
-  """`jaxspeech convert asr --from hf`: the params and BatchNorm statistics of a ParakeetForCTC directory."""
+  """`jaxspeech convert asr --from hf`: the params and BatchNorm statistics of a ParakeetForCTC directory, and its
+  tokenizer files."""
   config_path = os.path.join(src, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"HF directory {src}", ["has no config.json"])
@@ -198,13 +209,14 @@ def import_checkpoint(source: str, src: str, args) -> Imported:
   state_dict, filename = mapping.read_hf_weights(src)
   variables = from_torch(state_dict, cfg, f"{src}/{filename}")
   stats = set(batch_stat_paths(cfg))
+  files, notes = hf_tokenizer.read(src, cfg)
   return Imported(model=dataclasses.asdict(cfg), params={k: v for k, v in variables.items() if k not in stats},
                   rest={k: v for k, v in variables.items() if k in stats},
-                  provenance={"layout": "ParakeetForCTC", "file": filename, "hf_config": raw})
+                  provenance={"layout": "ParakeetForCTC", "file": filename, "hf_config": raw}, notes=notes, files=files)
 
 
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
-  """`jaxspeech convert asr --to hf`: config.json and model.safetensors into `dst`; lines to print."""
+  """`jaxspeech convert asr --to hf`: config.json, model.safetensors and the tokenizer into `dst`; lines to print."""
   fields = {f.name for f in dataclasses.fields(ASRConfig)}
   unknown = sorted(checkpoint.model.keys() - fields)
   if unknown:
@@ -217,4 +229,5 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
     json.dump(hf_config(cfg), f, indent=2)
   safetensors.numpy.save_file(state_dict, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
   return [f"ParakeetForCTC, {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size} "
-          f"(blank {cfg.blank_id})", f"{len(state_dict)} tensors in model.safetensors (BatchNorm statistics included)"]
+          f"(blank {cfg.blank_id})", f"{len(state_dict)} tensors in model.safetensors (BatchNorm statistics included)",
+          *hf_tokenizer.write(args.src, cfg, dst)]

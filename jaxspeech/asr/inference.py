@@ -10,7 +10,7 @@ import numpy as np
 import soundfile
 from flax import nnx
 
-from jaxspeech.asr import evaluate as scoring, family, text
+from jaxspeech.asr import evaluate as scoring, family, streaming, text
 from jaxspeech.audio import features, io as audio_io
 from jaxspeech.workdir import Workdir
 
@@ -18,20 +18,31 @@ BUCKET_SECONDS = 2.0  # clips are zero-padded to a multiple of this: one compile
 
 
 class Recognizer:
-  """An asr workdir's model (its EMA when it has one) with greedy CTC decoding."""
+  """An asr workdir's model (its EMA when it has one) with greedy CTC decoding; with `stream`, the model runs
+  chunk by chunk with its caches (`jaxspeech.asr.streaming`), as a live stream would."""
 
-  def __init__(self, workdir: str, weights: str = "auto"):
+  def __init__(self, workdir: str, weights: str = "auto", stream: bool = False):
     model, cfg = Workdir(workdir).load_model(family.FAMILY, weights=weights)
     self.tokenizer = text.of_workdir(workdir)
     self.config = family.model_config(cfg)
     graphdef, state = nnx.split(model)
 
     @jax.jit
-    def logits(state, wav_BxS, lengths_B):
-      mel_BxTxM, frames_B = features.parakeet_features(wav_BxS, self.config.num_mel_bins, lengths_B=lengths_B)
+    def mel(wav_BxS, lengths_B):
+      return features.parakeet_features(wav_BxS, self.config.num_mel_bins, lengths_B=lengths_B,
+                                        normalize=self.config.normalize_features)
+
+    @jax.jit
+    def logits(state, mel_BxTxM, frames_B):
       return nnx.merge(graphdef, state)(mel_BxTxM, jnp.arange(mel_BxTxM.shape[1]) < frames_B[:, None])
 
-    self._logits = functools.partial(logits, state)
+    self._mel = mel
+    if stream:
+      step = streaming.compile_step(model)
+      self._logits = lambda mel_BxTxM, frames_B: streaming.run(model, np.asarray(mel_BxTxM), np.asarray(frames_B),
+                                                                step)
+    else:
+      self._logits = functools.partial(logits, state)
 
   def transcribe(self, wavs: list[np.ndarray], sample_rate: int, batch_size: int = 8) -> list[str]:
     """The transcript of each mono clip (float in [-1, 1] at `sample_rate`)."""
@@ -47,7 +58,7 @@ class Recognizer:
       for j, i in enumerate(rows):
         wav_BxS[j, :len(clips[i])], lengths_B[j] = clips[i], len(clips[i])
       lengths_B[len(rows):] = family.HOP * 2  # padding rows: a few frames of silence, not an empty utterance
-      logits_BxNxV, valid_BxN = self._logits(wav_BxS, lengths_B)
+      logits_BxNxV, valid_BxN = self._logits(*self._mel(wav_BxS, lengths_B))
       for j, ids in enumerate(text.greedy(np.asarray(logits_BxNxV), np.asarray(valid_BxN), self.config.blank_id)):
         if j < len(rows):
           out[rows[j]] = self.tokenizer.decode(ids)

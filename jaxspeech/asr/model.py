@@ -5,6 +5,12 @@ Log-mel frames (B, T, M) are subsampled 8x in time by depthwise-separable 2-D co
 x + Conv(LN(x)), x + ½FFN(LN(x)), then LN. A k=1 conv (a linear map) gives the CTC logits over
 `vocab_size` classes, the last of which is the blank.
 
+With `att_context_right` >= 0 it is NeMo's cache-aware streaming FastConformer ("Stateful Conformer with
+cache-based inference", Noroozi et al. 2024): attention limited to the frame's chunk of `att_context_right` + 1
+frames and `att_context_left` frames before it, a conv module that looks at most `conv_context_right` frames
+ahead and never past its chunk, and a causal subsampling; trained as such, it runs chunk by chunk with caches
+(`jaxspeech.asr.streaming`) to the same outputs.
+
 Training (`deterministic=False`) needs `key` for dropout and layerdrop, and normalises the conv modules with
 batch statistics. It writes the updated running statistics (`nnx.BatchStat`) back into the model; jaxspeech's
 train step returns them with the model's `rest` (`jaxspeech.train.step`).
@@ -17,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxspeech.asr.modules import (ACTIVATIONS, ConvModule, FeedForward, RelPositionAttention, Subsampling, conv_length,
-                                   relative_positions)
+from jaxspeech.asr.modules import (ACTIVATIONS, ConvModule, FeedForward, RelPositionAttention, Subsampling,
+                                   chunked_context, conv_length, relative_positions)
 from jaxspeech.nn import layers
 from jaxspeech.sharding import constrain
 
@@ -51,6 +57,12 @@ class ASRConfig:
   remat: bool = False                   # jax.checkpoint each conformer block
   hidden_act: str = "silu"              # feed-forward and conv-module activation
   layerdrop: float = 0.1                # probability of skipping a whole block in training
+  # cache-aware streaming, as NeMo's streaming FastConformer configs; the defaults are HF's offline model
+  att_context_left: int = -1            # att_context_size[0]: earlier frames a frame sees (whole chunks); -1: all
+  att_context_right: int = -1           # att_context_size[1]: chunks of right + 1 frames ('chunked_limited'); -1: none
+  conv_context_right: int = -1          # the conv module's later taps, inside the chunk; -1: centred (HF)
+  causal_downsampling: bool = False     # the subsampling convs see no later frame
+  normalize_features: bool = True       # log-mel bins normalised over the utterance (HF); False: NeMo's "NA"
 
   @property
   def blank_id(self) -> int:
@@ -61,6 +73,21 @@ class ASRConfig:
   def strided_convs(self) -> int:
     return int(math.log2(self.subsampling_factor))
 
+  @property
+  def chunk(self) -> int:
+    """Encoder frames per attention chunk; 0 when attention is not chunked."""
+    return self.att_context_right + 1
+
+  def streaming_problems(self) -> list[str]:
+    """What keeps this model from running chunk by chunk with the same outputs as offline (empty: nothing)."""
+    problems = [f"{name}={getattr(self, name)} (needs ≥ 0)" for name in
+                ("att_context_left", "att_context_right", "conv_context_right") if getattr(self, name) < 0]
+    if not self.causal_downsampling:
+      problems.append("causal_downsampling=False (needs True)")
+    if self.normalize_features:
+      problems.append("normalize_features=True (statistics of the whole utterance; needs False)")
+    return problems
+
   def validate(self) -> None:
     problems = []
     if self.subsampling_factor < 2 or 2 ** self.strided_convs != self.subsampling_factor:
@@ -70,6 +97,14 @@ class ASRConfig:
                       f"num_attention_heads={self.num_attention_heads}")
     if self.conv_kernel_size % 2 == 0:
       problems.append(f"conv_kernel_size={self.conv_kernel_size} must be odd ('same' padding)")
+    if self.att_context_right < 0 and (self.att_context_left >= 0 or self.conv_context_right >= 0):
+      problems.append("att_context_left and conv_context_right need chunks: set att_context_right ≥ 0")
+    if self.att_context_right >= 0 and self.att_context_left > 0 and self.att_context_left % self.chunk:
+      problems.append(f"att_context_left={self.att_context_left} is not whole chunks of att_context_right + 1 = "
+                      f"{self.chunk} frames")
+    if self.conv_context_right >= self.conv_kernel_size:
+      problems.append(f"conv_context_right={self.conv_context_right} must be below conv_kernel_size="
+                      f"{self.conv_kernel_size}")
     if self.hidden_act not in ACTIVATIONS:
       problems.append(f"hidden_act={self.hidden_act!r}; choose one of {sorted(ACTIVATIONS)}")
     hf_bins = self.num_mel_bins // self.subsampling_conv_stride ** self.strided_convs
@@ -84,6 +119,12 @@ SIZES = {
     # trains on a CPU in minutes; vocab_size is the tokenizer's pieces + 1, set by whoever picks the tokenizer
     "tiny": ASRConfig(hidden_size=144, intermediate_size=576, num_hidden_layers=4, num_attention_heads=4,
                       subsampling_conv_channels=64, num_mel_bins=80, vocab_size=257, layerdrop=0.0),
+    # tiny with NeMo's cache-aware streaming: chunks of 8 frames (320 ms at 4× subsampling, the look-ahead),
+    # 48 frames (1.92 s) of left context, causal conv module and subsampling, unnormalised features
+    "tiny_streaming": ASRConfig(hidden_size=144, intermediate_size=576, num_hidden_layers=4, num_attention_heads=4,
+                                subsampling_conv_channels=64, num_mel_bins=80, vocab_size=257, layerdrop=0.0,
+                                att_context_left=48, att_context_right=7, conv_context_right=0,
+                                causal_downsampling=True, normalize_features=False),
     # nvidia/parakeet-ctc-0.6b: FastConformer, 24 layers, d_model 1024, 8 heads, FFN 4x, conv kernel 9, 8x
     # dw-striding subsampling with 256 channels, 80 mels, 1024 BPE pieces + blank (NeMo's
     # fast-conformer_ctc_bpe config; the HF converter's ParakeetCTCConfig defaults); no stochastic depth
@@ -108,19 +149,32 @@ class ConformerBlock(nnx.Module):
     self.attn = RelPositionAttention(d, cfg.num_attention_heads, cfg.attention_bias, cfg.attention_dropout, dtype,
                                      rngs)
     self.norm_conv = layers.layer_norm(d, epsilon=1e-5, dtype=dtype, rngs=rngs)
-    self.conv = ConvModule(d, cfg.conv_kernel_size, cfg.convolution_bias, cfg.hidden_act, dtype, rngs)
+    self.conv = ConvModule(d, cfg.conv_kernel_size, cfg.convolution_bias, cfg.hidden_act, dtype, rngs,
+                           cfg.conv_context_right, cfg.chunk)
     self.norm_ff2 = layers.layer_norm(d, epsilon=1e-5, dtype=dtype, rngs=rngs)
     self.ff2 = FeedForward(*ffn)
     self.norm_out = layers.layer_norm(d, epsilon=1e-5, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x_BxNxD: jax.Array, pos_PxD: jax.Array, mask_BxN: jax.Array, deterministic: bool,
-               key: jax.Array | None) -> jax.Array:
+  def __call__(self, x_BxNxD: jax.Array, pos_PxD: jax.Array, mask_BxN: jax.Array, pairs_BxNxN: jax.Array,
+               deterministic: bool, key: jax.Array | None) -> jax.Array:
     keys = (None,) * 3 if key is None else tuple(jax.random.split(key, 3))
     x_BxNxD = x_BxNxD + 0.5 * self.ff1(self.norm_ff1(x_BxNxD), deterministic, keys[0])
-    x_BxNxD = x_BxNxD + self.attn(self.norm_attn(x_BxNxD), pos_PxD, mask_BxN, deterministic, keys[1])
+    x_BxNxD = x_BxNxD + self.attn(self.norm_attn(x_BxNxD), pos_PxD, pairs_BxNxN, deterministic, keys[1])
     x_BxNxD = x_BxNxD + self.conv(self.norm_conv(x_BxNxD), mask_BxN, deterministic)
     x_BxNxD = x_BxNxD + 0.5 * self.ff2(self.norm_ff2(x_BxNxD), deterministic, keys[2])
     return constrain(self.norm_out(x_BxNxD), BLOCK_AXES)
+
+  def step(self, x_BxCxD: jax.Array, pos_PxD: jax.Array, mask_BxC: jax.Array, pairs_BxCxM: jax.Array,
+           cache: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, tuple[jax.Array, jax.Array, jax.Array]]:
+    """One chunk in inference; `cache` is (past keys, past values, past gated conv frames), returned updated."""
+    past_k, past_v, past_conv = cache
+    x_BxCxD = x_BxCxD + 0.5 * self.ff1(self.norm_ff1(x_BxCxD), True, None)
+    attended_BxCxD, past_k, past_v = self.attn.step(self.norm_attn(x_BxCxD), pos_PxD, pairs_BxCxM, past_k, past_v)
+    x_BxCxD = x_BxCxD + attended_BxCxD
+    convolved_BxCxD, past_conv = self.conv.step(self.norm_conv(x_BxCxD), mask_BxC, past_conv)
+    x_BxCxD = x_BxCxD + convolved_BxCxD
+    x_BxCxD = x_BxCxD + 0.5 * self.ff2(self.norm_ff2(x_BxCxD), True, None)
+    return self.norm_out(x_BxCxD), (past_k, past_v, past_conv)
 
 
 class FastConformerCTC(nnx.Module):
@@ -129,7 +183,8 @@ class FastConformerCTC(nnx.Module):
     self.cfg = cfg
     d, dtype = cfg.hidden_size, jnp.dtype(cfg.dtype)
     self.subsampling = Subsampling(cfg.num_mel_bins, cfg.subsampling_conv_channels, cfg.subsampling_conv_kernel_size,
-                                   cfg.subsampling_conv_stride, cfg.strided_convs, d, dtype, rngs)
+                                   cfg.subsampling_conv_stride, cfg.strided_convs, d, dtype, rngs,
+                                   cfg.causal_downsampling)
     self.input_dropout = nnx.Dropout(cfg.dropout)
     self.position_dropout = nnx.Dropout(cfg.dropout_positions)
     self.blocks = nnx.List([ConformerBlock(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
@@ -163,26 +218,30 @@ class FastConformerCTC(nnx.Module):
     x_BxNxD = constrain(self.input_dropout(x_BxNxD, deterministic=deterministic, rngs=keys[0]), BLOCK_AXES)
     pos_PxD = self.position_dropout(pos_PxD, deterministic=deterministic, rngs=keys[1])
     valid_BxN = jnp.arange(n) < output_lengths(lengths_B, cfg)[:, None]
+    pairs_BxNxN = valid_BxN[:, :, None] & valid_BxN[:, None, :]
+    if cfg.chunk:
+      left_chunks = n if cfg.att_context_left < 0 else cfg.att_context_left // cfg.chunk
+      pairs_BxNxN &= chunked_context(n, cfg.chunk, left_chunks)
     for i, block in enumerate(self.blocks):
-      x_BxNxD = self._run_block(block, x_BxNxD, pos_PxD, valid_BxN, deterministic,
+      x_BxNxD = self._run_block(block, x_BxNxD, pos_PxD, valid_BxN, pairs_BxNxN, deterministic,
                                 None if key is None else jax.random.fold_in(keys[2], i))
     return x_BxNxD, valid_BxN
 
-  def _run_block(self, block: ConformerBlock, x_BxNxD, pos_PxD, valid_BxN, deterministic: bool, key):
+  def _run_block(self, block: ConformerBlock, x_BxNxD, pos_PxD, valid_BxN, pairs_BxNxN, deterministic: bool, key):
     """One block, rematerialised with `cfg.remat`; in training it may be skipped (layerdrop), and its updated
     BatchNorm statistics are written back unless it was (the train step returns them with the model's `rest`)."""
     graphdef, state = nnx.split(block)
 
-    def apply(state, x_BxNxD, pos_PxD, valid_BxN, key):
+    def apply(state, x_BxNxD, pos_PxD, valid_BxN, pairs_BxNxN, key):
       # fresh variables of this trace: merge would reuse `state`'s, which BatchNorm may not mutate here
       block = nnx.merge(graphdef, jax.tree.map(lambda x: x, state))
-      y_BxNxD = block(x_BxNxD, pos_PxD, valid_BxN, deterministic, key)
+      y_BxNxD = block(x_BxNxD, pos_PxD, valid_BxN, pairs_BxNxN, deterministic, key)
       return y_BxNxD, nnx.state(block, nnx.BatchStat)
 
     if self.cfg.remat:
       apply = jax.checkpoint(apply)
     block_key, drop_key = (None, None) if key is None else tuple(jax.random.split(key))
-    y_BxNxD, stats = apply(state, x_BxNxD, pos_PxD, valid_BxN, block_key)
+    y_BxNxD, stats = apply(state, x_BxNxD, pos_PxD, valid_BxN, pairs_BxNxN, block_key)
     if deterministic:
       return y_BxNxD
     if self.cfg.layerdrop:
