@@ -268,7 +268,8 @@ def test_export_then_import(tmp_path):
                                                                            if k not in stats},
                                      rest={k: v for k, v in variables.items() if k in stats}, provenance={})
   (tmp_path / "full").mkdir()
-  convert.export_checkpoint("hf", checkpoint, str(tmp_path / "full"), None)
+  lines = convert.export_checkpoint("hf", checkpoint, str(tmp_path / "full"), types.SimpleNamespace(src=str(tmp_path)))
+  assert lines[-1].startswith("no tokenizer")  # the "workdir" has none, and 32 ids are not the 28 characters
   loaded = transformers.ParakeetForCTC.from_pretrained(tmp_path / "full").eval()
   loaded_sd = state_dict(loaded)
   assert loaded_sd.keys() == sd.keys()

@@ -1,7 +1,9 @@
 """Transcripts as CTC targets: the characters of a fixed alphabet, or the pieces of a sentencepiece model
-(`jaxspeech text train`); the blank is the class after the last piece, as in ParakeetForCTC."""
+(`jaxspeech text train`); the blank is the class after the last piece, as in ParakeetForCTC. A workdir imported
+from an HF ParakeetForCTC directory decodes with that directory's `tokenizer.json` (`HFTokenizer`)."""
 
 import copy
+import json
 import re
 
 import numpy as np
@@ -33,16 +35,49 @@ def tokenizer(path: str) -> Characters | spm.Tokenizer:
   return spm.Tokenizer.load(path) if path else Characters()
 
 
+class HFTokenizer:
+  """The HF tokenizer files in `directory`: tokenizer.json, and the special tokens that tokenizer_config.json
+  (over special_tokens_map.json) names. `decode` of collapsed CTC ids is `ParakeetTokenizer.decode` of the
+  frames' ids, as `ParakeetProcessor.decode` and the ASR pipeline call it: the tokenizer's decoder over the
+  ids, special tokens kept. That also drops the pad token, which `collapse` does when the pad is the blank,
+  and cleans up spaces where `cleans_up`, which `decode` does not: the importer refuses both differences."""
+
+  def __init__(self, directory: str):
+    import tokenizers  # pylint: disable=import-outside-toplevel
+    self.tokenizer = tokenizers.Tokenizer.from_str(storage.read_text(storage.join(directory, HF_FILES[0])))
+    self.config = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+      path = storage.join(directory, name)
+      self.config.update(json.loads(storage.read_text(path)) if storage.exists(path) else {})
+
+  @property
+  def pad_id(self) -> int | None:
+    pad = self.config.get("pad_token")
+    return self.tokenizer.token_to_id(pad["content"] if isinstance(pad, dict) else pad) if pad else None
+
+  @property
+  def cleans_up(self) -> bool:
+    """Whether transformers' decode rewrites spaces before punctuation (it never does for a BPE model)."""
+    return bool(self.config.get("clean_up_tokenization_spaces")) and type(self.tokenizer.model).__name__ != "BPE"
+
+  def decode(self, ids) -> str:
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
+
+
 FILENAME = "tokenizer.model"  # a run's sentencepiece model, kept in its workdir
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # an HF tokenizer's, if present
 
 
 def in_workdir(workdir: str) -> str:
   return storage.join(workdir, FILENAME)
 
 
-def of_workdir(workdir: str) -> Characters | spm.Tokenizer:
-  """The tokenizer a workdir's model was trained with: its own copy of the sentencepiece model, else characters."""
-  return tokenizer(in_workdir(workdir) if storage.exists(in_workdir(workdir)) else "")
+def of_workdir(workdir: str) -> Characters | spm.Tokenizer | HFTokenizer:
+  """The tokenizer a workdir's model was trained with: its own copy of the sentencepiece model, else the HF
+  tokenizer `jaxspeech convert asr --from hf` copied into it, else characters."""
+  if storage.exists(in_workdir(workdir)):
+    return tokenizer(in_workdir(workdir))
+  return HFTokenizer(workdir) if storage.exists(storage.join(workdir, HF_FILES[0])) else Characters()
 
 
 def prepare(cfg, workdir: str):

@@ -5,6 +5,7 @@ An imported workdir is what `jaxspeech train` would have written at step 0 for t
     WORKDIR/config.json                 {"family": ..., "model": {...}}: what the trainer checks on resume
     WORKDIR/convert.json                provenance: source, direction, layout, keys initialised or ignored
     WORKDIR/checkpoints/0/state         the TrainState (Orbax): imported params, fresh AdamW state, rng, step 0
+    WORKDIR/...                         files the converter carries over, such as an HF tokenizer (`Imported.files`)
 
 The state is built by the trainer's own code (`optim.make`, `state_lib.make_init`) from the shared defaults
 (`jaxspeech.train.config.defaults()`: AdamW with clipping, no EMA, and an empty entry for each parameter group
@@ -49,6 +50,7 @@ class Imported:
   provenance: dict = dataclasses.field(default_factory=dict)   # layout, generation, ignored keys, labels, ...
   notes: list[str] = dataclasses.field(default_factory=list)   # printed to stderr
   rest: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # other model variables: BatchNorm stats
+  files: dict[str, bytes] = dataclasses.field(default_factory=dict)      # file name -> content, into the workdir
 
 
 def _version(package: str) -> str | None:
@@ -166,10 +168,14 @@ def write(dst: str, family: str, imported: Imported, provenance: dict) -> dict:
   record = {
       "direction": "import", **provenance, **imported.provenance, "family": family, "step": 0,
       "imported": len(imported.params), "initialised": sorted(shapes.keys() - imported.params.keys()),
+      **({"files": sorted(imported.files)} if imported.files else {}),
       "state_config": STATE_CONFIG, "jaxspeech": _version("jaxspeech"),
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
   with staged(dst) as tmp:
     workdir = Workdir(tmp)
     workdir.write_state(state)
     workdir.write_config({"family": family, "model": json.loads(cfg.model.to_json())}, provenance=record)
+    for name, content in imported.files.items():
+      with open(os.path.join(tmp, name), "wb") as f:
+        f.write(content)
   return record

@@ -88,11 +88,11 @@ def from_sentencepiece(model_proto: bytes, added: Sequence[tuple[str, bool]] = (
 
 
 def save(tokenizer, directory: str, *, eos_token: str | None = None, pad_token: str | None = None,
-         model_max_length: int = 131_072) -> list[str]:
+         model_max_length: int = 131_072, tokenizer_class: str = "PreTrainedTokenizerFast") -> list[str]:
   """tokenizer.json, tokenizer_config.json and special_tokens_map.json in `directory`; the names written."""
   tokenizer.save(os.path.join(directory, "tokenizer.json"))
   special = {k: v for k, v in (("eos_token", eos_token), ("pad_token", pad_token)) if v is not None}
-  config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+  config = {"tokenizer_class": tokenizer_class, "model_max_length": model_max_length,
             "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False, **special}
   for name, content in (("tokenizer_config.json", config), ("special_tokens_map.json", special)):
     with open(os.path.join(directory, name), "w") as f:
