@@ -13,6 +13,10 @@ teacher, train `base` acoustic-only: `--config.model.semantic.enabled=False`. A 
 `--config.gan.warmup_steps=N`.
 """
 
+import dataclasses
+
+import ml_collections
+
 from jaxspeech.codec import sizes
 from jaxspeech.gan import losses
 from jaxspeech.train import config as base
@@ -25,7 +29,7 @@ def get_config(variant: str = "tiny"):
     raise ValueError(f"unknown variant {variant!r} of configs/codec.py; choose one of {', '.join(VARIANTS)}")
   cfg = base.defaults()
   cfg.family = "codec"
-  cfg.model = sizes.SIZES[variant]()
+  cfg.model = ml_collections.ConfigDict(dataclasses.asdict(sizes.SIZES[variant]()))
   cfg.gan = losses.defaults()
   cfg.data.update(crop_seconds=1.0, eval_crop_seconds=3.0)
   cfg.optim.update(**losses.OPTIM)

@@ -9,19 +9,15 @@ Vocos mel-24kHz's shape (width 512, 8 blocks, ISTFT n_fft 1024 hop 256) built fr
 decoder (Vocos' own blocks are ConvNeXt); `tiny` is CPU-sized.
 """
 
+import dataclasses
+
 import ml_collections
 
 from jaxspeech.gan import losses
 from jaxspeech.train import config as base
+from jaxspeech.vocoder.model import SIZES
 
-VARIANTS = ("tiny", "base")
-
-
-def model(dim: int, depth: int, heads: int, norm_groups: int) -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      sample_rate=24000, n_mels=100, n_fft=1024, hop=256,
-      decoder=dict(input_channels=100, dim=dim, depth=depth, heads=heads, n_fft=1024, hop=256,
-                   norm_groups=norm_groups)))
+VARIANTS = tuple(SIZES)
 
 
 def get_config(variant: str = "tiny"):
@@ -29,16 +25,15 @@ def get_config(variant: str = "tiny"):
     raise ValueError(f"unknown variant {variant!r} of configs/vocoder.py; choose one of {', '.join(VARIANTS)}")
   cfg = base.defaults()
   cfg.family = "vocoder"
+  cfg.model = ml_collections.ConfigDict(dataclasses.asdict(SIZES[variant]))
   cfg.gan = losses.defaults()
   cfg.optim.update(**losses.OPTIM)
   if variant == "tiny":
-    cfg.model = model(dim=64, depth=2, heads=4, norm_groups=16)
     cfg.gan.update(period_channels=(8, 16, 32, 32, 32), resolution_channels=8)
     cfg.data.update(crop_seconds=0.4, eval_crop_seconds=2.0)
     cfg.train.update(steps=300, batch_size=8, log_every=10, eval_every=100, checkpoint_every=100)
     cfg.optim.update(lr=1e-3, warmup_steps=20, end_lr_factor=0.2)
   else:
-    cfg.model = model(dim=512, depth=8, heads=8, norm_groups=32)
     cfg.data.update(crop_seconds=1.0, eval_crop_seconds=3.0)
     cfg.train.update(steps=1_000_000, batch_size=16, log_every=100, eval_every=10_000, checkpoint_every=5000)
     cfg.optim.update(lr=5e-4, warmup_steps=1000, end_lr_factor=0.0)

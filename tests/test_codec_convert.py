@@ -16,6 +16,7 @@ import safetensors.torch
 import torch
 
 from jaxspeech.codec import convert, sizes
+from jaxspeech.codec.model import CodecConfig
 from jaxspeech.convert import cli as convert_cli
 from jaxspeech.workdir import Workdir
 from tests.helpers.codec import CONFIGS, Reference, codec_config, inputs, reference
@@ -89,7 +90,7 @@ def test_cli_round_trip_is_identical_and_loads_strictly(tmp_path):
   assert result.returncode == 0, result.stderr
   with open(tmp_path / "wd" / "config.json") as f:
     saved = json.load(f)
-  assert saved["family"] == "codec" and saved["model"] == cfg.to_dict()
+  assert saved["family"] == "codec" and CodecConfig(**saved["model"]) == cfg
   assert Workdir(str(tmp_path / "wd")).read_params("codec", weights="params").step == 0
   result = cli("--to", "xcodec2", "--src", tmp_path / "wd", "--dst", tmp_path / "out")
   assert result.returncode == 0, result.stderr
@@ -160,7 +161,7 @@ def test_base_is_the_released_shape():
   state_dict = {f"{name}.{k}": v for name, module in modules.items() for k, v in module.state_dict().items()}
   args = convert_cli.family_parser("codec", convert).parse_args(["--from", "xcodec2", "--src", "-", "--dst", "-"])
   cfg = convert.config_from_state_dict(state_dict, args)
-  assert cfg.to_dict() == sizes.base().to_dict()
+  assert cfg == sizes.base()
   name, params = convert.from_state_dict(state_dict, cfg)
   assert name == "XCodec2Model (parametrizations weight norm)"
   assert sum(p.size for p in params.values()) == sum(v.numel() for k, v in state_dict.items()

@@ -7,6 +7,7 @@ transformers' SeamlessM4TFeatureExtractor's features, which X-codec2 used and Xc
 reproduces, of the audio padded as Xcodec2FeatureExtractor pads it.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,7 +15,6 @@ import sys
 import types
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -23,11 +23,11 @@ from flax import nnx
 from transformers import SeamlessM4TFeatureExtractor, Xcodec2Config, Xcodec2Model
 
 from jaxspeech.codec import convert, family, hf, sizes
-from jaxspeech.codec.model import Codec
+from jaxspeech.codec.model import Codec, CodecConfig
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import ConversionError
 from jaxspeech.workdir import Workdir
-from tests.helpers import ROOT
+from tests.helpers import ROOT, replaced
 
 # Decoded audio, float32 CPU, max abs: measured 5.1e-7 (random codec, peak 0.25), 5.2e-8 (trained, peak 0.02).
 DECODE_ATOL = 1e-5
@@ -38,13 +38,10 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_plat
 
 def small_config():
   """A codec Xcodec2Model can represent, small: hop 320 in two blocks, 32 wide, a 2-layer w2v-BERT."""
-  cfg = sizes.tiny_semantic()
-  cfg.semantic.w2vbert.update(dim=32, layers=2, heads=4, intermediate=64, conv_kernel=7)
-  cfg.encoder.update(channels=8, strides=[16, 20], dim=32)
-  cfg.semantic.update(features=32, dim=32)
-  cfg.fsq.dim = 64
-  cfg.decoder.update(input_channels=32, dim=32, depth=1, heads=2, norm_groups=32)
-  return cfg
+  return replaced(sizes.tiny_semantic(), **{
+      "encoder.channels": 8, "encoder.strides": (16, 20), "encoder.dim": 32, "semantic.features": 32,
+      "semantic.dim": 32, "fsq.dim": 64, "decoder.input_channels": 32, "decoder.dim": 32, "decoder.depth": 1,
+      "decoder.heads": 2, "decoder.norm_groups": 32})
 
 
 def random_params(cfg, seed: int = 0) -> dict[str, np.ndarray]:
@@ -89,7 +86,7 @@ def xcodec2_inputs(wav_BxS: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
 def export(params: dict, cfg, dst) -> str:
   """What `--to hf` writes, through the converter's own export."""
   os.makedirs(dst)
-  convert.export_checkpoint("hf", types.SimpleNamespace(model=cfg.to_dict(), params=params), str(dst), None)
+  convert.export_checkpoint("hf", types.SimpleNamespace(model=dataclasses.asdict(cfg), params=params), str(dst), None)
   return str(dst)
 
 
@@ -147,7 +144,7 @@ def test_round_trips(tmp_path):
   theirs.save_pretrained(tmp_path / "theirs")
   imported = convert.import_checkpoint("hf", str(tmp_path / "theirs"), None)
   cfg = small_config()
-  assert imported.model == cfg.to_dict()
+  assert CodecConfig(**imported.model) == cfg
   assert set(hf.param_shapes(cfg)) - set(imported.params) == {
       k for k in hf.param_shapes(cfg) if k.startswith(hf.NOT_EXPORTED)}
   exported = hf.to_state_dict(imported.params, cfg)
@@ -179,9 +176,7 @@ def test_round_trips(tmp_path):
 ])
 def test_export_refuses_what_xcodec2model_cannot_represent(tmp_path, name, edit, field):
   cfg = sizes.tiny() if name == "tiny" else small_config()
-  for path, value in edit.items():
-    section, key = path.split(".")
-    cfg[section][key] = value
+  cfg = replaced(cfg, **edit)
   with pytest.raises(ConversionError, match=rf"\b{field} "):
     export({}, cfg, tmp_path / "out")
   assert not os.listdir(tmp_path / "out")
@@ -195,9 +190,7 @@ def test_sizes_tiny_configs_are_refused_by_both_exports():
   with pytest.raises(ConversionError, match=r"decoder\.norm_groups 16") as refused:
     hf.check(sizes.tiny_semantic())
   assert {p.split(" ")[0] for p in refused.value.problems} == {"decoder.norm_groups", "semantic.dim", "fsq.dim"}
-  cfg = sizes.base()
-  cfg.fsq.levels = [8, 5, 5, 5]
-  cfg.decoder.update(n_fft=1024, input_channels=512)
+  cfg = replaced(sizes.base(), **{"fsq.levels": (8, 5, 5, 5), "decoder.n_fft": 1024, "decoder.input_channels": 512})
   with pytest.raises(ConversionError) as refused:
     convert.to_state_dict({}, cfg)
   assert {p.split(" ")[0] for p in refused.value.problems} == {"decoder.n_fft", "fsq.levels", "decoder.input_channels"}
@@ -252,7 +245,7 @@ def test_cli_exports_a_trained_workdir_and_reads_it_back(corpus_path, tmp_path):
   assert result.returncode == 0, result.stderr
   back = Workdir(str(tmp_path / "back")).read_params("codec")
   original = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
-  again = hf.to_state_dict(back.params, ml_collections.ConfigDict(back.model))
+  again = hf.to_state_dict(back.params, CodecConfig(**back.model))
   assert again.keys() == original.keys() and all(np.array_equal(again[k], original[k]) for k in original)
 
   result = cli("train", "--config=configs/codec.py:tiny", f"--workdir={tmp_path / 'tiny'}",

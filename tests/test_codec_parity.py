@@ -6,6 +6,8 @@ generator (CodecDecoderVocos with its ResidualFSQ), fc_prior, fc_post_a, and for
 SemanticEncoder_module, fc_post_s and SemanticDecoder_module. Weights go through jaxspeech.codec.convert.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,8 +122,7 @@ def test_bfloat16_compute_stays_close_to_float32():
   ref, cfg = reference("semantic"), codec_config(CONFIGS["semantic"])
   wav, features = inputs("semantic")
   expected = ref.run(torch.from_numpy(wav), torch.from_numpy(features))
-  cfg.dtype = "bfloat16"
-  model = codec_from(ref, cfg)
+  model = codec_from(ref, dataclasses.replace(cfg, dtype="bfloat16"))
   out = forward(model, jnp.asarray(wav), jnp.asarray(features))
   assert out["wav"].dtype == jnp.float32 and out["semantic_pred"].dtype == jnp.float32
   assert np.mean(np.asarray(out["codes"]) == expected["codes"]) > 0.5

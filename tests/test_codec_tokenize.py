@@ -1,5 +1,6 @@
 """`jaxspeech codec encode|decode|eval` on a few corpus utterances, with a small random-init codec workdir."""
 
+import dataclasses
 import json
 import os
 
@@ -13,17 +14,15 @@ from flax import nnx
 from jaxspeech import cli
 from jaxspeech.codec import family, inference, sizes, tokenize
 from jaxspeech.gan import losses
-from jaxspeech.codec.model import Codec
+from jaxspeech.codec.model import Codec, CodecConfig
 from jaxspeech.convert import mapping, workdir as workdir_lib
 from jaxspeech.data import schema, tfds_io
 from jaxspeech.workdir import Workdir
+from tests.helpers import replaced
 
 
-def small_codec_config() -> ml_collections.ConfigDict:
-  cfg = sizes.tiny()
-  cfg.encoder.dilations = [1]
-  cfg.decoder.depth = 1
-  return cfg
+def small_codec_config() -> CodecConfig:
+  return replaced(sizes.tiny(), **{"encoder.dilations": (1,), "decoder.depth": 1})
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def codec_workdir(tmp_path_factory) -> str:
   cfg = small_codec_config()
   params = mapping.flatten(nnx.to_pure_dict(nnx.state(Codec(cfg, rngs=nnx.Rngs(3)), nnx.Param)))
   dst = str(tmp_path_factory.mktemp("codec") / "workdir")
-  workdir_lib.write(dst, "codec", workdir_lib.Imported(model=cfg.to_dict(), params=params), {"source": "test"})
+  workdir_lib.write(dst, "codec", workdir_lib.Imported(model=dataclasses.asdict(cfg), params=params), {"source": "test"})
   return dst
 
 
@@ -50,7 +49,7 @@ def small_corpus(corpus_path, tmp_path_factory) -> str:
 def test_restore_gives_the_saved_codec(codec_workdir):
   codec, model_cfg = Workdir(codec_workdir).load_model(family.FAMILY)
   expected = Codec(small_codec_config(), rngs=nnx.Rngs(3))
-  assert model_cfg.model.to_dict() == small_codec_config().to_dict()
+  assert family.model_config(model_cfg) == small_codec_config()
   wav = jnp.asarray(np.random.default_rng(0).uniform(-0.5, 0.5, (1, 1600)), jnp.float32)
   np.testing.assert_array_equal(np.asarray(codec.encode(wav)), np.asarray(expected.encode(wav)))
 
@@ -60,7 +59,7 @@ def test_converted_workdir_holds_the_codec_for_train_init_from(codec_workdir):
   params, which must be a subset of the GAN model's in the same shapes; the discriminators keep their init."""
   params = Workdir(codec_workdir).read_params("codec").params
   assert params and not any(losses.is_discriminator(tuple(k.split("."))) for k in params)
-  cfg = ml_collections.ConfigDict({"model": small_codec_config(), "gan": losses.defaults()})
+  cfg = ml_collections.ConfigDict({"model": dataclasses.asdict(small_codec_config()), "gan": losses.defaults()})
   gan = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: family.build_model(cfg, nnx.Rngs(0))), nnx.Param))
   assert {k: tuple(v.shape) for k, v in params.items()} == {k: v for k, v in gan.items() if k in params}
   assert all(losses.is_discriminator(tuple(k.split("."))) for k in gan.keys() - params.keys())

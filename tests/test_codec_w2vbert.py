@@ -26,7 +26,7 @@ from jaxspeech.convert import cli as convert_cli, mapping
 from jaxspeech.convert.mapping import ConversionError
 from jaxspeech.train import optim, state as state_lib, step as step_lib
 from jaxspeech.workdir import Workdir
-from tests.helpers import load_config
+from tests.helpers import load_config, replaced
 
 HIDDEN_ATOL = 1e-4
 FEATURES_ATOL = 3e-4
@@ -138,8 +138,7 @@ def test_codec_runs_its_teacher_on_its_input():
 def test_train_step_trains_the_semantic_branch_and_leaves_the_teacher_alone():
   """One engine train step of tiny_semantic: the semantic MSE is in the loss, the teacher's params are bit-for-bit
   unchanged (frozen optimizer group, no moments), the semantic encoder's are updated."""
-  cfg = load_config("codec")
-  cfg.model = sizes.tiny_semantic()
+  cfg = load_config("codec", "tiny_semantic")
   cfg.update_from_flattened_dict({"gan.periods": (2,), "gan.windows": (256,), "train.batch_size": 2,
                                   "model.decoder.depth": 1, "optim.warmup_steps": 0})
   cfg.optim.groups.frozen = {}
@@ -171,9 +170,8 @@ def test_train_step_trains_the_semantic_branch_and_leaves_the_teacher_alone():
 def test_convert_codec_imports_w2vbert_alongside_and_exports_without_it(tmp_path, capsys):
   """`jaxspeech convert codec --from xcodec2 ... --w2vbert DIR`: the workdir's model runs that w2v-BERT (its params
   bit for bit under semantic_model.*); `--to xcodec2` writes the xcodec2 keys alone and a config without it."""
-  cfg = sizes.tiny_semantic()
-  cfg.semantic.w2vbert = None
-  cfg.decoder.norm_groups = 32   # xcodec2's GroupNorm: the export refuses tiny's 16
+  # xcodec2's GroupNorm: the export refuses tiny's 16 groups
+  cfg = replaced(sizes.tiny_semantic(), **{"semantic.w2vbert": None, "decoder.norm_groups": 32})
   params = mapping.flatten(nnx.to_pure_dict(nnx.state(model_lib.Codec(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
   state_dict = convert.to_state_dict(params, cfg)
   safetensors.numpy.save_file(state_dict, str(tmp_path / "xcodec2.safetensors"))

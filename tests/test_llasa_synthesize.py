@@ -81,7 +81,7 @@ def workdirs(tmp_path_factory):
   lm = Llama(LM, nnx.Rngs(0))
   workdir.write(str(root / "lm"), "llasa", workdir.Imported(
       model=dataclasses.asdict(LM), params=mapping.flatten(nnx.to_pure_dict(nnx.state(lm, nnx.Param)))), {})
-  codec_model = codec_sizes.tiny().to_dict()
+  codec_model = dataclasses.asdict(codec_sizes.tiny())
   codec = registry.get("codec").build_model(workdir.train_config("codec", codec_model), nnx.Rngs(1))
   workdir.write(str(root / "codec"), "codec", workdir.Imported(
       model=codec_model, params=mapping.flatten(nnx.to_pure_dict(nnx.state(codec, nnx.Param)))), {})

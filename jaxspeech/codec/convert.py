@@ -28,16 +28,16 @@ import os
 import numpy as np
 from flax import nnx
 import safetensors.numpy
-import ml_collections
 
 from jaxspeech.audio.istft import hann_window
-from jaxspeech.codec import hf, sizes
-from jaxspeech.codec.encoder import LOWPASS
+from jaxspeech.codec import hf
+from jaxspeech.codec.encoder import LOWPASS, EncoderConfig
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
-from jaxspeech.codec.model import TEACHER, Codec
+from jaxspeech.codec.model import TEACHER, Codec, CodecConfig, FSQConfig, SemanticConfig
 from jaxspeech.convert.workdir import Imported
 from jaxspeech.teachers.w2vbert import convert as w2vbert_convert
+from jaxspeech.vocoder.decoder import DecoderConfig
 
 
 def gain_to_torch(g_O: np.ndarray) -> np.ndarray:
@@ -226,7 +226,7 @@ def to_state_dict(params: dict[str, np.ndarray], cfg) -> dict[str, np.ndarray]:
   if problems:
     raise ConversionError("codec config (the xcodec2 modules cannot represent it)", problems)
   chosen = layout(cfg)
-  state_dict = mapping.to_hf(params, chosen.table(), param_shapes(cfg), f"codec params for {cfg.to_dict()}")
+  state_dict = mapping.to_hf(params, chosen.table(), param_shapes(cfg), f"codec params for {cfg}")
   return {**state_dict, **chosen.constants}
 
 
@@ -276,24 +276,23 @@ def config_from_state_dict(state_dict, args):
   if missing:
     raise ConversionError("xcodec2 checkpoint", [f"missing key {k}" for k in missing] + [
         f"(its first keys are {sorted(state_dict)[:4]}; is it an xcodec2 checkpoint?)"])
-  cfg = sizes.base()
   dilations, levels = _ints(args.dilations), _ints(args.levels)
   blocks = _indices(state_dict, "CodecEnc.conv_blocks.")[1:]
   units = len(_indices(state_dict, "CodecEnc.conv_blocks.1.block.")) - 2
   strides = [_wn_v(state_dict, f"CodecEnc.conv_blocks.{b}.block.{units + 1}").shape[-1] // 2 for b in blocks]
-  cfg.encoder.update(channels=int(_wn_v(state_dict, "CodecEnc.conv_blocks.0").shape[0]), strides=strides,
-                     dilations=dilations, dim=int(_wn_v(state_dict, "CodecEnc.conv_final_block.1").shape[0]))
   semantic = state_dict.get("SemanticEncoder_module.initial_conv.weight")
-  cfg.semantic.enabled = semantic is not None
-  if semantic is not None:
-    cfg.semantic.update(features=int(semantic.shape[1]), dim=int(semantic.shape[0]))
   project_in = state_dict["generator.quantizer.project_in.weight"]
-  cfg.fsq.update(levels=levels, dim=int(project_in.shape[1]))
   embed = state_dict["generator.backbone.embed.weight"]
-  cfg.decoder.update(input_channels=int(embed.shape[1]), dim=int(embed.shape[0]), heads=args.heads,
-                     depth=len(_indices(state_dict, "generator.backbone.transformers.")),
-                     n_fft=int(state_dict["generator.head.out.weight"].shape[0]) - 2, hop=int(np.prod(strides)),
-                     norm_groups=hf.NORM_GROUPS)  # xcodec2's Normalize hard-codes it
+  cfg = CodecConfig(
+      encoder=EncoderConfig(channels=int(_wn_v(state_dict, "CodecEnc.conv_blocks.0").shape[0]), strides=strides,
+                            dilations=dilations, dim=int(_wn_v(state_dict, "CodecEnc.conv_final_block.1").shape[0])),
+      semantic=(SemanticConfig(enabled=False) if semantic is None else
+                SemanticConfig(features=int(semantic.shape[1]), dim=int(semantic.shape[0]))),
+      fsq=FSQConfig(levels=levels, dim=int(project_in.shape[1])),
+      decoder=DecoderConfig(input_channels=int(embed.shape[1]), dim=int(embed.shape[0]), heads=args.heads,
+                            depth=len(_indices(state_dict, "generator.backbone.transformers.")),
+                            n_fft=int(state_dict["generator.head.out.weight"].shape[0]) - 2, hop=int(np.prod(strides)),
+                            norm_groups=hf.NORM_GROUPS))  # xcodec2's Normalize hard-codes it
   problems = []
   if units != len(dilations):
     problems.append(f"the encoder blocks have {units} residual units; --dilations gives {len(dilations)}")
@@ -331,32 +330,32 @@ def import_checkpoint(source: str, src: str, args):
     with open(config_path) as f:
       saved = json.load(f)
   if "jaxspeech_model" in saved:   # our own export: its exact config, flags or not
-    cfg = ml_collections.ConfigDict(saved["jaxspeech_model"])
+    cfg = CodecConfig(**saved["jaxspeech_model"])
   else:
     cfg = config_from_state_dict(state_dict, args)
   name, params = from_state_dict(state_dict, cfg, f"xcodec2 checkpoint {path}")
   skipped = {prefix: why for prefix, why in NOT_IMPORTED.items() if any(k.startswith(prefix) for k in state_dict)}
   if args.w2vbert:
-    params.update(_import_w2vbert(cfg, args.w2vbert, args.w2vbert_layers))
+    cfg, teacher = _import_w2vbert(cfg, args.w2vbert, args.w2vbert_layers)
+    params.update(teacher)
     skipped.pop("semantic_model.", None)
   notes = [f"not imported: {prefix}* ({why})" for prefix, why in skipped.items()]
   if name.startswith("XCodec2Model"):
     notes.append("XCodec2Model has no fc_post_s or SemanticDecoder_module: they start from their initialisation")
   provenance = {"layout": name, "file": os.path.basename(path), "not_imported": sorted(skipped),
                 **({"w2vbert": os.path.abspath(args.w2vbert)} if args.w2vbert else {})}
-  return Imported(model=cfg.to_dict(), params=params, provenance=provenance, notes=notes)
+  return Imported(model=dataclasses.asdict(cfg), params=params, provenance=provenance, notes=notes)
 
 
-def _import_w2vbert(cfg, src: str, layers: int) -> dict[str, np.ndarray]:
-  """Sets `cfg.semantic.w2vbert` from the HF directory `src`; its params under the codec's `semantic_model.`."""
+def _import_w2vbert(cfg: CodecConfig, src: str, layers: int) -> tuple[CodecConfig, dict[str, np.ndarray]]:
+  """(`cfg` with `semantic.w2vbert` from the HF directory `src`, its params under the codec's `semantic_model.`)."""
   if not cfg.semantic.enabled:
     raise ConversionError("--w2vbert", ["this checkpoint has no semantic branch (SemanticEncoder_module)"])
   w2vbert, params = w2vbert_convert.read(src, layers, ours=TEACHER + ".")
   if w2vbert.dim != cfg.semantic.features:
     raise ConversionError("--w2vbert", [f"{src} is {w2vbert.dim} wide; the SemanticEncoder takes "
                                         f"{cfg.semantic.features} features"])
-  cfg.semantic.w2vbert = w2vbert
-  return params
+  return dataclasses.replace(cfg, semantic=dataclasses.replace(cfg.semantic, w2vbert=w2vbert)), params
 
 
 def _import_hf(src: str):
@@ -370,13 +369,13 @@ def _import_hf(src: str):
   state_dict, name = mapping.read_hf_weights(src)
   params = hf.from_state_dict(state_dict, cfg, f"Xcodec2Model checkpoint {src}")
   notes = ["Xcodec2Model has no fc_post_s or SemanticDecoder_module: they start from their initialisation"]
-  return Imported(model=cfg.to_dict(), params=params, provenance={"layout": "Xcodec2Model (transformers)",
+  return Imported(model=dataclasses.asdict(cfg), params=params, provenance={"layout": "Xcodec2Model (transformers)",
                                                                    "file": name}, notes=notes)
 
 
 def _export_hf(checkpoint, dst: str) -> list[str]:
   """`--to hf`: config.json (Xcodec2Config) and model.safetensors, w2v-BERT included, in `dst`."""
-  cfg = ml_collections.ConfigDict(checkpoint.model)
+  cfg = CodecConfig(**checkpoint.model)
   config = hf.hf_config(cfg)
   ours = hf.param_shapes(cfg)
   left_out = sorted({k.split(".")[0] for k in checkpoint.params if k not in ours or k.startswith(hf.NOT_EXPORTED)})
@@ -395,9 +394,9 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   del args
   if target == "hf":
     return _export_hf(checkpoint, dst)
-  cfg = ml_collections.ConfigDict(checkpoint.model)
-  if cfg.semantic.get("w2vbert"):   # left out: a re-import takes it with --w2vbert again
-    cfg.semantic.w2vbert = None
+  cfg = CodecConfig(**checkpoint.model)
+  # w2v-BERT left out: a re-import takes it with --w2vbert again
+  cfg = dataclasses.replace(cfg, semantic=dataclasses.replace(cfg.semantic, w2vbert=None))
   ours = param_shapes(cfg)
   left_out = sorted({k.split(".")[0] for k in checkpoint.params if k not in ours})
   state_dict = to_state_dict({k: v for k, v in checkpoint.params.items() if k in ours}, cfg)
@@ -405,7 +404,7 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   # BigCodecConfig's fields, for XCodec2Model.from_pretrained; the full model config for a re-import.
   config = {"model_type": "xcodec", "architectures": ["XCodec2Model"], "use_vocos": True,
             "semantic_hidden_size": cfg.semantic.dim, "codec_encoder_hidden_size": cfg.encoder.dim,
-            "codec_decoder_hidden_size": cfg.decoder.dim, "jaxspeech_model": cfg.to_dict()}
+            "codec_decoder_hidden_size": cfg.decoder.dim, "jaxspeech_model": dataclasses.asdict(cfg)}
   with open(os.path.join(dst, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
   lines = [f"{len(state_dict)} tensors in xcodec2 names (parametrizations weight norm, buffers included)"]

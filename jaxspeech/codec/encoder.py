@@ -7,11 +7,11 @@ Every SnakeBeta is anti-aliased (alias-free-torch's `Activation1d`): upsample ×
 sinc, SnakeBeta at twice the rate, low-pass and decimate ×2. Hop = the product of the strides.
 """
 
+import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -106,10 +106,23 @@ class EncoderBlock(nnx.Module):
     return constrain(self.conv(self.act(x_BxLxC)), BLOCK_AXES)
 
 
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+  """Defaults: X-codec2's encoder (hop 320 = prod(strides))."""
+  channels: int = 48
+  strides: tuple[int, ...] = (2, 2, 4, 4, 5)
+  dilations: tuple[int, ...] = (1, 3, 9)
+  dim: int = 1024
+
+  def __post_init__(self):
+    object.__setattr__(self, "strides", tuple(self.strides))
+    object.__setattr__(self, "dilations", tuple(self.dilations))
+
+
 class Encoder(nnx.Module):
   """wav (B, S) → latents (B, S / hop, dim); S must be a multiple of hop = prod(strides)."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+  def __init__(self, cfg: EncoderConfig, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
     channels = cfg.channels
     self.conv_in = Conv1d(1, channels, 7, weight_norm=True, dtype=dtype, rngs=rngs)
     blocks = []

@@ -14,24 +14,28 @@ from flax import nnx
 
 from jaxspeech.audio import quality
 from jaxspeech.codec import model as model_lib
-from jaxspeech.codec.model import Codec
+from jaxspeech.codec.model import Codec, CodecConfig
 from jaxspeech.data import pipeline
 from jaxspeech.gan import crops, losses
 from jaxspeech.train.family import Family
 
 
 class CodecGAN(Codec):
-  def __init__(self, cfg: ml_collections.ConfigDict, gan: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: CodecConfig, gan: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     super().__init__(cfg, rngs=rngs)
     losses.add_discriminators(self, gan, rngs)
+
+
+def model_config(cfg) -> CodecConfig:
+  return CodecConfig(**cfg.model.to_dict())
 
 
 def build_model(cfg, rngs):
   """The codec with its discriminators; the codec alone for a config without `gan` (`jaxspeech convert`'s, whose
   workdirs hold the generator's params: training starts from them with `train.init_from`)."""
   if "gan" not in cfg:
-    return Codec(cfg.model, rngs=rngs)
-  return CodecGAN(cfg.model, cfg.gan, rngs=rngs)
+    return Codec(model_config(cfg), rngs=rngs)
+  return CodecGAN(model_config(cfg), cfg.gan, rngs=rngs)
 
 
 def param_group(path: tuple[str, ...], leaf) -> str:
@@ -80,7 +84,7 @@ def evaluate_on_host(outputs, cfg) -> dict[str, tuple[float, float]]:
 
 def make_data(cfg, split, *, train, shard_index, shard_count):
   pipeline.require_speech(cfg.data.path, "the codec family")
-  if cfg.model.semantic.enabled and not cfg.model.semantic.get("w2vbert"):
+  if cfg.model.semantic.enabled and not cfg.model.semantic.w2vbert:
     raise ValueError("training the semantic branch on the corpus needs its w2v-BERT teacher (model.semantic.w2vbert: "
                      "configs/codec.py:tiny_semantic or base_w2vbert); or set --config.model.semantic.enabled=False")
   return crops.make_data(cfg, split, train=train, shard_index=shard_index, shard_count=shard_count,

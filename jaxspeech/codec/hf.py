@@ -17,13 +17,12 @@ naming the field, so no file is written that loads and computes something else.
 
 import numpy as np
 from flax import nnx
-import ml_collections
-
-from jaxspeech.codec import sizes
-from jaxspeech.codec.model import TEACHER, Codec
+from jaxspeech.codec.encoder import EncoderConfig
+from jaxspeech.codec.model import TEACHER, Codec, CodecConfig, FSQConfig, SemanticConfig
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_IN, HEADS_OUT, LINEAR, SAME, ConversionError, Rule, Transform
 from jaxspeech.teachers.w2vbert import convert as w2vbert_convert
+from jaxspeech.vocoder.decoder import DecoderConfig
 
 DILATIONS = [1, 3, 9]        # Xcodec2EncoderBlock's res_unit1..3
 NORM_GROUPS = 32             # Xcodec2ResNetBlock's GroupNorm
@@ -160,7 +159,7 @@ def problems(cfg) -> list[str]:
   if not cfg.semantic.enabled:
     return ["semantic.enabled is False: Xcodec2Model always runs its semantic branch (a w2v-BERT semantic_encoder, "
             "semantic_adapter, fc_encoder over both); an acoustic-only codec has none of them"]
-  w2vbert = cfg.semantic.get("w2vbert")
+  w2vbert = cfg.semantic.w2vbert
   if not w2vbert:
     out.append("semantic.w2vbert is None: Xcodec2Model holds its w2v-BERT (semantic_encoder); import one with "
                "`jaxspeech convert codec --from xcodec2 ... --w2vbert DIR` (or train with it)")
@@ -214,7 +213,7 @@ def hf_config(cfg) -> dict:
           "semantic_model_config": w2vbert_config(cfg.semantic.w2vbert)}
 
 
-def config_from_hf(hf: dict) -> ml_collections.ConfigDict:
+def config_from_hf(hf: dict) -> CodecConfig:
   """Our `config.model` of an Xcodec2Config (config.json as a dict); what we cannot run is a ConversionError."""
   semantic = hf.get("semantic_model_config") or {}
   dim, heads = hf.get("hidden_size", 1024), hf.get("num_attention_heads", 16)
@@ -226,16 +225,16 @@ def config_from_hf(hf: dict) -> ml_collections.ConfigDict:
     found.append(f"semantic_model_config.model_type {semantic['model_type']!r}: we run wav2vec2-bert")
   if found:
     raise ConversionError("Xcodec2Config", found)
-  cfg = sizes.base()
   w2vbert = w2vbert_convert.config_from_hf(semantic, layers=semantic.get("num_hidden_layers", 16))
   strides = list(hf.get("downsampling_ratios", [2, 2, 4, 4, 5]))
   hop = int(np.prod(strides))
-  cfg.update(sample_rate=hf.get("sampling_rate", 16000))
-  cfg.encoder.update(channels=hf.get("encoder_hidden_size", 48), strides=strides, dilations=DILATIONS, dim=dim)
-  cfg.semantic.update(enabled=True, features=w2vbert.dim, dim=w2vbert.dim, w2vbert=w2vbert)
-  cfg.fsq.update(levels=list(hf.get("quantization_levels", [4] * 8)), dim=hf.get("quantization_dim", 2048))
-  cfg.decoder.update(input_channels=dim, dim=dim, depth=hf.get("num_hidden_layers", 12), heads=heads,
-                     n_fft=4 * hop, hop=hop, norm_groups=NORM_GROUPS)
+  cfg = CodecConfig(
+      sample_rate=hf.get("sampling_rate", 16000),
+      encoder=EncoderConfig(channels=hf.get("encoder_hidden_size", 48), strides=strides, dilations=DILATIONS, dim=dim),
+      semantic=SemanticConfig(enabled=True, features=w2vbert.dim, dim=w2vbert.dim, w2vbert=w2vbert),
+      fsq=FSQConfig(levels=hf.get("quantization_levels", [4] * 8), dim=hf.get("quantization_dim", 2048)),
+      decoder=DecoderConfig(input_channels=dim, dim=dim, depth=hf.get("num_hidden_layers", 12), heads=heads,
+                            n_fft=4 * hop, hop=hop, norm_groups=NORM_GROUPS))
   check(cfg)
   return cfg
 

@@ -12,22 +12,60 @@ for the optimizer. Without it the semantic branch takes the features as an argum
 F = `semantic.features`, one frame per code).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
 from jaxspeech.audio import features
-from jaxspeech.vocoder.decoder import VocosDecoder
-from jaxspeech.codec.encoder import Encoder
+from jaxspeech.vocoder.decoder import DecoderConfig, VocosDecoder
+from jaxspeech.codec.encoder import Encoder, EncoderConfig
 from jaxspeech.codec.fsq import FSQ
 from jaxspeech.codec.semantic import SemanticConv
-from jaxspeech.teachers.w2vbert.model import W2VBert
+from jaxspeech.teachers.w2vbert.model import W2VBert, W2VBertConfig
 from jaxspeech.nn import layers
+from jaxspeech.train.config import build_sections
 
 W2VBERT_HOP = 320   # w2v-BERT's frames: a 10 ms fbank stacked in pairs, 20 ms at 16 kHz
 TEACHER = "semantic_model"
+
+
+@dataclasses.dataclass(frozen=True)
+class SemanticConfig:
+  """w2v-BERT 2.0 hidden_states[16] (`features` wide, 50 Hz) → SemanticEncoder → `dim`, fused by fc_prior."""
+  enabled: bool = True
+  features: int = 1024
+  dim: int = 1024
+  w2vbert: W2VBertConfig | None = None  # None: the features come as an argument (`semantic_features_BxNxF`)
+
+  def __post_init__(self):
+    build_sections(self, w2vbert=W2VBertConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class FSQConfig:
+  levels: tuple[int, ...] = (4,) * 8
+  dim: int = 2048
+
+  def __post_init__(self):
+    object.__setattr__(self, "levels", tuple(self.levels))
+
+
+@dataclasses.dataclass(frozen=True)
+class CodecConfig:
+  """The codec family's `config.model`; defaults: HKUSTAudio/xcodec2 (16 kHz, hop 320 (50 codes/s), FSQ [4]*8
+  (65,536 codes), semantic branch on). Nested sections may be given as mappings (config.json's)."""
+  sample_rate: int = 16000
+  encoder: EncoderConfig = EncoderConfig()
+  semantic: SemanticConfig = SemanticConfig()
+  fsq: FSQConfig = FSQConfig()
+  decoder: DecoderConfig = DecoderConfig()
+  dtype: str = "float32"   # compute dtype ("bfloat16" on TPU/GPU); params, FSQ and the ISTFT stay float32
+
+  def __post_init__(self):
+    build_sections(self, encoder=EncoderConfig, semantic=SemanticConfig, fsq=FSQConfig, decoder=DecoderConfig)
 
 
 def frozen(path: tuple[str, ...]) -> bool:
@@ -36,7 +74,7 @@ def frozen(path: tuple[str, ...]) -> bool:
 
 
 class Codec(nnx.Module):
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: CodecConfig, *, rngs: nnx.Rngs):
     self.hop = int(np.prod(cfg.encoder.strides))
     if self.hop != cfg.decoder.hop:
       raise ValueError(f"encoder hop {self.hop} (prod of strides {list(cfg.encoder.strides)}) != decoder.hop "
@@ -54,7 +92,7 @@ class Codec(nnx.Module):
       self.semantic_encoder = SemanticConv(sem.features, sem.dim, sem.dim, dtype=dtype, rngs=rngs)
       self.fc_post_s = layers.dense(vq_dim, sem.dim, ("mlp", "embed"), dtype=dtype, rngs=rngs, torch_init=True)
       self.semantic_decoder = SemanticConv(sem.dim, sem.dim, sem.features, dtype=dtype, rngs=rngs)
-    teacher = sem.get("w2vbert") if self.semantic else None
+    teacher = sem.w2vbert if self.semantic else None
     if teacher and (self.hop != W2VBERT_HOP or teacher.dim != sem.features):
       raise ValueError(f"w2v-BERT gives {teacher.dim} features every {W2VBERT_HOP} samples; this codec has "
                        f"hop {self.hop} and semantic.features {sem.features}")

@@ -1,6 +1,7 @@
 """Defaults every family config starts from (`configs/<family>.py` calls `defaults()`), and the one way a
 command resolves `--config=FILE.py[:VARIANT] --config.a.b=VALUE ...` (train, eval, plan and sweeps)."""
 
+from collections.abc import Mapping
 import os
 import re
 
@@ -29,6 +30,15 @@ AXIS_RULES = (
     ("norm", None),
     ("layers", None),
 )
+
+
+def build_sections(config, **kinds) -> None:
+  """For a frozen model-config dataclass's `__post_init__`: each field named in `kinds` that holds a mapping
+  (config.json's, a ConfigDict's `to_dict()`) becomes that config class built from it, so `Config(**dict)` nests."""
+  for name, kind in kinds.items():
+    value = getattr(config, name)
+    if isinstance(value, Mapping):
+      object.__setattr__(config, name, kind(**value))
 
 
 def defaults() -> ml_collections.ConfigDict:

@@ -9,9 +9,10 @@ head by its head index, identically for q and k at every time step, which leaves
 released model therefore has no positional encoding in attention, and neither has this one.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from jaxspeech.audio.istft import istft_same
@@ -74,13 +75,23 @@ class ISTFTHead(nnx.Module):
     return istft_same(mag_BxNxF * jnp.exp(1j * phase_BxNxF), self.n_fft, self.hop)
 
 
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  """Defaults: X-codec2's decoder (16 kHz, hop 320)."""
+  input_channels: int = 1024
+  dim: int = 1024
+  depth: int = 12
+  heads: int = 16
+  n_fft: int = 1280
+  hop: int = 320
+  norm_groups: int = 32
+
+
 class VocosDecoder(nnx.Module):
-  """(B, N, input_channels) → wav (B, N · hop). `cfg`: input_channels, dim, depth, heads, n_fft, hop, norm_groups.
+  """(B, N, input_channels) → wav (B, N · hop). The backbone computes in `dtype` (params float32); the ISTFT head
+  in float32."""
 
-  The backbone computes in `dtype` (params float32); the ISTFT head in float32.
-  """
-
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+  def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
     self.embed = Conv1d(cfg.input_channels, cfg.dim, 7, dtype=dtype, rngs=rngs)
     self.prior_net = nnx.List([ResnetBlock(cfg.dim, cfg.norm_groups, dtype, rngs) for _ in range(2)])
     self.transformers = nnx.List([TransformerBlock(cfg.dim, cfg.heads, dtype, rngs) for _ in range(cfg.depth)])

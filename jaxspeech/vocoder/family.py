@@ -12,22 +12,26 @@ from flax import nnx
 
 from jaxspeech.data import pipeline
 from jaxspeech.gan import crops, losses
-from jaxspeech.vocoder.model import Vocoder
+from jaxspeech.vocoder.model import Vocoder, VocoderConfig
 from jaxspeech.workdir import Workdir
 from jaxspeech.train.family import Family
 
 
 class VocoderGAN(Vocoder):
-  def __init__(self, cfg: ml_collections.ConfigDict, gan: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: VocoderConfig, gan: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
     super().__init__(cfg, rngs=rngs)
     losses.add_discriminators(self, gan, rngs)
+
+
+def model_config(cfg) -> VocoderConfig:
+  return VocoderConfig(**cfg.model.to_dict())
 
 
 def build_model(cfg, rngs):
   """The vocoder with its discriminators; the vocoder alone for a config without `gan` (`Workdir.load_model`)."""
   if "gan" not in cfg:
-    return Vocoder(cfg.model, rngs=rngs)
-  return VocoderGAN(cfg.model, cfg.gan, rngs=rngs)
+    return Vocoder(model_config(cfg), rngs=rngs)
+  return VocoderGAN(model_config(cfg), cfg.gan, rngs=rngs)
 
 
 def _reconstruct(model, wav_BxS):

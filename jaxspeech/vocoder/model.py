@@ -8,18 +8,40 @@ at Vocos' width (512) and depth (8). `family.vocode(workdir, mel)` is what the D
 """
 
 
+import dataclasses
+
 import jax
-import ml_collections
 from flax import nnx
 
 from jaxspeech.audio import features
-from jaxspeech.vocoder.decoder import VocosDecoder
+from jaxspeech.train.config import build_sections
+from jaxspeech.vocoder.decoder import DecoderConfig, VocosDecoder
+
+
+@dataclasses.dataclass(frozen=True)
+class VocoderConfig:
+  """The vocoder family's `config.model`: F5-TTS's log-mel and a Vocos decoder over it (input_channels = n_mels,
+  the same hop); `decoder` may be given as a mapping (config.json's)."""
+  sample_rate: int = 24000
+  n_mels: int = 100
+  n_fft: int = 1024
+  hop: int = 256
+  decoder: DecoderConfig = DecoderConfig(input_channels=100, dim=512, depth=8, heads=8, n_fft=1024, hop=256)
+
+  def __post_init__(self):
+    build_sections(self, decoder=DecoderConfig)
+
+
+# `base`: Vocos mel-24kHz's width and depth; `tiny`: CPU-sized.
+SIZES = {
+    "tiny": VocoderConfig(decoder=DecoderConfig(input_channels=100, dim=64, depth=2, heads=4, n_fft=1024, hop=256,
+                                                norm_groups=16)),
+    "base": VocoderConfig(),
+}
 
 
 class Vocoder(nnx.Module):
-  """`cfg`: sample_rate, n_mels, n_fft, hop and `decoder` (a VocosDecoder config with input_channels = n_mels)."""
-
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
+  def __init__(self, cfg: VocoderConfig, *, rngs: nnx.Rngs):
     if (cfg.decoder.input_channels, cfg.decoder.hop) != (cfg.n_mels, cfg.hop):
       raise ValueError(f"the decoder takes {cfg.decoder.input_channels} channels at hop {cfg.decoder.hop}; "
                        f"the mels have {cfg.n_mels} bins at hop {cfg.hop}")

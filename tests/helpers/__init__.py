@@ -6,6 +6,7 @@ family submodules hold the PyTorch references and the tiny configs of each famil
 config and code dataset) and `llama` (HF Llama references). Shared fixtures live in tests/conftest.py.
 """
 
+import dataclasses
 import importlib.util
 import os
 
@@ -19,6 +20,14 @@ def load_config(name="ast", variant="tiny"):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(variant)
+
+
+def replaced(cfg, **changes):
+  """A frozen (nested) model config with fields replaced by dotted path: `replaced(cfg, **{"encoder.dim": 64})`."""
+  for path, value in changes.items():
+    head, _, rest = path.partition(".")
+    cfg = dataclasses.replace(cfg, **{head: replaced(getattr(cfg, head), **{rest: value}) if rest else value})
+  return cfg
 
 
 def tiny_ast(corpus_path, **train):

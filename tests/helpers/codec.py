@@ -17,7 +17,9 @@ from xcodec2.vq.codec_decoder_vocos import CodecDecoderVocos  # noqa: E402
 from xcodec2.vq.codec_encoder import CodecEncoder_Transformer  # noqa: E402
 from xcodec2.vq.module import SemanticDecoder, SemanticEncoder  # noqa: E402
 
-from jaxspeech.codec import sizes  # noqa: E402
+from jaxspeech.codec.encoder import EncoderConfig  # noqa: E402
+from jaxspeech.codec.model import CodecConfig, FSQConfig, SemanticConfig  # noqa: E402
+from jaxspeech.vocoder.decoder import DecoderConfig  # noqa: E402
 from tests.helpers.ast import perturbed  # noqa: E402
 
 # Two small shapes: acoustic-only at hop 10, and the semantic branch at hop 20 with three dilations.
@@ -30,14 +32,13 @@ CONFIGS = {
 
 
 def codec_config(c: dict):
-  cfg = sizes.base()
   hop = int(np.prod(c["strides"]))
-  cfg.encoder.update(channels=c["channels"], strides=c["strides"], dilations=c["dilations"], dim=c["enc_dim"])
-  cfg.semantic.update(enabled=c["semantic"], features=c["features"], dim=c["sem_dim"])
-  cfg.fsq.dim = c["vq_dim"]
-  cfg.decoder.update(input_channels=c["dec_dim"], dim=c["dec_dim"], depth=c["depth"], heads=c["heads"],
-                     n_fft=4 * hop, hop=hop, norm_groups=32)
-  return cfg
+  return CodecConfig(
+      encoder=EncoderConfig(channels=c["channels"], strides=c["strides"], dilations=c["dilations"], dim=c["enc_dim"]),
+      semantic=SemanticConfig(enabled=c["semantic"], features=c["features"], dim=c["sem_dim"]),
+      fsq=FSQConfig(dim=c["vq_dim"]),
+      decoder=DecoderConfig(input_channels=c["dec_dim"], dim=c["dec_dim"], depth=c["depth"], heads=c["heads"],
+                            n_fft=4 * hop, hop=hop, norm_groups=32))
 
 
 class Reference(torch.nn.Module):

@@ -11,13 +11,12 @@ import json
 import os
 
 from flax import nnx
-import ml_collections
 import numpy as np
 import safetensors.numpy
 
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, SAME, ConversionError, Rule, Transform
-from jaxspeech.teachers.w2vbert.model import W2VBert, config_2_0
+from jaxspeech.teachers.w2vbert.model import W2VBert, W2VBertConfig
 
 
 def pointwise_to_hf(kernel_IxO: np.ndarray) -> np.ndarray:
@@ -44,7 +43,7 @@ def _norm(ours: str, theirs: str) -> list[Rule]:
   return [Rule(f"{ours}.scale", f"{theirs}.weight"), Rule(f"{ours}.bias", f"{theirs}.bias")]
 
 
-def rules(cfg: ml_collections.ConfigDict) -> list[Rule]:
+def rules(cfg: W2VBertConfig) -> list[Rule]:
   """Our paths (under W2VBert) ↔ HF `Wav2Vec2BertModel` keys; `{i}` is a conformer layer."""
   out = _norm("feature_projection.layer_norm", "feature_projection.layer_norm")
   out += _layer("feature_projection.projection", "feature_projection.projection")
@@ -68,18 +67,18 @@ def rules(cfg: ml_collections.ConfigDict) -> list[Rule]:
   return out + _norm(f"{ours}.final_layer_norm", f"{theirs}.final_layer_norm")
 
 
-def table(cfg: ml_collections.ConfigDict, ours: str = "", theirs: str = "") -> mapping.Table:
+def table(cfg: W2VBertConfig, ours: str = "", theirs: str = "") -> mapping.Table:
   """HF key (prefixed by `theirs`) → our dotted path (prefixed by `ours`), for cfg.layers layers."""
   expanded = mapping.expand(rules(cfg), cfg.layers)
   return {theirs + key: (ours + path, transform) for key, (path, transform) in expanded.items()}
 
 
-def param_shapes(cfg: ml_collections.ConfigDict, ours: str = "") -> dict[str, tuple[int, ...]]:
+def param_shapes(cfg: W2VBertConfig, ours: str = "") -> dict[str, tuple[int, ...]]:
   shapes = mapping.param_shapes(nnx.state(nnx.eval_shape(lambda: W2VBert(cfg, rngs=nnx.Rngs(0))), nnx.Param))
   return {ours + k: v for k, v in shapes.items()}
 
 
-def unused(key: str, cfg: ml_collections.ConfigDict, theirs: str = "") -> bool:
+def unused(key: str, cfg: W2VBertConfig, theirs: str = "") -> bool:
   """A key this import skips on purpose: a layer past cfg.layers, or one of SKIPPED."""
   key = key[len(theirs):]
   if key.startswith(SKIPPED):
@@ -88,14 +87,14 @@ def unused(key: str, cfg: ml_collections.ConfigDict, theirs: str = "") -> bool:
   return parts[:2] == ["encoder", "layers"] and parts[2].isdigit() and int(parts[2]) >= cfg.layers
 
 
-def from_state_dict(state_dict, cfg: ml_collections.ConfigDict, ours: str = "", theirs: str = "",
+def from_state_dict(state_dict, cfg: W2VBertConfig, ours: str = "", theirs: str = "",
                     what: str = "Wav2Vec2BertModel state dict") -> dict[str, np.ndarray]:
   """Our dotted path (prefixed by `ours`) → float32 array of the `theirs`-prefixed keys of `state_dict`."""
   kept = {k: v for k, v in state_dict.items() if k.startswith(theirs) and not unused(k, cfg, theirs)}
   return mapping.from_hf(kept, table(cfg, ours, theirs), param_shapes(cfg, ours), what)
 
 
-def config_from_hf(hf: dict, layers: int = 16) -> ml_collections.ConfigDict:
+def config_from_hf(hf: dict, layers: int = 16) -> W2VBertConfig:
   """Our encoder config of a HF `Wav2Vec2BertConfig` (config.json as a dict), running its first `layers` layers."""
   problems = []
   if hf.get("hidden_act", "swish") not in ("swish", "silu"):
@@ -106,17 +105,16 @@ def config_from_hf(hf: dict, layers: int = 16) -> ml_collections.ConfigDict:
     problems.append(f"{layers} layers asked, the model has {hf['num_hidden_layers']}")
   if problems:
     raise ConversionError("Wav2Vec2BertConfig", problems)
-  cfg = config_2_0()
-  cfg.update(input_dim=hf.get("feature_projection_input_dim", 160), dim=hf.get("hidden_size", 1024), layers=layers,
-             heads=hf.get("num_attention_heads", 16), intermediate=hf.get("intermediate_size", 4096),
-             conv_kernel=hf.get("conv_depthwise_kernel_size", 31),
-             position=hf.get("position_embeddings_type", "relative_key"),
-             left_max=hf.get("left_max_position_embeddings", 64), right_max=hf.get("right_max_position_embeddings", 8),
-             rotary_base=hf.get("rotary_embedding_base", 10000), eps=hf.get("layer_norm_eps", 1e-5))
-  return cfg
+  return W2VBertConfig(input_dim=hf.get("feature_projection_input_dim", 160), dim=hf.get("hidden_size", 1024),
+                       layers=layers, heads=hf.get("num_attention_heads", 16), intermediate=hf.get("intermediate_size", 4096),
+                       conv_kernel=hf.get("conv_depthwise_kernel_size", 31),
+                       position=hf.get("position_embeddings_type", "relative_key"),
+                       left_max=hf.get("left_max_position_embeddings", 64),
+                       right_max=hf.get("right_max_position_embeddings", 8),
+                       rotary_base=hf.get("rotary_embedding_base", 10000), eps=hf.get("layer_norm_eps", 1e-5))
 
 
-def read(src: str, layers: int = 16, ours: str = "") -> tuple[ml_collections.ConfigDict, dict[str, np.ndarray]]:
+def read(src: str, layers: int = 16, ours: str = "") -> tuple[W2VBertConfig, dict[str, np.ndarray]]:
   """(encoder config, params) of a HF `Wav2Vec2BertModel` directory (config.json and *.safetensors, as
   `save_pretrained` or the hub's facebook/w2v-bert-2.0 holds them)."""
   config_path = os.path.join(src, "config.json")

@@ -12,9 +12,10 @@ per-head-dim embedding of the clipped distance j - i in [-left_max, right_max], 
 batch is one whole utterance, as X-codec2 runs it.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
@@ -24,11 +25,21 @@ POSITIONS = ("relative_key", "rotary", None)
 
 
 
-def config_2_0() -> ml_collections.ConfigDict:
-  """facebook/w2v-bert-2.0 (HF `Wav2Vec2BertConfig` defaults) up to hidden_states[16], the layer X-codec2 uses."""
-  return ml_collections.ConfigDict(dict(
-      input_dim=160, dim=1024, layers=16, heads=16, intermediate=4096, conv_kernel=31,
-      position="relative_key", left_max=64, right_max=8, rotary_base=10000, eps=1e-5))
+@dataclasses.dataclass(frozen=True)
+class W2VBertConfig:
+  """Defaults: facebook/w2v-bert-2.0 (HF `Wav2Vec2BertConfig` defaults) up to hidden_states[16], the layer X-codec2
+  uses."""
+  input_dim: int = 160
+  dim: int = 1024
+  layers: int = 16
+  heads: int = 16
+  intermediate: int = 4096
+  conv_kernel: int = 31
+  position: str | None = "relative_key"   # one of POSITIONS
+  left_max: int = 64
+  right_max: int = 8
+  rotary_base: float = 10000
+  eps: float = 1e-5
 
 class FeedForward(nnx.Module):
   def __init__(self, dim: int, hidden: int, dtype: jnp.dtype, rngs: nnx.Rngs):
@@ -70,7 +81,7 @@ def rotate(x_BxTxHxK: jax.Array, base: float) -> jax.Array:
 
 
 class SelfAttention(nnx.Module):
-  def __init__(self, cfg: ml_collections.ConfigDict, dtype: jnp.dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: W2VBertConfig, dtype: jnp.dtype, rngs: nnx.Rngs):
     heads, k = cfg.heads, cfg.dim // cfg.heads
     self.position, self.rotary_base, self.heads = cfg.position, cfg.rotary_base, heads
     self.left_max, self.right_max = cfg.left_max, cfg.right_max
@@ -103,7 +114,7 @@ class SelfAttention(nnx.Module):
 
 
 class ConformerLayer(nnx.Module):
-  def __init__(self, cfg: ml_collections.ConfigDict, dtype: jnp.dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: W2VBertConfig, dtype: jnp.dtype, rngs: nnx.Rngs):
     norm = lambda: layers.layer_norm(cfg.dim, epsilon=cfg.eps, dtype=dtype, rngs=rngs)
     self.ffn1_layer_norm, self.ffn1 = norm(), FeedForward(cfg.dim, cfg.intermediate, dtype, rngs)
     self.self_attn_layer_norm, self.self_attn = norm(), SelfAttention(cfg, dtype, rngs)
@@ -120,7 +131,7 @@ class ConformerLayer(nnx.Module):
 
 
 class FeatureProjection(nnx.Module):
-  def __init__(self, cfg: ml_collections.ConfigDict, dtype: jnp.dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: W2VBertConfig, dtype: jnp.dtype, rngs: nnx.Rngs):
     self.layer_norm = layers.layer_norm(cfg.input_dim, epsilon=cfg.eps, dtype=dtype, rngs=rngs)
     self.projection = layers.dense(cfg.input_dim, cfg.dim, (None, "embed"), dtype=dtype, rngs=rngs)
 
@@ -129,10 +140,9 @@ class FeatureProjection(nnx.Module):
 
 
 class W2VBert(nnx.Module):
-  """`cfg`: input_dim, dim, layers, heads, intermediate, conv_kernel, position, left_max, right_max, rotary_base,
-  eps (`config_2_0`). Computes in `dtype`; params float32."""
+  """Computes in `dtype`; params float32."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
+  def __init__(self, cfg: W2VBertConfig, *, rngs: nnx.Rngs, dtype: jnp.dtype = jnp.float32):
     if cfg.position not in POSITIONS:
       raise ValueError(f"w2vbert.position must be one of {POSITIONS}, got {cfg.position!r}")
     self.feature_projection = FeatureProjection(cfg, dtype, rngs)
