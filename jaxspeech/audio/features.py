@@ -221,9 +221,6 @@ def w2vbert_features(wav_BxS, stride: int = 2, *, lengths_B=None):
   B, T, M = fbank_BxTxM.shape
   frames_B = jnp.full((B,), T) if lengths_B is None else jnp.maximum(0, (lengths_B - 400) // 160 + 1)
   valid_BxTx1 = (jnp.arange(T) < frames_B[:, None])[..., None]
-  if not normalize:
-    log_mel_BxTxM = jnp.where(valid_BxTx1, log_mel_BxTxM, 0.0)
-    return (log_mel_BxTxM, frames_B) if given else log_mel_BxTxM
   count_Bx1x1 = frames_B[:, None, None].astype(fbank_BxTxM.dtype)
   mean_Bx1xM = jnp.sum(jnp.where(valid_BxTx1, fbank_BxTxM, 0.0), 1, keepdims=True) / count_Bx1x1
   centred_BxTxM = jnp.where(valid_BxTx1, fbank_BxTxM - mean_Bx1xM, 0.0)
