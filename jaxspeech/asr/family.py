@@ -44,7 +44,8 @@ def log_mel(batch, cfg):
   """(Parakeet's normalised log-mel (B, T, M), valid frames mask (B, T)); rows that hold no example are empty."""
   mel_BxTxM, frames_B = features.parakeet_features(batch["audio"], cfg.model.num_mel_bins,
                                                    lengths_B=batch["audio_lengths"],
-                                                   normalize=cfg.model.normalize_features)
+                                                   normalize=cfg.model.normalize_features,
+                                                   mean=cfg.model.feature_mean, std=cfg.model.feature_std)
   frames_B = jnp.where(batch["valid"], frames_B, 0)
   return mel_BxTxM, jnp.arange(mel_BxTxM.shape[1]) < frames_B[:, None]
 

@@ -30,7 +30,8 @@ class Recognizer:
     @jax.jit
     def mel(wav_BxS, lengths_B):
       return features.parakeet_features(wav_BxS, self.config.num_mel_bins, lengths_B=lengths_B,
-                                        normalize=self.config.normalize_features)
+                                        normalize=self.config.normalize_features, mean=self.config.feature_mean,
+                                        std=self.config.feature_std)
 
     @jax.jit
     def logits(state, mel_BxTxM, frames_B):

@@ -62,7 +62,9 @@ class ASRConfig:
   att_context_right: int = -1           # att_context_size[1]: chunks of right + 1 frames ('chunked_limited'); -1: none
   conv_context_right: int = -1          # the conv module's later taps, inside the chunk; -1: centred (HF)
   causal_downsampling: bool = False     # the subsampling convs see no later frame
-  normalize_features: bool = True       # log-mel bins normalised over the utterance (HF); False: NeMo's "NA"
+  normalize_features: bool = True       # log-mel bins normalised over the utterance (HF); False: NeMo's "NA",
+  feature_mean: float = 0.0             # then (log-mel - feature_mean) / feature_std, fixed for every utterance
+  feature_std: float = 1.0
 
   @property
   def blank_id(self) -> int:
@@ -120,11 +122,13 @@ SIZES = {
     "tiny": ASRConfig(hidden_size=144, intermediate_size=576, num_hidden_layers=4, num_attention_heads=4,
                       subsampling_conv_channels=64, num_mel_bins=80, vocab_size=257, layerdrop=0.0),
     # tiny with NeMo's cache-aware streaming: chunks of 8 frames (320 ms at 4× subsampling, the look-ahead),
-    # 48 frames (1.92 s) of left context, causal conv module and subsampling, unnormalised features
+    # 48 frames (1.92 s) of left context, causal conv module and subsampling, features standardised by the
+    # corpus's log-mel mean and std (-9.8, 4.2) instead of each utterance's
     "tiny_streaming": ASRConfig(hidden_size=144, intermediate_size=576, num_hidden_layers=4, num_attention_heads=4,
                                 subsampling_conv_channels=64, num_mel_bins=80, vocab_size=257, layerdrop=0.0,
                                 att_context_left=48, att_context_right=7, conv_context_right=0,
-                                causal_downsampling=True, normalize_features=False),
+                                causal_downsampling=True, normalize_features=False, feature_mean=-10.0,
+                                feature_std=4.0),
     # nvidia/parakeet-ctc-0.6b: FastConformer, 24 layers, d_model 1024, 8 heads, FFN 4x, conv kernel 9, 8x
     # dw-striding subsampling with 256 channels, 80 mels, 1024 BPE pieces + blank (NeMo's
     # fast-conformer_ctc_bpe config; the HF converter's ParakeetCTCConfig defaults); no stochastic depth

@@ -233,14 +233,16 @@ def w2vbert_features(wav_BxS, stride: int = 2, *, lengths_B=None):
 
 
 @functools.partial(jax.jit, static_argnames=("n_mels", "sample_rate", "n_fft", "win_length", "hop_length",
-                                             "preemphasis", "normalize"))
+                                             "preemphasis", "normalize", "mean", "std"))
 @_batched
 def parakeet_features(wav_BxS, n_mels: int = 80, sample_rate: int = 16000, n_fft: int = 512, win_length: int = 400,
-                      hop_length: int = 160, preemphasis: float = 0.97, *, lengths_B=None, normalize: bool = True):
+                      hop_length: int = 160, preemphasis: float = 0.97, *, lengths_B=None, normalize: bool = True,
+                      mean: float = 0.0, std: float = 1.0):
   """FastConformer's (NeMo's) input, as transformers' `ParakeetFeatureExtractor` computes it: pre-emphasis,
   |STFT|² (symmetric Hann of `win_length` centred in `n_fft`, centred frames with zero padding), slaney mel,
-  ln(mel + 2⁻²⁴), then each bin normalised over the utterance's frames (mean, unbiased std + 1e-5; not with
-  `normalize=False`, NeMo's "NA" for streaming models) and padded frames zeroed. (B, 1 + S // hop_length,
+  ln(mel + 2⁻²⁴), then each bin normalised over the utterance's frames (mean, unbiased std + 1e-5; with
+  `normalize=False` by the fixed `mean` and `std` instead, as NeMo's streaming models' "NA" and `fixed_mean`) and
+  padded frames zeroed. (B, 1 + S // hop_length,
   n_mels); with `lengths_B`, also the valid frames lengths_B // hop_length.
   """
   B, S = wav_BxS.shape
@@ -262,7 +264,7 @@ def parakeet_features(wav_BxS, n_mels: int = 80, sample_rate: int = 16000, n_fft
   frames_B = (lengths_B + n_fft // 2 * 2 - n_fft) // hop_length
   valid_BxTx1 = (jnp.arange(T) < frames_B[:, None])[..., None]
   if not normalize:
-    log_mel_BxTxM = jnp.where(valid_BxTx1, log_mel_BxTxM, 0.0)
+    log_mel_BxTxM = jnp.where(valid_BxTx1, (log_mel_BxTxM - mean) / std, 0.0)
     return (log_mel_BxTxM, frames_B) if given else log_mel_BxTxM
   count_Bx1x1 = frames_B[:, None, None].astype(log_mel_BxTxM.dtype)
   mean_Bx1xM = jnp.sum(jnp.where(valid_BxTx1, log_mel_BxTxM, 0.0), 1, keepdims=True) / count_Bx1x1
