@@ -5,6 +5,8 @@ The Llasa LM writes codec codes for the text (continuing the reference clip's co
 prompting), the codec decodes them. `--best-of N` samples N candidates in one batch and keeps the one the
 verifiers score best (length/repetition sanity, plus speaker similarity to --ref-audio with --speaker-ast);
 `--beams B` runs chunk-wise beam search instead (B beams × --expand samples per --chunk-seconds, same verifiers).
+`--draft WORKDIR` decodes speculatively: a small llasa LM over the same vocabulary drafts `--draft-tokens` codes
+a round and the LM keeps what its own sampling would (same distribution, fewer LM calls).
 
 `jaxspeech llasa eval --lm WORKDIR --codec WORKDIR --tokenizer FILE [--split test] [--speaker-ast AST] [--limit N]`
 speaks held-out corpus sentences and scores them against their recordings (`jaxspeech.llasa.evaluate`): a table
@@ -23,7 +25,7 @@ import soundfile
 from jaxspeech.asr import inference as asr_inference
 from jaxspeech.audio import io as audio_io, quality
 from jaxspeech.codec import family as codec_family
-from jaxspeech.llasa import evaluate as evaluation, family, generate, synthesis, verify
+from jaxspeech.llasa import evaluate as evaluation, family, generate, speculative, synthesis, verify
 from jaxspeech.llasa.vocab import LlasaVocab, SPECIAL_TOKENS
 from jaxspeech.workdir import Workdir
 
@@ -60,6 +62,8 @@ def _synthesize_flags(parser) -> None:
   g.add_argument("--expand", type=int, default=2, help="beam search: samples per beam and chunk")
   g.add_argument("--chunk-seconds", type=float, default=1.0, help="beam search: seconds of codes per chunk")
   g.add_argument("--speaker-ast", default=None, help="an AST workdir: adds the speaker-similarity verifier")
+  g.add_argument("--draft", default=None, help="a small llasa workdir (same vocabulary): speculative decoding")
+  g.add_argument("--draft-tokens", type=int, default=4, help="speculative decoding: tokens drafted per round")
 
 
 def _sampling(args):
@@ -99,12 +103,17 @@ def synthesize(args) -> None:
   common = dict(ref_wav=ref_wav, ref_text=args.ref_text, max_seconds=args.max_seconds, sampling=_sampling(args),
                 sample_rate=sample_rate)
   key = jax.random.PRNGKey(args.seed)
+  if args.beams and args.draft:
+    raise ValueError("--draft decodes with --best-of; beam search (--beams) does not take a draft")
   if args.beams:
     result = synthesis.beam_search(lm, codec, tokenizer, vocab, args.text, key, verifiers=verifiers, beams=args.beams,
                                    expand=args.expand, chunk_seconds=args.chunk_seconds, **common)
   else:
+    generator = None
+    if args.draft:
+      generator = speculative.generator(Workdir(args.draft).load_model(family.FAMILY)[0], args.draft_tokens)
     result = synthesis.synthesize(lm, codec, tokenizer, vocab, args.text, key, best_of=args.best_of,
-                                  verifiers=verifiers, **common)
+                                  verifiers=verifiers, generator=generator, **common)
   soundfile.write(args.out, np.clip(result.wav, -1, 1), sample_rate, subtype="PCM_16")
   print(f"wrote {args.out}: {len(result.wav) / sample_rate:.2f} s, {len(result.codes)} codes"
         + (f", candidate {result.chosen} of {args.best_of} ({result.scores[result.chosen]})" if result.scores else ""))

@@ -55,15 +55,24 @@ def top_p_mask(logits_BxV: jax.Array, p: float) -> jax.Array:
   return jnp.where(drop_BxV, NEG_INF, logits_BxV)
 
 
-def next_token(key: jax.Array, logits_BxV: jax.Array, seen_BxV: jax.Array, sampling: Sampling) -> jax.Array:
+def process(logits_BxV: jax.Array, seen_BxV: jax.Array, sampling: Sampling) -> jax.Array:
+  """The logits `next_token` draws from (greedy: takes the argmax of): penalised, then for sampling divided by
+  the temperature and cut to the top k and top p."""
   logits_BxV = penalise(logits_BxV, seen_BxV, sampling.repetition_penalty)
   if sampling.greedy:
-    return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
+    return logits_BxV
   logits_BxV = logits_BxV / sampling.temperature
   if sampling.top_k:
     logits_BxV = top_k_mask(logits_BxV, sampling.top_k)
   if sampling.top_p < 1.0:
     logits_BxV = top_p_mask(logits_BxV, sampling.top_p)
+  return logits_BxV
+
+
+def next_token(key: jax.Array, logits_BxV: jax.Array, seen_BxV: jax.Array, sampling: Sampling) -> jax.Array:
+  logits_BxV = process(logits_BxV, seen_BxV, sampling)
+  if sampling.greedy:
+    return jnp.argmax(logits_BxV, -1).astype(jnp.int32)
   return jax.random.categorical(key, logits_BxV).astype(jnp.int32)
 
 
@@ -116,16 +125,23 @@ def generate(model, prompts: list, key: jax.Array, *, max_new_tokens: int, eos_i
   ids, segments, positions = left_pad(prompts)
   tokens_BxN = np.asarray(_generate(graphdef, state, ids, segments, positions, key, max_new_tokens=max_new_tokens,
                                     eos_id=eos_id, sampling=sampling))
-  ended_BxN = tokens_BxN == eos_id
-  lengths_B = np.where(ended_BxN.any(1), ended_BxN.argmax(1) + 1, max_new_tokens)
-  return tokens_BxN, lengths_B
+  return ended(tokens_BxN, eos_id)
+
+
+def ended(tokens_BxN: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens with `eos_id` after each row's first, lengths up to and including it (N where there is none))."""
+  eos_BxN = tokens_BxN == eos_id
+  lengths_B = np.where(eos_BxN.any(1), eos_BxN.argmax(1) + 1, tokens_BxN.shape[1])
+  return np.where(np.arange(tokens_BxN.shape[1]) < lengths_B[:, None], tokens_BxN, eos_id), lengths_B
 
 
 def synthesize_codes(model, vocab: LlasaVocab, texts_ids: list, key: jax.Array, *, max_new_tokens: int,
-                     ref_text_ids=(), ref_codes=(), sampling: Sampling = Sampling()) -> list[np.ndarray]:
+                     ref_text_ids=(), ref_codes=(), sampling: Sampling = Sampling(),
+                     generator=None) -> list[np.ndarray]:
   """Codec codes of each text, optionally continuing a reference clip's codes (voice prompting: the reference
-  transcript precedes each text, and its codes start the speech)."""
+  transcript precedes each text, and its codes start the speech). `generator` (default `generate`) takes
+  `generate`'s arguments: `speculative.generator(draft, k)` drafts with a small LM."""
   prompts = [objective.prompt(vocab, ids, ref_text_ids, ref_codes) for ids in texts_ids]
-  tokens_BxN, lengths_B = generate(model, prompts, key, max_new_tokens=max_new_tokens,
-                                   eos_id=vocab.special("SPEECH_GENERATION_END"), sampling=sampling)
+  tokens_BxN, lengths_B = (generator or generate)(model, prompts, key, max_new_tokens=max_new_tokens,
+                                                  eos_id=vocab.special("SPEECH_GENERATION_END"), sampling=sampling)
   return [vocab.ids_to_codes(tokens[:n]) for tokens, n in zip(tokens_BxN, lengths_B)]

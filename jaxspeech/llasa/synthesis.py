@@ -45,12 +45,15 @@ class Result:
 
 def synthesize(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Array, *, ref_wav=None,
                ref_text: str = "", max_seconds: float = 30.0, best_of: int = 1, verifiers=(),
-               sampling: generate.Sampling = generate.Sampling(), sample_rate: int = 16_000) -> Result:
-  """Generates `best_of` candidates in one batch; with several, the verifiers' best is kept."""
+               sampling: generate.Sampling = generate.Sampling(), sample_rate: int = 16_000,
+               generator=None) -> Result:
+  """Generates `best_of` candidates in one batch; with several, the verifiers' best is kept. `generator`: as
+  `generate.synthesize_codes` takes it (speculative decoding with a draft LM)."""
   ref_codes = reference_codes(codec, ref_wav)
   codes = generate.synthesize_codes(
       lm, vocab, [tokenizer.encode(text)] * best_of, key, max_new_tokens=int(max_seconds * verify.CODE_RATE),
-      ref_text_ids=tokenizer.encode(ref_text) if ref_text else (), ref_codes=ref_codes, sampling=sampling)
+      ref_text_ids=tokenizer.encode(ref_text) if ref_text else (), ref_codes=ref_codes, sampling=sampling,
+      generator=generator)
   candidates = [_candidate(codec, text, c, sample_rate) for c in codes]
   if best_of == 1:
     return Result(candidates[0].wav, candidates[0].codes, [], 0)
