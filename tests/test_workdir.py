@@ -51,6 +51,17 @@ def test_claim_accepts_the_old_config_and_refuses_another_model(tmp_path):
     Workdir(str(work)).claim(cfg, write=False)
 
 
+def test_claim_refuses_checkpoints_without_their_config(tmp_path):
+  """A run that saves on SIGTERM after its workdir was deleted leaves checkpoints with no config.json: a new run
+  must not resume them under its own model config."""
+  work = shutil.copytree(OLD, tmp_path / "wd")
+  cfg = ml_collections.ConfigDict(json.loads((work / "config.json").read_text()))
+  (work / "config.json").unlink()
+  with pytest.raises(NotAWorkdir, match=r"has checkpoints \[2\] but no config.json"):
+    Workdir(str(work)).claim(cfg)
+  assert not (work / "config.json").exists()
+
+
 @pytest.mark.slow
 def test_an_old_workdir_resumes_training(tmp_path, corpus_path):
   """The trainer of today takes the old run from step 2 to 3 (its iterator state included)."""

@@ -101,9 +101,14 @@ class Workdir:
 
   def claim(self, cfg: ml_collections.ConfigDict, write: bool = True) -> None:
     """Writes `cfg` as config.json in a new workdir (`write`: on process 0); in one that has a config.json,
-    refuses a `family` or `model` other than the one it holds. Model fields added since are new knobs."""
+    refuses a `family` or `model` other than the one it holds. Model fields added since are new knobs. Checkpoints
+    without a config.json (deleted, or written by a run still ending after its workdir was removed) are refused:
+    nothing says which model they hold."""
     storage.makedirs(self.path)
     if not storage.exists(self.file(CONFIG)):
+      if self.steps():
+        raise NotAWorkdir(f"workdir {self.path} has checkpoints {self.steps()} but no {CONFIG}, so nothing says "
+                          f"which model they hold. Use a new --workdir.")
       if write:
         _write_json(self.file(CONFIG), json.loads(cfg.to_json()))
       return
