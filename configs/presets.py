@@ -1,4 +1,5 @@
-"""Sharding presets: the Llasa LM (1B, 3B, 8B), the F5 DiT base and the X-codec2 base on typical TPU and GPU topologies.
+"""Sharding presets: the Llasa LM (1B, 3B, 8B), the F5 DiT base, the X-codec2 base and Parakeet-CTC 0.6B (the asr
+family) on typical TPU and GPU topologies.
 
   jaxspeech train --config=configs/presets.py:llasa_8b_v5p64 --workdir=gs://BUCKET/llasa_8b \
       --config.data.path=/gcs/BUCKET/codes/1.0.0 --config.llasa.tokenizer=gs://BUCKET/spm.model
@@ -39,6 +40,7 @@ time as the whole row with 12.5 GiB of temporaries instead of 23.
 | dit_base_v5p64 | v5p-64 | data 64 | 38,400 mel frames × 1 | none | 35.9 GiB (TPU compiler, v5p-8, est. MFU 73 %) | 45-55 % |
 | dit_base_h100x8 | 8×H100 | data 8 | 9,600 mel frames × 4 | none | see below | 40-50 % |
 | codec_base_v5p64 | v5p-64 | data 64 | 1 crop (1 s) × 1, acoustic-only | none | - | 45 % |
+| asr_0.6b_v5p64 | v5p-64 | data 64 | 20,000 frames (200 s) × 1, bf16 | none | - | 45-55 % |
 
 DiT base (336M params) is data-parallel: its state is 5 GiB per chip unsharded. On TPU its attention runs the
 splash kernel; elsewhere it is materialised (B×H×L×L scores in float32). Its blocks are not rematerialised. A v5p
@@ -83,7 +85,11 @@ DIT = {
 CODEC = {
     "codec_base_v5p64": (dict(data=64), 1, 1),
 }
-VARIANTS = tuple(LLASA) + tuple(DIT) + tuple(CODEC)
+# name: (mesh, 10 ms frames per chip per microbatch, accumulation steps); Parakeet-CTC 0.6B, data parallel
+ASR = {
+    "asr_0.6b_v5p64": (dict(data=64), 20_000, 1),
+}
+VARIANTS = tuple(LLASA) + tuple(DIT) + tuple(CODEC) + tuple(ASR)
 
 
 def _mesh(cfg, sizes: dict) -> None:
@@ -99,12 +105,12 @@ def chips(sizes: dict) -> int:
 
 
 def mesh_of(variant: str) -> dict:
-  return (LLASA[variant][1] if variant in LLASA else DIT[variant][0] if variant in DIT else CODEC[variant][0])
+  return LLASA[variant][1] if variant in LLASA else {**DIT, **CODEC, **ASR}[variant][0]
 
 
 def per_chip(variant: str) -> int:
-  """Rows (Llasa: 2,048-token rows; codec: crops) or mel frames (DiT) per chip per microbatch."""
-  return LLASA[variant][2] if variant in LLASA else DIT[variant][1] if variant in DIT else CODEC[variant][1]
+  """Rows (Llasa: 2,048-token rows; codec: crops) or frames (DiT: mel; ASR: 10 ms) per chip per microbatch."""
+  return LLASA[variant][2] if variant in LLASA else {**DIT, **CODEC, **ASR}[variant][1]
 
 
 def get_config(variant: str):
@@ -133,6 +139,13 @@ def get_config(variant: str):
     _mesh(cfg, mesh)
     if crops * accum * chips(mesh) != cfg.train.batch_size:
       raise AssertionError(f"{variant}: {crops} crops × {accum} × {chips(mesh)} chips is not {cfg.train.batch_size}")
+    cfg.optim.accum_steps = accum
+    return cfg
+  if variant in ASR:
+    mesh, frames, accum = ASR[variant]
+    cfg = _family_config("asr").get_config("parakeet_ctc_0.6b")
+    _mesh(cfg, mesh)
+    cfg.data.frame_budget = frames * accum * chips(mesh)
     cfg.optim.accum_steps = accum
     return cfg
   raise ValueError(f"unknown variant {variant!r} of configs/presets.py; choose one of {', '.join(VARIANTS)}")

@@ -6,7 +6,7 @@ from tests.helpers import load_config
 
 VARIANTS = ("llasa_1b_v5p64", "llasa_3b_v5p64", "llasa_8b_v5p64", "llasa_1b_v5e256", "llasa_3b_v5e256",
             "llasa_8b_v6e256", "llasa_1b_h100x8", "llasa_3b_h100x8", "llasa_8b_h100x64", "dit_base_v5p64",
-            "dit_base_h100x8", "codec_base_v5p64")
+            "dit_base_h100x8", "codec_base_v5p64", "asr_0.6b_v5p64")
 CHIPS = {"v5p64": 64, "v5e256": 256, "v6e256": 256, "h100x8": 8, "h100x64": 64}
 
 
@@ -23,6 +23,9 @@ def test_preset_mesh_fills_its_topology_and_keeps_the_global_batch(variant):
     assert cfg.train.batch_size % (chips * cfg.optim.accum_steps) == 0
   elif variant.startswith("codec"):
     assert cfg.family == "codec" and cfg.train.batch_size == 64  # X-codec2's crops per update
+  elif variant.startswith("asr"):
+    assert cfg.family == "asr" and cfg.model.num_hidden_layers == 24 and cfg.model.hidden_size == 1024
+    assert cfg.data.frame_budget // chips == 20_000
   else:
     assert cfg.family == "dit" and cfg.model.dim == 1024 and cfg.model.depth == 22
     assert cfg.data.frame_budget // chips == 38_400  # F5's frames per GPU per update
