@@ -3,7 +3,8 @@
 Here: a very small AST config on the test corpus, shared by the engine tests, and a batch for it. The
 family submodules hold the PyTorch references and the tiny configs of each family: `ast`, `codec` and `dit`
 (these two stub what xcodec2 and f5-tts import, as tests/reference_stubs.py explains), `llasa` (its tiny
-config and code dataset) and `llama` (HF Llama references). Shared fixtures live in tests/conftest.py.
+config and code dataset), `llama` (HF Llama references), and `curves` with `curves_dit` and `curves_llasa`
+(training-curve parity against the reference trainers). Shared fixtures live in tests/conftest.py.
 """
 
 import dataclasses
