@@ -64,3 +64,18 @@ class Packing:
     ds = ds.batch(self.batch_size, drop_remainder=self.drop_remainder,
                   batch_fn=functools.partial(batching.pad_batch, pad={}, rows=self.batch_size))
     return batching.Tally(ds, _fill, ["batches", "filled", "slots"])
+
+
+def pack_sequences(sequences: list, seq_len: int) -> dict[str, np.ndarray]:
+  """Whole sequences (none longer than `seq_len`) as rows of `seq_len` slots, by the first-fit packer above with
+  one bin per sequence, longest first (first-fit decreasing), shuffling nothing: "inputs", "segment_ids" and
+  "positions" as `Packing`'s rows, and "index": the sequence each slot holds (-1 in padding)."""
+  order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+  examples = [{"inputs": np.asarray(sequences[i], np.int32), "index": np.full(len(sequences[i]), i + 1, np.int32)}
+              for i in order]
+  rows = list(grain.experimental.FirstFitPackIterDataset(
+      grain.MapDataset.source(examples).to_iter_dataset(), length_struct={"inputs": seq_len, "index": seq_len},
+      num_packing_bins=len(examples), shuffle_bins=False))
+  stack = {"inputs": "inputs", "segment_ids": "inputs_segment_ids", "positions": "inputs_positions", "index": "index"}
+  out = {name: np.stack([r[key] for r in rows]) for name, key in stack.items()}
+  return {**out, "index": out["index"] - 1}

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxspeech.llasa import objective
+from jaxspeech.llasa import objective, prepack
 from jaxspeech.llasa.model import Cache
 from jaxspeech.llasa.vocab import LlasaVocab
 
@@ -88,13 +88,23 @@ def left_pad(prompts: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return ids, segments, positions
 
 
+def padded_prefill(model, ids_BxP, segment_ids_BxP, positions_BxP, slots: int) -> tuple[jax.Array, Cache]:
+  """(each row's last logits (B, vocab_size), a cache of `slots` slots per row, the prompts in the first P)."""
+  cache = Cache.empty(model.cfg, ids_BxP.shape[0], slots)
+  x_BxPxD, cache = model.hidden_states(ids_BxP, positions_BxP, segment_ids_BxP, cache)
+  return model.logits(x_BxPxD[:, -1:])[:, 0], cache
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "sampling"))
-def _generate(graphdef, state, ids_BxP, segment_ids_BxP, positions_BxP, key, *, max_new_tokens: int, eos_id: int,
-              sampling: Sampling):
+def _generate(graphdef, state, ids_BxP, segment_ids_BxP, positions_BxP, packed, key, *, max_new_tokens: int,
+              eos_id: int, sampling: Sampling):
+  """`packed` (a `prepack.Packed` of the same prompts, or None) replaces the left-padded prefill."""
   model = nnx.merge(graphdef, state)
   b, p = ids_BxP.shape
-  cache = Cache.empty(model.cfg, b, p + max_new_tokens)
-  logits_BxPxV, cache = model(ids_BxP, positions_BxP, segment_ids_BxP, cache)
+  if packed is None:
+    logits_BxV, cache = padded_prefill(model, ids_BxP, segment_ids_BxP, positions_BxP, p + max_new_tokens)
+  else:
+    logits_BxV, cache = prepack.prefill(model, packed, segment_ids_BxP, p + max_new_tokens)
   rows_B = jnp.arange(b)
   seen_BxV = jnp.zeros((b, model.cfg.vocab_size), bool).at[rows_B[:, None], ids_BxP].max(segment_ids_BxP > 0)
 
@@ -112,19 +122,23 @@ def _generate(graphdef, state, ids_BxP, segment_ids_BxP, positions_BxP, key, *, 
     return (step + 1, logits_Bx1xV[:, 0], cache, seen_BxV.at[rows_B, token_B].set(True), out_BxN, positions_B + 1,
             done_B, key)
 
-  carry = (jnp.zeros((), jnp.int32), logits_BxPxV[:, -1], cache, seen_BxV,
+  carry = (jnp.zeros((), jnp.int32), logits_BxV, cache, seen_BxV,
            jnp.full((b, max_new_tokens), eos_id, jnp.int32), positions_BxP[:, -1] + 1, jnp.zeros(b, bool), key)
   return jax.lax.while_loop(cond, body, carry)[4]
 
 
 def generate(model, prompts: list, key: jax.Array, *, max_new_tokens: int, eos_id: int,
-             sampling: Sampling = Sampling()) -> tuple[np.ndarray, np.ndarray]:
+             sampling: Sampling = Sampling(), prefill: str = "padded") -> tuple[np.ndarray, np.ndarray]:
   """(tokens_BxN, lengths_B): the new tokens of each prompt (`eos_id` after its end), and how many there are
-  up to and including the first `eos_id` (N where none was emitted)."""
+  up to and including the first `eos_id` (N where none was emitted). `prefill="packed"` prefills the prompts
+  packed into shared rows (`prepack`) instead of left-padded; decoding is the same."""
+  if prefill not in ("padded", "packed"):
+    raise ValueError(f"prefill={prefill!r}; choose 'padded' or 'packed'")
   graphdef, state = nnx.split(model)
   ids, segments, positions = left_pad(prompts)
-  tokens_BxN = np.asarray(_generate(graphdef, state, ids, segments, positions, key, max_new_tokens=max_new_tokens,
-                                    eos_id=eos_id, sampling=sampling))
+  packed = prepack.pack(prompts) if prefill == "packed" else None
+  tokens_BxN = np.asarray(_generate(graphdef, state, ids, segments, positions, packed, key,
+                                    max_new_tokens=max_new_tokens, eos_id=eos_id, sampling=sampling))
   return ended(tokens_BxN, eos_id)
 
 
