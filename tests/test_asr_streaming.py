@@ -14,7 +14,7 @@ from flax import nnx
 
 from jaxspeech.asr import convert, inference, streaming
 from jaxspeech.asr.model import SIZES, ASRConfig, FastConformerCTC
-from jaxspeech.audio import features
+from jaxspeech.audio import features, io as audio_io
 from jaxspeech.convert.mapping import ConversionError
 from jaxspeech.data import tfds_io
 from tests.helpers import ROOT
@@ -120,19 +120,19 @@ def test_a_trained_streaming_workdir_transcribes_the_same_streamed(corpus_path, 
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
   source = tfds_io.data_source(corpus_path, "test")
-  wavs = [source[i]["audio"].astype(np.float32) / 32768.0 for i in range(3)]
   rate = int(source[0]["sample_rate"])
+  wavs = [audio_io.resample(source[i]["audio"].astype(np.float32) / 32768.0, rate, 16_000) for i in range(3)]
   offline, streamed = inference.Recognizer(str(workdir)), inference.Recognizer(str(workdir), stream=True)
   wav_BxS = np.zeros((3, max(map(len, wavs))), np.float32)
   for i, w in enumerate(wavs):
     wav_BxS[i, :len(w)] = w
-  mel = offline._mel(wav_BxS, np.array([len(w) for w in wavs], np.int32))
-  logits_BxNxV, valid_BxN = (np.asarray(a) for a in offline._logits(*mel))
-  s_logits_BxSxV, s_valid_BxS = streamed._logits(*mel)
+  lengths_B = np.array([len(w) for w in wavs], np.int32)
+  logits_BxNxV, valid_BxN = offline.logits(wav_BxS, lengths_B)
+  s_logits_BxSxV, s_valid_BxS = streamed.logits(wav_BxS, lengths_B)
   n = logits_BxNxV.shape[1]
   np.testing.assert_array_equal(s_valid_BxS[:, :n], valid_BxN)
   np.testing.assert_allclose(s_logits_BxSxV[:, :n][valid_BxN], logits_BxNxV[valid_BxN], atol=1e-4, rtol=0)
-  assert offline.transcribe(wavs, rate) == streamed.transcribe(wavs, rate)
+  assert offline.transcribe(wavs, 16_000) == streamed.transcribe(wavs, 16_000)
 
   path = tmp_path / "a.wav"
   soundfile.write(path, source[0]["audio"], rate)

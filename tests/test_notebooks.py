@@ -17,7 +17,7 @@ CELL_TIMEOUT_S = 1800  # the toy sweep took 8.5 min on 2 cores shared with other
 
 
 def test_there_is_a_notebook_per_cheap_family():
-  assert {"ast.ipynb", "scaling_laws.ipynb"} <= set(NOTEBOOKS)
+  assert {"ast.ipynb", "asr.ipynb", "scaling_laws.ipynb"} <= set(NOTEBOOKS)
 
 
 @pytest.mark.slow
@@ -33,6 +33,8 @@ def test_notebook_runs(name, corpus_path, tmp_path, monkeypatch):
   printed = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
   if name == "ast.ipynb":
     assert "same predicted speaker: 100%" in printed, printed[-2000:]
+  if name == "asr.ipynb":
+    assert "largest |streamed - offline| logit" in printed and "per 320 ms chunk" in printed, printed[-2000:]
   if name == "scaling_laws.ipynb":
     fit = json.loads((tmp_path / "scaling_laws" / "sweep" / "fit.json").read_text())
     assert (len(fit["points"]), fit["runs"]) == (6, 6) and "law" in fit, fit.get("law_error")

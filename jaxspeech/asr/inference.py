@@ -37,13 +37,19 @@ class Recognizer:
     def logits(state, mel_BxTxM, frames_B):
       return nnx.merge(graphdef, state)(mel_BxTxM, jnp.arange(mel_BxTxM.shape[1]) < frames_B[:, None])
 
-    self._mel = mel
+    self.features = mel  # (log-mel (B, T, M), valid frames (B,)) of 16 kHz clips, as the model was trained on
     if stream:
       step = streaming.compile_step(model)
       self._logits = lambda mel_BxTxM, frames_B: streaming.run(model, np.asarray(mel_BxTxM), np.asarray(frames_B),
                                                                 step)
     else:
       self._logits = functools.partial(logits, state)
+
+  def logits(self, wav_BxS: np.ndarray, lengths_B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(CTC logits (B, N, V), valid (B, N)) of 16 kHz clips zero-padded to one width, `lengths_B` samples each
+    (streamed: N is a whole number of chunks, the frames past the clip's output invalid)."""
+    logits_BxNxV, valid_BxN = self._logits(*self.features(wav_BxS, lengths_B))
+    return np.asarray(logits_BxNxV), np.asarray(valid_BxN)
 
   def transcribe(self, wavs: list[np.ndarray], sample_rate: int, batch_size: int = 8) -> list[str]:
     """The transcript of each mono clip (float in [-1, 1] at `sample_rate`)."""
@@ -59,7 +65,7 @@ class Recognizer:
       for j, i in enumerate(rows):
         wav_BxS[j, :len(clips[i])], lengths_B[j] = clips[i], len(clips[i])
       lengths_B[len(rows):] = family.HOP * 2  # padding rows: a few frames of silence, not an empty utterance
-      logits_BxNxV, valid_BxN = self._logits(*self._mel(wav_BxS, lengths_B))
+      logits_BxNxV, valid_BxN = self.logits(wav_BxS, lengths_B)
       for j, ids in enumerate(text.greedy(np.asarray(logits_BxNxV), np.asarray(valid_BxN), self.config.blank_id)):
         if j < len(rows):
           out[rows[j]] = self.tokenizer.decode(ids)
