@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxspeech.audio import features
-from jaxspeech.data import pipeline, speech_text
+from jaxspeech.data import per_step, pipeline, speech_text
 from jaxspeech.dit import sample, vocab
 from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.dit.objective import Objective, flow_matching_loss
@@ -121,7 +121,8 @@ def inference(cfg) -> dict[str, tuple]:
 
 
 def tokens_per_step(cfg) -> float:
-  return float(cfg.data.frame_budget)  # padding included: the budget bounds every batch's frames
+  """The mel frames of a batch (its utterances', padding not counted), measured on the run's first train batches."""
+  return per_step.mean_units(cfg, make_data, units, "frames")
 
 
 def units(batch) -> dict[str, float]:

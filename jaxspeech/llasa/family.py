@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxspeech.data import packing, pipeline, tfds_io
+from jaxspeech.data import packing, per_step, pipeline, tfds_io
 from jaxspeech.llasa import convert, objective
 from jaxspeech.llasa.model import Cache, Llama, LlamaConfig
 from jaxspeech.text import spm
@@ -175,7 +175,8 @@ def inference(cfg) -> dict[str, tuple]:
 
 
 def tokens_per_step(cfg) -> float:
-  return float(cfg.train.batch_size * cfg.llasa.seq_len)  # packed rows, counted whole as train_flops counts them
+  """The real (non-pad) tokens of a packed batch, measured on the run's first train batches."""
+  return per_step.mean_units(cfg, make_data, units, "tokens")
 
 
 def units(batch) -> dict[str, float]:

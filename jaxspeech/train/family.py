@@ -31,8 +31,9 @@ class Family:
   train_flops: Callable[[ml_collections.ConfigDict], float]
   # {unit: count} in one host batch (numpy), for throughput, e.g. {"examples": 32, "frames": 8192}
   units: Callable[[Mapping[str, Any]], dict[str, float]]
-  # config -> what one global train batch contributes to D, the data axis of a scaling law (Llasa: tokens of the
-  # packed rows; DiT: mel frames; codec, vocoder: frames at the code or hop rate; AST: patches)
+  # config -> what one global train batch contributes to D, the data axis of a scaling law (Llasa: the real (non-pad)
+  # tokens of the packed rows; DiT: mel frames, padding not counted; codec, vocoder: frames at the code or hop rate;
+  # AST: patches)
   tokens_per_step: Callable[[ml_collections.ConfigDict], float]
   # param path -> optimizer group name; None puts every param in the group "default"
   param_groups: Callable[[tuple[str, ...], jax.Array], str] | None = None
