@@ -7,8 +7,8 @@ Three compute budgets C (FLOPs, counted as 6·N·D), each with the model sizes a
 size trains on D = C / (6 N) tokens, a token being one 16×16 fbank patch (64 per 1.3 s clip, 2,048 per
 batch of 32). N runs from 1.6k to 24k parameters: speaker ID on this corpus saturates beyond that at
 CPU budgets. The same file drives a cluster: `--backend slurm` or `--backend xpk` with the sections
-below filled in (`--dry-run` prints the script or the commands). The Llasa LM's sweep
-(`configs/sweeps/llasa_cpu.py`) comes with that family.
+below filled in (`--dry-run` prints the script or the commands). The other families' sweeps:
+`configs/sweeps/llasa_cpu.py`, `configs/sweeps/dit_cpu.py`.
 """
 
 from jaxspeech.sweep import design
