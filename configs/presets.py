@@ -125,9 +125,10 @@ def get_config(variant: str):
     cfg.train.batch_size = LLASA_ROWS
     cfg.optim.accum_steps = accum
     return cfg
-  if variant in DIT:
-    mesh, frames, accum = DIT[variant]
-    cfg = _family_config("dit").get_config("base")
+  if variant in DIT or variant in ASR:  # frame-budget batches
+    family, size = ("dit", "base") if variant in DIT else ("asr", "parakeet_ctc_0.6b")
+    mesh, frames, accum = {**DIT, **ASR}[variant]
+    cfg = _family_config(family).get_config(size)
     _mesh(cfg, mesh)
     cfg.data.frame_budget = frames * accum * chips(mesh)
     cfg.optim.accum_steps = accum
@@ -139,13 +140,6 @@ def get_config(variant: str):
     _mesh(cfg, mesh)
     if crops * accum * chips(mesh) != cfg.train.batch_size:
       raise AssertionError(f"{variant}: {crops} crops × {accum} × {chips(mesh)} chips is not {cfg.train.batch_size}")
-    cfg.optim.accum_steps = accum
-    return cfg
-  if variant in ASR:
-    mesh, frames, accum = ASR[variant]
-    cfg = _family_config("asr").get_config("parakeet_ctc_0.6b")
-    _mesh(cfg, mesh)
-    cfg.data.frame_budget = frames * accum * chips(mesh)
     cfg.optim.accum_steps = accum
     return cfg
   raise ValueError(f"unknown variant {variant!r} of configs/presets.py; choose one of {', '.join(VARIANTS)}")
