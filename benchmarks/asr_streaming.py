@@ -75,9 +75,10 @@ def main() -> None:
                 f"{r['first_ms']:.0f} | {args.seconds:g} s: {r['offline_ms']:.1f} |")
     print(rows[-1], flush=True)
   params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-  text = (f"## {SECTION}\n\n`python benchmarks/asr_streaming.py --write`, {time.strftime('%Y-%m-%d', time.gmtime())}, "
+  command = "python benchmarks/asr_streaming.py --write" + (f" --workdir {args.workdir}" if args.workdir else "")
+  text = (f"## {SECTION}\n\n`{command}`, {time.strftime('%Y-%m-%d', time.gmtime())}, "
           f"{common.machine()}; {common.versions(VERSIONS)}.\n\n"
-          f"configs/asr.py:tiny_streaming ({params / 1e6:.1f}M params, 4 blocks, chunks of "
+          f"configs/asr.py:tiny_streaming ({'trained' if args.workdir else 'random'} weights, {params / 1e6:.1f}M params, 4 blocks, chunks of "
           f"{model.cfg.chunk} encoder frames, {model.cfg.att_context_left} frames of left context), float32. "
           "Compute latency of one jitted chunk step (median after a warm-up; features excluded), its share of "
           "the chunk's audio (below 1: keeps up with live audio), the first call's time (compile), and offline "
