@@ -110,3 +110,10 @@ def test_every_config_variant_builds(variant):
     assert 330e6 < count < 340e6, count
   assert count > 0
 
+
+
+def test_an_unknown_model_field_is_refused_by_name():
+  model = convert.load_config(f"{ROOT}/configs/dit.py:tiny").model.to_dict()
+  with pytest.raises(ValueError, match="unknown dit model field.*conv_layer"):
+    config_from({**model, "conv_layer": 4})  # a typo of conv_layers
+  assert config_from(model).conv_layers == model["conv_layers"]

@@ -20,7 +20,6 @@ chunks (shift, scale, gate, ...) become a leading chunk axis of our kernel.
 
 import argparse
 import dataclasses
-import importlib.util
 import os
 
 import numpy as np
@@ -35,6 +34,7 @@ from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.convert.workdir import Imported, staged
 from jaxspeech.dit import family as dit_family
 from jaxspeech.dit import vocab
+from jaxspeech.train import config as config_lib
 
 
 def grn_to_f5(x_H: np.ndarray) -> np.ndarray:
@@ -181,14 +181,11 @@ def add_arguments(parser) -> None:
 
 
 def load_config(spec: str):
-  """`path.py:variant` -> the config that file's `get_config(variant)` returns."""
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("dit_config", path)
-  if module_spec is None or not os.path.isfile(path):
-    raise ConversionError("--config", [f"no config file {path}"])
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(*([variant] if variant else []))
+  """`path.py:variant` -> that config (`jaxspeech.train.config.load`)."""
+  try:
+    return config_lib.load(spec, [])
+  except ValueError as e:
+    raise ConversionError("--config", [str(e)]) from None
 
 
 def _model_config(args) -> DiTConfig:

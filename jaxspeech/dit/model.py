@@ -51,9 +51,16 @@ class DiTConfig:
       raise ValueError(f"UNetT needs an even depth and skip_connect in concat/add/none, got {self}")
 
 
+# `model` fields of the dit family that are not DiTConfig's
+FAMILY_FIELDS = ("vocab_file",)
+
+
 def config_from(model) -> DiTConfig:
-  """The DiTConfig of a config's `model` section; the family's own fields there (`vocab_file`) are left out."""
+  """The DiTConfig of a config's `model` section, without the family's own fields; any other field is refused."""
   fields = {f.name for f in dataclasses.fields(DiTConfig)}
+  unknown = sorted(set(model) - fields - set(FAMILY_FIELDS))
+  if unknown:
+    raise ValueError(f"unknown dit model field(s) {', '.join(unknown)}; DiTConfig has {', '.join(sorted(fields))}")
   return DiTConfig(**{k: v for k, v in dict(model).items() if k in fields})
 
 
