@@ -279,3 +279,52 @@ def test_a_full_disk_refuses_in_one_line_and_the_run_resumes_once_there_is_room(
   assert out.returncode == 0, out.stderr[-3000:]
   for a, b in zip(uninterrupted("ast"), _params(workdir, 8), strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+# `jaxspeech train` whose disk fills (to 64 KiB short) once the step-8 space check has passed: the disk filling
+# while the run writes, which no check before a write can see.
+_FILL_AFTER_THE_CHECK = """
+import shutil, sys
+from jaxspeech import cli
+from jaxspeech.workdir import checkpoints
+check, disk = checkpoints.Checkpoints._check_space, sys.argv[1]
+def check_then_fill(self, step, state):
+  check(self, step, state)
+  if step == 8:
+    with open(disk + "/filler", "wb") as f:
+      while (spare := shutil.disk_usage(disk).free - 64 * 1024) > 0:
+        f.write(bytes(min(spare, 2**20)))
+        f.flush()
+checkpoints.Checkpoints._check_space = check_then_fill
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_a_write_stops_in_one_line_and_the_run_resumes(corpus_path, uninterrupted,
+                                                                               small_disk):
+  """The disk fills while checkpoint 8 (or a metrics line, or an event file) is written: one line naming the
+  latest checkpoint on disk, no traceback; with the space back, the run ends as an uninterrupted one."""
+  mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small_disk)],
+                           capture_output=True, text=True, check=False)
+  if mounted.returncode:
+    pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+  workdir = small_disk / "run"
+  train = ["train", "--config=configs/ast.py:tiny", f"--workdir={workdir}", f"--config.data.path={corpus_path}",
+           *OVERRIDES, "--config.train.steps=8", "--config.train.checkpoint_every=4"]
+  out = subprocess.run([sys.executable, "-c", _FILL_AFTER_THE_CHECK, str(small_disk), *train], cwd=ROOT,
+                       env={**ENV, "JAXSPEECH_MALLOC_TUNING": "0"},  # no re-exec: the fault lives in this process
+                       capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 2, out.stderr[-3000:]
+  saved = _steps(workdir)
+  assert saved in ([], [4]), saved  # checkpoint 4 may still have been in flight (async) when the disk filled
+  assert "Traceback" not in out.stderr and "ERROR" not in out.stderr, out.stderr[-3000:]
+  errors = [line for line in out.stderr.splitlines() if line.startswith("jaxspeech train: error:")]
+  latest = f"the latest checkpoint is step {saved[-1]}" if saved else "no checkpoint was saved"
+  assert len(errors) == 1 and "filled up during the run" in errors[0] and latest in errors[0], out.stderr[-3000:]
+  (small_disk / "filler").unlink()
+  out = _train_cli(workdir, corpus_path, "--config.train.steps=8", "--config.train.checkpoint_every=4")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert _steps(workdir) == [4, 8]
+  for a, b in zip(uninterrupted("ast"), _params(workdir, 8), strict=True):
+    np.testing.assert_array_equal(a, b)

@@ -2,6 +2,7 @@
 
 import argparse
 import functools
+import os
 import sys
 
 from absl import logging
@@ -41,6 +42,10 @@ def run(command: str, args: argparse.Namespace) -> int:
       result = trainer.Trainer(args.config, args.workdir).train()
     else:
       result = trainer.evaluate(args.config, args.workdir)
+  except trainer.OutOfSpace as e:
+    print(f"jaxspeech {command}: error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(2)  # past the writers' exit handlers (TensorBoard's, Orbax's threads), which would meet the full disk again
   except (trainer.TrainingError, FileNotFoundError, KeyError, ValueError, ConnectionError) as e:
     print(f"jaxspeech {command}: error: {e}", file=sys.stderr)
     return 2

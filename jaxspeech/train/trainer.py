@@ -33,6 +33,10 @@ class TrainingError(RuntimeError):
   """A problem the user must fix (non-finite loss, a workdir from another run); printed without a traceback."""
 
 
+class OutOfSpace(TrainingError):
+  """The disk filled while the run wrote to it (a checkpoint, metrics, events), after the space check passed."""
+
+
 class NonFiniteLoss(TrainingError):
   pass
 
@@ -153,10 +157,19 @@ class Trainer:
   def train(self) -> dict[str, float]:
     """Runs to `train.steps` (or a stop signal); returns the last eval metrics."""
     try:
-      with lock_lib.lock(self.workdir, take=jax.process_index() == 0), _StopRequest() as stop:
+      with (lock_lib.lock(self.workdir, take=jax.process_index() == 0), _StopRequest() as stop,
+            checkpoint_lib.quiet_when_out_of_space()):
         return self._train(stop)
     except (lock_lib.WorkdirInUse, checkpoint_lib.DiskFull, NotAWorkdir) as e:
       raise TrainingError(str(e)) from None
+    except Exception as e:  # pylint: disable=broad-except  (a full disk, whichever writer met it first)
+      if not checkpoint_lib.out_of_space(e):
+        raise
+      saved = Workdir(self.workdir).steps()
+      raise OutOfSpace(
+          f"the disk under {self.workdir} filled up during the run (No space left on device); "
+          + (f"the latest checkpoint is step {saved[-1]}" if saved else "no checkpoint was saved")
+          + ". Free some space and rerun the same command to resume") from None
 
   def _train(self, stop: _StopRequest) -> dict[str, float]:
     cfg, t = self.cfg, self.cfg.train

@@ -7,7 +7,10 @@ saved, is skipped for the one before it and then moved aside to `checkpoints/.da
 run can save that step again.
 """
 
+import contextlib
+import errno
 import json
+import logging as py_logging
 import shutil
 
 from absl import logging
@@ -32,6 +35,38 @@ class DamagedCheckpoint(ValueError):
 
 class DiskFull(OSError):
   """Too little free space for the next checkpoint, found before any of it is written."""
+
+
+def out_of_space(e: BaseException | None) -> bool:
+  """Whether `e`, or an exception it came from, is a full disk (ENOSPC as Python or tensorstore words it)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+class _OutOfSpaceRecords(py_logging.Filter):
+  """Drops Orbax's background-thread tracebacks of a full disk; the trainer reports it in one line."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return not (out_of_space(record.exc_info[1] if record.exc_info else None)
+                or "No space left on device" in record.getMessage())
+
+
+@contextlib.contextmanager
+def quiet_when_out_of_space():
+  """Within: the log records of a full disk that Orbax's writer threads and their asyncio tasks leave are dropped."""
+  loggers, hide = [py_logging.getLogger(name) for name in ("absl", "asyncio")], _OutOfSpaceRecords()
+  for logger in loggers:
+    logger.addFilter(hide)
+  try:
+    yield
+  finally:
+    for logger in loggers:
+      logger.removeFilter(hide)
 
 
 def _leaf_digest(x: jax.Array) -> jax.Array:
