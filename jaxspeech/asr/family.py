@@ -170,8 +170,8 @@ def tokens_per_step(cfg) -> float:
 
 def units(batch) -> dict[str, float]:
   valid = np.asarray(batch["valid"])
-  return {"examples": float(valid.sum()), "frames": float(np.asarray(batch["audio_lengths"])[valid].sum() / HOP),
-          "pieces": float(np.asarray(batch["text_lengths"])[valid].sum())}
+  return {"examples": float(valid.sum()), "pieces": float(np.asarray(batch["text_lengths"])[valid].sum()),
+          "frames": float(np.asarray(batch["audio_lengths"])[valid].sum() / HOP)}  # the last: the planner's rate
 
 
 FAMILY = Family(name="asr", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
