@@ -1,36 +1,28 @@
 """Every notebook runs top to bottom on a fresh checkout: each builds what it needs at toy size, and its own
 asserts (the AST export's logits against ours, ...) fail the run. Saved notebooks carry no outputs
-(tests/test_docs_paths.py)."""
+(tests/test_docs_paths.py). This file runs the AST, ASR and scaling-law notebooks; tests/test_notebooks_tts.py the
+TTS families' (a file per xdist worker)."""
 
-import glob
 import json
-import os
 
-import nbclient
-import nbformat
 import pytest
 
-from tests.helpers import ROOT
-
-NOTEBOOKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
-CELL_TIMEOUT_S = 1800  # the toy sweep took 8.5 min on 2 cores shared with other jobs
+from tests.helpers import notebooks
 
 
 def test_there_is_a_notebook_per_cheap_family():
-  assert {"ast.ipynb", "asr.ipynb", "scaling_laws.ipynb"} <= set(NOTEBOOKS)
+  families = {"ast.ipynb", "asr.ipynb", "llasa.ipynb", "dit.ipynb", "codec.ipynb", "scaling_laws.ipynb"}
+  assert families <= set(notebooks.ALL)
+
+
+def test_every_notebook_is_run_by_one_test_file():
+  assert sorted(notebooks.GENERAL + notebooks.TTS) == notebooks.ALL
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", notebooks.GENERAL)
 def test_notebook_runs(name, corpus_path, tmp_path, monkeypatch):
-  monkeypatch.setenv("JAXSPEECH_NOTEBOOK_DIR", str(tmp_path))
-  monkeypatch.setenv("JAXSPEECH_CORPUS", os.path.abspath(corpus_path))
-  monkeypatch.delenv("JAXSPEECH_SWEEP_DIR", raising=False)
-  notebook = nbformat.read(os.path.join(ROOT, "notebooks", name), as_version=4)
-  client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-                                   resources={"metadata": {"path": os.path.join(ROOT, "notebooks")}})
-  client.execute()  # raises CellExecutionError with the failing cell and its traceback
-  printed = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+  printed = notebooks.run(name, corpus_path, tmp_path, monkeypatch)
   if name == "ast.ipynb":
     assert "same predicted speaker: 100%" in printed, printed[-2000:]
   if name == "asr.ipynb":
