@@ -111,7 +111,6 @@ def test_every_config_variant_builds(variant):
   assert count > 0
 
 
-
 def test_an_unknown_model_field_is_refused_by_name():
   model = convert.load_config(f"{ROOT}/configs/dit.py:tiny").model.to_dict()
   with pytest.raises(ValueError, match="unknown dit model field.*conv_layer"):

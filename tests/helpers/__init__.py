@@ -10,6 +10,7 @@ config and code dataset), `llama` (HF Llama references), and `curves` with `curv
 import dataclasses
 import importlib.util
 import os
+import shutil
 
 import numpy as np
 
@@ -45,6 +46,14 @@ OVERRIDES = ["--config.model.hidden=32", "--config.model.layers=1", "--config.mo
              "--config.model.mlp=64", "--config.model.max_frames=64", "--config.train.batch_size=8",
              "--config.train.log_every=1", "--config.train.eval_every=0", "--config.train.best_metric=",
              "--config.optim.warmup_steps=2"]
+
+
+def fill_disk(mount, leave: int = 64 * 1024) -> None:
+  """Fills the filesystem under `mount` with `mount/filler` until `leave` bytes are free."""
+  with open(os.path.join(mount, "filler"), "wb") as f:
+    while (spare := shutil.disk_usage(mount).free - leave) > 0:
+      f.write(bytes(min(spare, 2**20)))
+      f.flush()
 
 
 def _batch(cfg):
