@@ -296,10 +296,6 @@ sys.exit(cli.main(sys.argv[2:]))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=AssertionError, strict=False, reason=(
-    "the one line and the bit-identical resume hold, but tensorstore's callbacks onto the failed save's closed "
-    "asyncio loop still print 'RuntimeError: Event loop is closed' tracebacks (not through sys.excepthook or "
-    "sys.unraisablehook)"))
 def test_a_disk_that_fills_during_a_write_stops_in_one_line_and_the_run_resumes(corpus_path, uninterrupted,
                                                                                small_disk):
   """The disk fills while checkpoint 8 (or a metrics line, or an event file) is written: one line naming the

@@ -239,11 +239,13 @@ class Trainer:
                           "optim.warmup_steps or check the data.") from None
     finally:
       profiler.close()
-      with clock.lost_to("checkpoint"):
-        checkpoints.wait()
-      checkpoints.close()
-      writer.write(step, clock.report())
-      writer.close()
+      try:
+        with clock.lost_to("checkpoint"):
+          checkpoints.wait()
+        checkpoints.close()
+        writer.write(step, clock.report())
+      finally:  # the bar too when a save failed, so that the error starts a line of its own
+        writer.close()
     return eval_metrics
 
   def _report(self, writer, step, step_metrics, units, last_time, clock) -> float:

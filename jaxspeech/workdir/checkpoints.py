@@ -12,6 +12,7 @@ import errno
 import json
 import logging as py_logging
 import shutil
+import sys
 
 from absl import logging
 import grain
@@ -56,17 +57,38 @@ class _OutOfSpaceRecords(py_logging.Filter):
                 or "No space left on device" in record.getMessage())
 
 
+def _closed_loop_callback(value: BaseException) -> bool:
+  """Whether `value` is tensorstore finishing a write of a failed save onto the asyncio loop Orbax has closed."""
+  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
 @contextlib.contextmanager
 def quiet_when_out_of_space():
-  """Within: the log records of a full disk that Orbax's writer threads and their asyncio tasks leave are dropped."""
+  """Within: the log records of a full disk that Orbax's writer threads and their asyncio tasks leave are dropped.
+
+  A full disk leaves it on for the rest of the process, with tensorstore's errors of the failed save's writes
+  that finish after Orbax closed its loop (unraisable: `sys.unraisablehook`), since they come at any time until
+  the process exits.
+  """
   loggers, hide = [py_logging.getLogger(name) for name in ("absl", "asyncio")], _OutOfSpaceRecords()
+  previous_hook = sys.unraisablehook
+  def hook(unraisable):
+    if not _closed_loop_callback(unraisable.exc_value):
+      previous_hook(unraisable)
   for logger in loggers:
     logger.addFilter(hide)
+  sys.unraisablehook = hook
+  full = False
   try:
     yield
+  except Exception as e:
+    full = out_of_space(e)
+    raise
   finally:
-    for logger in loggers:
-      logger.removeFilter(hide)
+    if not full:
+      sys.unraisablehook = previous_hook
+      for logger in loggers:
+        logger.removeFilter(hide)
 
 
 def _leaf_digest(x: jax.Array) -> jax.Array:
