@@ -154,11 +154,14 @@ def test_sizes_run_at_50_codes_per_second(size):
       nnx.eval_shape(lambda m, w, s: m(w, s), model, wav, jax.ShapeDtypeStruct((2, 50, 1024), jnp.float32))
 
 
+@pytest.mark.parametrize("traced_for", ["cpu", "tpu"])
 @pytest.mark.parametrize("length", [37, 40])
-def test_resamplers_match_alias_free_torch(length):
-  """The polyphase upsampler and the shifted-sum downsampler against alias-free-torch's convolutions."""
+def test_resamplers_match_alias_free_torch(length, traced_for, monkeypatch):
+  """The resamplers against alias-free-torch's convolutions, in both forms: the shifted sums a CPU step traces
+  and the depthwise convolutions a TPU or GPU step traces (run here on the CPU)."""
   from xcodec2.vq.alias_free_torch import DownSample1d, UpSample1d  # pylint: disable=import-outside-toplevel
   from jaxspeech.codec import encoder  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(encoder, "platform", lambda: traced_for)
   x_BxCxL = np.random.default_rng(length).normal(size=(2, 3, length)).astype(np.float32)
   x_BxLxC = jnp.asarray(x_BxCxL.transpose(0, 2, 1))
   for ours, theirs in ((encoder.upsample, UpSample1d(2, 12)), (encoder.downsample, DownSample1d(2, 12))):

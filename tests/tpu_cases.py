@@ -2,7 +2,7 @@
 
 The compile must fit, and the compiler's FLOPs must agree with the family's analytic `train_flops`: the compiler
 counts every op (norms, softmax, the optimizer) but prices Pallas kernels (splash attention) by bytes alone, so
-the ratio compiler / analytic is allowed [0.75, 1.5] at these tiny shapes (AST: see FLOPS_RATIO_AST).
+the ratio compiler / analytic is allowed [0.75, 1.5] at these tiny shapes (AST and the codec: see below).
 """
 
 from jaxspeech.train import plan as plan_lib, pod, topology
@@ -12,6 +12,10 @@ FLOPS_RATIO = (0.75, 1.5)
 # AST at these shapes: the Kaldi fbank's FFTs and filterbank, which the compiler counts and `train_flops` does
 # not, outweigh its 64-wide matmuls (3.3× measured); a loop counted once would still fall below 1.
 FLOPS_RATIO_AST = (1.0, 4.0)
+# The codec: traced for TPU, its 36 anti-aliased activations resample by depthwise convolutions (the CPU's
+# shifted sums took the TPU compiler twice as long), which the compiler counts at several times their
+# multiply-adds (the tiny encoder's gradient: 2.85 → 4.65 GFLOP); `train_flops` counts the CPU form (1.99 measured).
+FLOPS_RATIO_CODEC = (1.0, 2.5)
 # This libtpu's cost model gives the whole codec step a negative time, though each of its parts (encoder,
 # decoder backbone, ISTFT head, discriminators) alone gets a positive one: the report says n/a.
 NO_TIME = {"codec"}
@@ -54,7 +58,7 @@ def check_train_step(family: str, name: str, slices: int, mesh: str):
   step = plan.train
   assert step.over == 0 and 0 < step.peak < 0.9 * target.hbm_gib * 2**30
   ratio = step.flops / (plan.train_flops / target.chips)
-  low, high = FLOPS_RATIO_AST if family == "ast" else FLOPS_RATIO
+  low, high = {"ast": FLOPS_RATIO_AST, "codec": FLOPS_RATIO_CODEC}.get(family, FLOPS_RATIO)
   assert low <= ratio <= high, f"compiler / analytic FLOPs = {ratio:.2f}"
   assert step.loops == 0
   assert plan.roofline(step) > 0
