@@ -48,7 +48,7 @@ def main():
 
   def run_jax():
     t0 = time.perf_counter()
-    mel, _ = sample.sample(ours, ref_mel, [REF], text, [TOTAL], jax.random.PRNGKey(0), nfe=args.nfe)
+    mel = sample.sample(ours, ref_mel, [REF], text, [TOTAL], jax.random.PRNGKey(0), nfe=args.nfe).mel
     mel.block_until_ready()
     return time.perf_counter() - t0
 

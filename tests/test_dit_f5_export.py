@@ -146,8 +146,8 @@ def test_euler_sample_from_strings_matches_ours(exported, corpus_tokens, corpus_
   for i, d in enumerate(durations):  # CFM.sample's noise: per example, manual_seed(seed) then randn(duration, mel)
     torch.manual_seed(SEED)
     noise[i, :d] = torch.randn(d, 100).numpy()
-  got, _ = sample.sample(ours, ref_mel, ref_frames, text_ids(texts, corpus_tokens, 32), durations,
-                         noise_BxLxM=noise, nfe=4, cfg_strength=2.0, sway=-1.0, method="euler")
+  got = sample.sample(ours, ref_mel, ref_frames, text_ids(texts, corpus_tokens, 32), durations,
+                         noise_BxLxM=noise, nfe=4, cfg_strength=2.0, sway=-1.0, method="euler").mel
   valid = np.arange(max(durations))[None] < np.asarray(durations)[:, None]
   np.testing.assert_allclose(np.asarray(got)[valid], want.numpy()[valid], atol=SAMPLE_ATOL, rtol=0)
 

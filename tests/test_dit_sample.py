@@ -51,7 +51,7 @@ def test_sample_matches_cfm_sample(models, run):
     want, _ = cfm.sample(cond=torch.from_numpy(ref_mel), text=torch.from_numpy(text),
                          duration=torch.tensor(durations), lens=torch.tensor(ref_frames), steps=nfe,
                          cfg_strength=cfg_strength, sway_sampling_coef=sway, seed=SEED)
-  got, duration_B = sample.sample(ours, ref_mel, ref_frames, text, durations,
+  got, duration_B, _ = sample.sample(ours, ref_mel, ref_frames, text, durations,
                                   noise_BxLxM=f5_noise(durations, CFG.mel_dim), nfe=nfe, cfg_strength=cfg_strength,
                                   sway=sway, method=method)
   assert list(duration_B) == list(durations)
@@ -68,3 +68,25 @@ def test_timesteps_are_f5s():
 def test_duration_follows_the_reference_speaking_rate():
   assert sample.durations(100, "abcd", "abcdefgh") == 300
   assert sample.durations(100, "abcd", "abcdefgh", speed=2.0) == 200
+
+
+def test_dopri5_matches_cfm_sample_with_torchdiffeqs_dopri5(models):
+  """The adaptive solver against F5's CFM.sample through torchdiffeq's dopri5, both at tight tolerances (they
+  place their steps differently: torchdiffeq interpolates t = 1 from a step past it, we end a step on it)."""
+  f5, ours = models
+  rng = np.random.default_rng(1)
+  durations, ref_frames = (24, 17), (7, 5)
+  ref_mel = rng.standard_normal((2, 7, CFG.mel_dim)).astype(np.float32)
+  text = np.full((2, 12), -1, np.int64)
+  text[0, :10], text[1, :12] = rng.integers(0, CFG.text_num_embeds, 10), rng.integers(0, CFG.text_num_embeds, 12)
+  tolerances = dict(rtol=1e-6, atol=1e-7)
+  cfm = ref.CFM(transformer=f5, num_channels=CFG.mel_dim, odeint_kwargs=dict(method="dopri5", **tolerances))
+  with torch.no_grad():
+    want, _ = cfm.sample(cond=torch.from_numpy(ref_mel), text=torch.from_numpy(text),
+                         duration=torch.tensor(durations), lens=torch.tensor(ref_frames), steps=4,
+                         cfg_strength=2.0, sway_sampling_coef=-1.0, seed=SEED)
+  got = sample.sample(ours, ref_mel, ref_frames, text, durations, noise_BxLxM=f5_noise(durations, CFG.mel_dim),
+                      cfg_strength=2.0, method="dopri5", **tolerances)
+  valid = np.arange(max(durations))[None] < np.asarray(durations)[:, None]
+  np.testing.assert_allclose(np.asarray(got.mel)[valid], want.numpy()[valid], atol=ATOL, rtol=0)
+  assert 8 <= got.evaluations < 6 * 256 + 2

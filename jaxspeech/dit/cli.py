@@ -15,17 +15,21 @@ import numpy as np
 import soundfile
 
 from jaxspeech.asr import inference as asr_inference
-from jaxspeech.dit import evaluate as evaluation, family, speak, vocab
+from jaxspeech.dit import evaluate as evaluation, family, solvers, speak, vocab
 from jaxspeech.workdir import Workdir
 
 SYNTHESIZE_FLAG = "--dit"  # `jaxspeech synthesize --dit ...`, the previous spelling of `jaxspeech dit synthesize`
 
 
 def _sampling_flags(p) -> None:
-  p.add_argument("--nfe", type=int, default=32, help="ODE steps (F5's pruned grids for 5, 6, 7, 10, 12, 16)")
+  p.add_argument("--nfe", type=int, default=32, help="ODE steps of a fixed-grid method (F5's pruned grids for 5, 6, "
+                 "7, 10, 12, 16); midpoint and heun evaluate the flow twice a step")
   p.add_argument("--cfg-strength", type=float, default=2.0, help="classifier-free guidance w: v_c + w·(v_c − v_u)")
   p.add_argument("--sway", type=float, default=-1.0, help="sway sampling coefficient s")
-  p.add_argument("--method", choices=("euler", "midpoint"), default="euler")
+  p.add_argument("--method", choices=solvers.METHODS, default="euler",
+                 help="ODE solver (docs/dit.md): fixed-grid euler, midpoint, heun, ab2, or adaptive dopri5")
+  p.add_argument("--rtol", type=float, default=1e-3, help="dopri5's relative tolerance")
+  p.add_argument("--atol", type=float, default=1e-4, help="dopri5's absolute tolerance")
   p.add_argument("--speed", type=float, default=1.0, help="speaking-rate factor for the estimated duration")
   p.add_argument("--weights", choices=("auto", "params", "ema"), default="auto", help="auto: the EMA when the run has one")
   p.add_argument("--seed", type=int, default=0)
@@ -95,7 +99,7 @@ def _evaluate(args, wav_dir: str | None) -> None:
 
 def sampling(args) -> speak.Sampling:
   return speak.Sampling(nfe=args.nfe, cfg_strength=args.cfg_strength, sway=args.sway, method=args.method,
-                        speed=args.speed)
+                        speed=args.speed, rtol=args.rtol, atol=args.atol)
 
 
 def synthesize(args) -> None:

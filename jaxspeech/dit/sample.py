@@ -8,11 +8,14 @@ t ← t + s·(cos(πt/2) − 1 + t) (s = −1 by default).
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from jaxspeech.dit import solvers
 
 EPSS = {  # F5's predefined grids, in 1/32 units
     5: (0, 2, 4, 8, 16, 32),
@@ -22,7 +25,6 @@ EPSS = {  # F5's predefined grids, in 1/32 units
     12: (0, 2, 4, 6, 8, 10, 12, 14, 16, 20, 24, 28, 32),
     16: (0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32),
 }
-METHODS = ("euler", "midpoint")
 
 
 def timesteps(nfe: int, sway: float | None = -1.0, epss: bool = True) -> np.ndarray:
@@ -54,37 +56,40 @@ def guided_flow(model, x_BxLxM, cond_BxLxM, text_BxNt, t_B, valid_BxL, cfg_stren
   return v_c + (v_c - v_u) * cfg_strength
 
 
-@functools.partial(jax.jit, static_argnames=("cfg_strength", "method"))
-def _solve(graphdef, state, noise_BxLxM, cond_BxLxM, text_BxNt, valid_BxL, times_S, cfg_strength, method):
+class Sampled(NamedTuple):
+  mel: jax.Array          # (B, L, M) float32: each example's reference frames kept, frames past its duration junk
+  duration: np.ndarray    # (B,) frames, reference included
+  evaluations: int        # flow evaluations (each one batched forward of the conditioned and unconditioned flow)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg_strength", "method", "rtol", "atol"))
+def _solve(graphdef, state, noise_BxLxM, cond_BxLxM, text_BxNt, valid_BxL, times_S, cfg_strength, method, rtol,
+           atol):
   model = nnx.merge(graphdef, state)
 
   def flow(t, x_BxLxM):
     return guided_flow(model, x_BxLxM, cond_BxLxM, text_BxNt, jnp.full((x_BxLxM.shape[0],), t), valid_BxL,
                        cfg_strength)
 
-  def step(x, ts):
-    t0, t1 = ts
-    dt = t1 - t0
-    if method == "euler":
-      return x + dt * flow(t0, x), None
-    x_mid = x + dt / 2 * flow(t0, x)
-    return x + dt * flow(t0 + dt / 2, x_mid), None
-
-  x, _ = jax.lax.scan(step, noise_BxLxM, (times_S[:-1], times_S[1:]))
-  return x
+  if method in solvers.ADAPTIVE:
+    return solvers.dopri5(flow, noise_BxLxM, rtol=rtol, atol=atol, weight=valid_BxL[..., None])
+  return (solvers.fixed(flow, noise_BxLxM, times_S, method),
+          jnp.int32(solvers.evaluations(method, times_S.shape[0] - 1)))
 
 
 def sample(model, ref_mel_BxRxM, ref_frames_B, text_BxNt, duration_B, key=None, *, noise_BxLxM=None, nfe: int = 32,
            cfg_strength: float = 2.0, sway: float | None = -1.0, method: str = "euler", epss: bool = True,
-           max_duration: int = 4096):
-  """(mel (B, L, M) float32, duration_B): each example's reference frames kept, frames past its duration junk.
+           max_duration: int = 4096, rtol: float = 1e-3, atol: float = 1e-4) -> Sampled:
+  """The mel, each example's reference frames kept, and its durations, by `method` (`solvers.METHODS`).
 
   `text_BxNt` holds the reference and the new text's ids (−1 padded). Durations are raised to at least the
   text length and the reference length plus one and capped at `max_duration`, as F5 does; L is the longest.
   Noise is drawn from `key` unless `noise_BxLxM` is given (it must be zero past each duration, as F5's).
+  A fixed-grid method takes `nfe` steps over F5's time grid (`timesteps`); the adaptive `dopri5` chooses its
+  own steps by `rtol` and `atol` (`nfe`, `sway` and `epss` do not apply to it).
   """
-  if method not in METHODS:
-    raise ValueError(f"method={method!r}; choose one of {METHODS}")
+  if method not in solvers.METHODS:
+    raise ValueError(f"method={method!r}; choose one of {solvers.METHODS}")
   text_BxNt = np.asarray(text_BxNt)
   ref_frames_B = np.asarray(ref_frames_B)
   duration_B = np.maximum(np.maximum((text_BxNt != -1).sum(-1), ref_frames_B) + 1, np.asarray(duration_B))
@@ -98,6 +103,8 @@ def sample(model, ref_mel_BxRxM, ref_frames_B, text_BxNt, duration_B, key=None, 
   keep_BxLx1 = (np.arange(n)[None] < ref_frames_B[:, None])[..., None]
   cond_BxLxM = jnp.where(keep_BxLx1, ref_BxLxM, 0.0)
   graphdef, state = nnx.split(model)
-  x = _solve(graphdef, state, jnp.asarray(noise_BxLxM, jnp.float32), cond_BxLxM, jnp.asarray(text_BxNt, jnp.int32),
-             jnp.asarray(valid_BxL), jnp.asarray(timesteps(nfe, sway, epss)), float(cfg_strength), method)
-  return jnp.where(keep_BxLx1, cond_BxLxM, x), duration_B
+  x, evaluations = _solve(graphdef, state, jnp.asarray(noise_BxLxM, jnp.float32), cond_BxLxM,
+                          jnp.asarray(text_BxNt, jnp.int32), jnp.asarray(valid_BxL),
+                          jnp.asarray(timesteps(nfe, sway, epss)), float(cfg_strength), method, float(rtol),
+                          float(atol))
+  return Sampled(jnp.where(keep_BxLx1, cond_BxLxM, x), duration_B, int(evaluations))

@@ -23,6 +23,8 @@ class Sampling:
   sway: float = -1.0
   method: str = "euler"
   speed: float = 1.0
+  rtol: float = 1e-3   # the adaptive method's tolerances
+  atol: float = 1e-4
 
 
 def vocode(vocoder: str | None, mel_TxM) -> np.ndarray:
@@ -32,10 +34,18 @@ def vocode(vocoder: str | None, mel_TxM) -> np.ndarray:
   return np.asarray(vocoder_family.vocode(vocoder, np.asarray(mel_TxM)[None])[0])
 
 
-def speak(model, tokens: list[str], ref_S: np.ndarray, rate: int, ref_text: str, text: str, key, *,
-          vocoder: str | None = None, duration_seconds: float | None = None,
-          sampling: Sampling = Sampling()) -> tuple[np.ndarray, int, int]:
-  """(24 kHz audio of `text` in the voice of `ref_S` (mono, `rate` Hz), generated frames, reference frames)."""
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+  ref_mel_TxM: np.ndarray   # the reference's log-mel, at least TARGET_RMS loud
+  ids_1xN: np.ndarray       # the reference's transcript and the new text, as vocabulary ids
+  duration: int             # total frames, reference included
+  ref_frames: int
+  rms: float                # the reference's own loudness, which the output is brought back to
+
+
+def prompt(model, tokens: list[str], ref_S: np.ndarray, rate: int, ref_text: str, text: str, *,
+           duration_seconds: float | None = None, speed: float = 1.0) -> Prompt:
+  """The sampler's inputs for `text` in the voice of `ref_S` (mono, `rate` Hz)."""
   wav_S = audio_io.resample(np.asarray(ref_S, np.float32), rate, SAMPLE_RATE)
   rms = float(np.sqrt(np.mean(np.square(wav_S))))
   if rms < TARGET_RMS:
@@ -46,13 +56,27 @@ def speak(model, tokens: list[str], ref_S: np.ndarray, rate: int, ref_text: str,
   if duration_seconds:
     duration = int(duration_seconds * SAMPLE_RATE / HOP)
   else:
-    duration = sample.durations(ref_frames, ref_text, text, sampling.speed)
-  ids = vocab.encode(ref_text + text, tokens)[None]
-  mel_BxLxM, duration_B = sample.sample(
-      model, ref_mel_TxM[None], [len(ref_mel_TxM)], ids, [duration], key, nfe=sampling.nfe,
-      cfg_strength=sampling.cfg_strength, sway=sampling.sway, method=sampling.method)
-  generated_TxM = np.asarray(mel_BxLxM[0, ref_frames:int(duration_B[0])])
-  out_S = vocode(vocoder, generated_TxM)
-  if rms < TARGET_RMS:
-    out_S = out_S * rms / TARGET_RMS
-  return out_S, len(generated_TxM), ref_frames
+    duration = sample.durations(ref_frames, ref_text, text, speed)
+  return Prompt(ref_mel_TxM, vocab.encode(ref_text + text, tokens)[None], duration, ref_frames, rms)
+
+
+def generate(model, p: Prompt, key, sampling: Sampling = Sampling()) -> np.ndarray:
+  """The mel frames generated past the reference (T, M)."""
+  mel_BxLxM, duration_B, _ = sample.sample(
+      model, p.ref_mel_TxM[None], [len(p.ref_mel_TxM)], p.ids_1xN, [p.duration], key, nfe=sampling.nfe,
+      cfg_strength=sampling.cfg_strength, sway=sampling.sway, method=sampling.method,
+      rtol=sampling.rtol, atol=sampling.atol)
+  return np.asarray(mel_BxLxM[0, p.ref_frames:int(duration_B[0])])
+
+
+def loudness_of(p: Prompt, out_S: np.ndarray) -> np.ndarray:
+  return out_S * p.rms / TARGET_RMS if p.rms < TARGET_RMS else out_S
+
+
+def speak(model, tokens: list[str], ref_S: np.ndarray, rate: int, ref_text: str, text: str, key, *,
+          vocoder: str | None = None, duration_seconds: float | None = None,
+          sampling: Sampling = Sampling()) -> tuple[np.ndarray, int, int]:
+  """(24 kHz audio of `text` in the voice of `ref_S` (mono, `rate` Hz), generated frames, reference frames)."""
+  p = prompt(model, tokens, ref_S, rate, ref_text, text, duration_seconds=duration_seconds, speed=sampling.speed)
+  generated_TxM = generate(model, p, key, sampling)
+  return loudness_of(p, vocode(vocoder, generated_TxM)), len(generated_TxM), p.ref_frames
