@@ -40,6 +40,23 @@ def kaiser_sinc_filter(cutoff: float, half_width: float, taps: int) -> np.ndarra
 
 # The one filter both resamplers use at ratio 2: cutoff 0.5 / ratio, transition half-width 0.6 / ratio.
 LOWPASS = kaiser_sinc_filter(0.5 / RATIO, 0.6 / RATIO, TAPS)
+# The upsampler as a transposed conv: out[n] = Σ_m x[m] h[n − R·m] at n = R·i + s + trim, over the input edge-
+# padded by PAD; phase s reads padded x[i + offset_s − j] with tap h[R·j + r_s], (offset_s, r_s) = PHASES[s].
+PAD = TAPS // RATIO - 1
+PHASES = [divmod(s + PAD * RATIO + (TAPS - RATIO) // 2, RATIO) for s in range(RATIO)]
+
+
+def _phase_kernel() -> tuple[int, np.ndarray]:
+  """(first padded input read, (W, R) kernel): every phase as one output of a W-tap convolution."""
+  first = PHASES[0][0] - PAD
+  kernel_WxR = np.zeros((PHASES[-1][0] - first + 1, RATIO), np.float32)
+  for s, (offset, r) in enumerate(PHASES):
+    for j in range(TAPS // RATIO):
+      kernel_WxR[offset - j - first, s] = LOWPASS[RATIO * j + r]
+  return first, kernel_WxR
+
+
+UP_FIRST, UP_KERNEL = _phase_kernel()
 
 
 def upsample(x_BxLxC: jax.Array) -> jax.Array:
@@ -51,24 +68,14 @@ def upsample(x_BxLxC: jax.Array) -> jax.Array:
   sums' dozens of slices per activation (benchmarks/RESULTS.md).
   """
   b, length, c = x_BxLxC.shape
-  pad = TAPS // RATIO - 1
-  trim_left = pad * RATIO + (TAPS - RATIO) // 2
-  x_BxPxC = jnp.pad(x_BxLxC, ((0, 0), (pad, pad), (0, 0)), mode="edge")
-  # transposed conv: out[n] = Σ_m x[m] h[n - R·m], at n = R·i + s + trim_left; phase s reads x[i + offset_s - j]
-  phases = [divmod(s + trim_left, RATIO) for s in range(RATIO)]
+  x_BxPxC = jnp.pad(x_BxLxC, ((0, 0), (PAD, PAD), (0, 0)), mode="edge")
   if platform() == "cpu":
     out_BxLxRxC = jnp.stack([sum(float(LOWPASS[RATIO * j + r]) * x_BxPxC[:, offset - j:offset - j + length]
-                                 for j in range(TAPS // RATIO)) for offset, r in phases], axis=2)
+                                 for j in range(TAPS // RATIO)) for offset, r in PHASES], axis=2)
   else:
-    first = phases[0][0] - pad
-    width = phases[-1][0] - first + 1
-    kernel_WxR = np.zeros((width, RATIO), np.float32)
-    for s, (offset, r) in enumerate(phases):
-      for j in range(TAPS // RATIO):
-        kernel_WxR[offset - j - first, s] = LOWPASS[RATIO * j + r]
-    kernel_Wx1xCR = jnp.asarray(np.tile(kernel_WxR, (1, c))[:, None], x_BxPxC.dtype)
-    out_BxLxCR = conv1d(x_BxPxC[:, first:first + length + width - 1], kernel_Wx1xCR, groups=c)
-    out_BxLxRxC = out_BxLxCR.reshape(b, length, c, RATIO).swapaxes(2, 3)
+    kernel_Wx1xCR = jnp.asarray(np.tile(UP_KERNEL, (1, c))[:, None], x_BxPxC.dtype)
+    window = x_BxPxC[:, UP_FIRST:UP_FIRST + length + len(UP_KERNEL) - 1]
+    out_BxLxRxC = conv1d(window, kernel_Wx1xCR, groups=c).reshape(b, length, c, RATIO).swapaxes(2, 3)
   return RATIO * out_BxLxRxC.reshape(b, RATIO * length, c)
 
 

@@ -62,7 +62,7 @@ class Sampled(NamedTuple):
   evaluations: int        # flow evaluations (each one batched forward of the conditioned and unconditioned flow)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg_strength", "method", "rtol", "atol"))
+@functools.partial(jax.jit, static_argnames=("cfg_strength", "method"))
 def _solve(graphdef, state, noise_BxLxM, cond_BxLxM, text_BxNt, valid_BxL, times_S, cfg_strength, method, rtol,
            atol):
   model = nnx.merge(graphdef, state)
@@ -73,8 +73,7 @@ def _solve(graphdef, state, noise_BxLxM, cond_BxLxM, text_BxNt, valid_BxL, times
 
   if method in solvers.ADAPTIVE:
     return solvers.dopri5(flow, noise_BxLxM, rtol=rtol, atol=atol, weight=valid_BxL[..., None])
-  return (solvers.fixed(flow, noise_BxLxM, times_S, method),
-          jnp.int32(solvers.evaluations(method, times_S.shape[0] - 1)))
+  return solvers.fixed(flow, noise_BxLxM, times_S, method), None
 
 
 def sample(model, ref_mel_BxRxM, ref_frames_B, text_BxNt, duration_B, key=None, *, noise_BxLxM=None, nfe: int = 32,
@@ -103,8 +102,10 @@ def sample(model, ref_mel_BxRxM, ref_frames_B, text_BxNt, duration_B, key=None, 
   keep_BxLx1 = (np.arange(n)[None] < ref_frames_B[:, None])[..., None]
   cond_BxLxM = jnp.where(keep_BxLx1, ref_BxLxM, 0.0)
   graphdef, state = nnx.split(model)
+  times_S = timesteps(nfe, sway, epss)
   x, evaluations = _solve(graphdef, state, jnp.asarray(noise_BxLxM, jnp.float32), cond_BxLxM,
-                          jnp.asarray(text_BxNt, jnp.int32), jnp.asarray(valid_BxL),
-                          jnp.asarray(timesteps(nfe, sway, epss)), float(cfg_strength), method, float(rtol),
-                          float(atol))
+                          jnp.asarray(text_BxNt, jnp.int32), jnp.asarray(valid_BxL), jnp.asarray(times_S),
+                          float(cfg_strength), method, rtol, atol)
+  if evaluations is None:  # a fixed grid's count is known without waiting for the device
+    evaluations = solvers.evaluations(method, len(times_S) - 1)
   return Sampled(jnp.where(keep_BxLx1, cond_BxLxM, x), duration_B, int(evaluations))
