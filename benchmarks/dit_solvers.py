@@ -43,8 +43,35 @@ def batch(prompts: list[speak.Prompt]):
   return ref_mel, [p.ref_frames for p in prompts], ids, [p.duration for p in prompts]
 
 
-def run(model, inputs, key, method, steps, rtol):
-  kwargs = dict(cfg_strength=2.0, method=method, nfe=steps or 32)
+def prompts_of(model, tokens, data_dir: str, limit: int):
+  """(the first `limit` test_unseen utterances, each one's `speak.Prompt` from another clip of its speaker)."""
+  chosen, everything = evaluate.recordings(data_dir, "test_unseen", limit)
+  prompts = []
+  for u in chosen:
+    p = evaluate.prompt_for(u, everything)
+    prompts.append(speak.prompt(model, tokens, p["wav"], family.SAMPLE_RATE, p["text"], u["text"]))
+  return chosen, prompts
+
+
+def generated_seconds(sampled, prompts) -> float:
+  return sum(int(d) - p.ref_frames for d, p in zip(sampled.duration, prompts)) * family.HOP / family.SAMPLE_RATE
+
+
+def score(out, reference, prompts, chosen) -> tuple[float, float]:
+  """(mean |Δ| of the generated log-mel frames from `reference`'s, mean MCD-DTW of their Griffin-Lim audio
+  against the recordings)."""
+  gaps, mcds = [], []
+  for i, (p, u) in enumerate(zip(prompts, chosen)):
+    end = int(out.duration[i])
+    mel_TxM = np.asarray(out.mel[i, p.ref_frames:end])
+    gaps.append(np.abs(mel_TxM - np.asarray(reference.mel[i, p.ref_frames:end])).mean())
+    wav_S = speak.loudness_of(p, griffin_lim(mel_TxM))
+    mcds.append(quality.score(u["wav"], wav_S, family.SAMPLE_RATE)["mcd_dtw"])
+  return float(np.mean(gaps)), float(np.mean(mcds))
+
+
+def run(model, inputs, key, method, steps, rtol, cfg_strength=2.0):
+  kwargs = dict(cfg_strength=cfg_strength, method=method, nfe=steps or 32)
   if rtol:
     kwargs.update(rtol=rtol, atol=rtol / 10)
   sample.sample(model, *inputs, key, **kwargs).mel.block_until_ready()   # compiles
@@ -63,41 +90,36 @@ def main():
   args = parser.parse_args()
   model, config = Workdir(args.dit).load_model(family.FAMILY, weights="auto")
   tokens = vocab.of_workdir(args.dit, config)
-  chosen, everything = evaluate.recordings(args.data_dir, "test_unseen", args.limit)
-  prompts = []
-  for u in chosen:
-    p = evaluate.prompt_for(u, everything)
-    prompts.append(speak.prompt(model, tokens, p["wav"], family.SAMPLE_RATE, p["text"], u["text"]))
+  chosen, prompts = prompts_of(model, tokens, args.data_dir, args.limit)
   inputs, key = batch(prompts), jax.random.PRNGKey(0)
   reference = sample.sample(model, *inputs, key, cfg_strength=2.0, method="dopri5", rtol=1e-6, atol=1e-7)
-  generated_seconds = sum(int(d) - p.ref_frames for d, p in zip(reference.duration, prompts)) * family.HOP / \
-      family.SAMPLE_RATE
+  seconds = generated_seconds(reference, prompts)
   rows = []
   for method, steps, rtol in GRID:
     out, wall = run(model, inputs, key, method, steps, rtol)
-    gaps, mcds = [], []
-    for i, (p, u) in enumerate(zip(prompts, chosen)):
-      end = int(out.duration[i])
-      mel_TxM = np.asarray(out.mel[i, p.ref_frames:end])
-      gaps.append(np.abs(mel_TxM - np.asarray(reference.mel[i, p.ref_frames:end])).mean())
-      wav_S = speak.loudness_of(p, griffin_lim(mel_TxM))
-      mcds.append(quality.score(u["wav"], wav_S, family.SAMPLE_RATE)["mcd_dtw"])
+    gap, mcd = score(out, reference, prompts, chosen)
     setting = f"{steps} steps" if steps else f"rtol {rtol:g}, atol {rtol / 10:g}"
-    rows.append(f"| {method} | {setting} | {out.evaluations} | {np.mean(gaps):.4f} | {np.mean(mcds):.2f} | "
-                f"{wall:.2f} | {wall / generated_seconds:.3f} |")
+    rows.append(f"| {method} | {setting} | {out.evaluations} | {gap:.4f} | {mcd:.2f} | "
+                f"{wall:.2f} | {wall / seconds:.3f} |")
     print(rows[-1], flush=True)
+  write(SECTION, f"`python benchmarks/dit_solvers.py --dit {args.dit} --limit {args.limit} --write`",
+        f"The DiT: `jaxspeech train --config=configs/dit.py:tiny --workdir=workdirs/dit_tiny {TRAINED}`. "
+        + __doc__.split("\n\n")[2].replace("\n", " "), reference, seconds, ("solver", "setting"), rows, args.write)
+
+
+def write(section: str, command: str, setup: str, reference, seconds: float, columns: tuple[str, str],
+          rows: list[str], to_results: bool) -> None:
+  """Prints the section (and writes it to RESULTS.md with `to_results`)."""
   text = "\n".join([
-      f"## {SECTION}", "",
-      f"`python benchmarks/dit_solvers.py --dit {args.dit} --limit {args.limit} --write`, "
-      f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}, {common.machine()}; {common.versions(VERSIONS)}. "
-      f"The DiT: `jaxspeech train --config=configs/dit.py:tiny --workdir=workdirs/dit_tiny {TRAINED}`. "
-      + __doc__.split("\n\n")[2].replace("\n", " ") + f" The converged solution took {reference.evaluations} "
-      f"evaluations; the batch generates {generated_seconds:.1f} s of speech.", "",
-      "| solver | setting | evaluations | mel gap to converged | MCD-DTW dB | sampling s | RTF |",
+      f"## {section}", "",
+      f"{command}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}, {common.machine()}; "
+      f"{common.versions(VERSIONS)}. {setup} The converged solution took {reference.evaluations} evaluations; the "
+      f"batch generates {seconds:.1f} s of speech.", "",
+      f"| {' | '.join(columns)} | evaluations | mel gap to converged | MCD-DTW dB | sampling s | RTF |",
       "| --- | --- | --- | --- | --- | --- | --- |", *rows, ""])
   print(text)
-  if args.write:
-    common.write_section(SECTION, text)
+  if to_results:
+    common.write_section(section, text)
 
 
 if __name__ == "__main__":

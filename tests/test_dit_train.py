@@ -9,6 +9,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 import soundfile
 from flax import nnx
 
@@ -17,6 +18,7 @@ from jaxspeech.data import tfds_io
 from jaxspeech.dit import convert, vocab
 from jaxspeech.dit.model import build, config_from
 from jaxspeech.dit.sizes import SIZES
+from jaxspeech.workdir import Workdir
 from tests.helpers import ROOT
 
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
@@ -99,6 +101,39 @@ def test_zero_shot_eval_scores_unseen_speakers(trained, corpus_path, tmp_path, c
     assert r["prompt"] != r["index"] or sum(source[i]["speaker"] == prompt["speaker"]
                                             for i in range(len(source))) == 1
     assert np.isfinite(r["mcd_dtw"]) and r["duration_ratio"] > 0 and r["rtf"] > 0
+
+
+@pytest.mark.slow
+def test_consistency_distillation_trains_the_student_and_keeps_the_teacher(trained, corpus_path, tmp_path, capsys):
+  """configs/dit.py:consistency_tiny from the trained DiT: the teacher stays the trained DiT's params, the
+  student moves from them, the few-step sampler speaks, and the F5 export holds the student alone."""
+  workdir = str(tmp_path / "distilled")
+  result = subprocess.run(
+      [sys.executable, "-m", "jaxspeech.cli", "train", "--config=configs/dit.py:consistency_tiny",
+       f"--workdir={workdir}", f"--config.data.path={corpus_path}", f"--config.train.init_from={trained}",
+       "--config.train.steps=3", *FAST],
+      cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  teacher = Workdir(trained).read_params(weights="auto").params   # init_from reads the EMA
+  student = Workdir(workdir).read_params(weights="params").params
+  assert vocab.read(vocab.in_workdir(workdir)) == vocab.read(vocab.in_workdir(trained))
+  assert student.keys() == teacher.keys() | {f"teacher.{k}" for k in teacher}
+  for k, v in teacher.items():
+    np.testing.assert_array_equal(student[f"teacher.{k}"], v)
+  assert any(not np.array_equal(student[k], v) for k, v in teacher.items())
+  out = tmp_path / "out.wav"
+  record = tfds_io.data_source(corpus_path, "validation")[0]
+  ref = tmp_path / "ref.wav"
+  soundfile.write(ref, record["audio"], int(record["sample_rate"]))
+  code = cli.main(["dit", "synthesize", "--dit", workdir, "--ref-audio", str(ref), "--ref-text",
+                   record["text"].decode(), "--text", "Hello there.", "--method", "consistency", "--nfe", "2",
+                   "--cfg-strength", "0", "--out", str(out)])
+  assert code == 0, capsys.readouterr().err
+  assert np.isfinite(soundfile.read(out)[0]).all()
+  exported = tmp_path / "student.safetensors"
+  assert cli.main(["convert", "dit", "--to", "f5", "--src", workdir, "--dst", str(exported)]) == 0
+  keys = safetensors.numpy.load_file(str(exported)).keys()
+  assert keys and not any("teacher" in k for k in keys)
 
 
 @pytest.mark.parametrize("variant", list(SIZES))

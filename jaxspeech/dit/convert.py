@@ -29,7 +29,7 @@ import yaml
 
 from jaxspeech.convert import mapping
 from jaxspeech.convert.mapping import CONV1D, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, ConversionError, Rule, Transform
-from jaxspeech.dit import modules
+from jaxspeech.dit import consistency, modules
 from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.convert.workdir import Imported, staged
 from jaxspeech.dit import family as dit_family
@@ -310,10 +310,12 @@ def _write_file(dst: str, state_dict: dict) -> None:
 
 def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   """`jaxspeech convert dit --to f5`: a directory f5-tts' load_model reads (model.safetensors, vocab.txt,
-  model.yaml), or with a `.safetensors` dst that file alone; staged in a temporary sibling and renamed."""
+  model.yaml), or with a `.safetensors` dst that file alone; staged in a temporary sibling and renamed. A
+  distillation workdir exports its student."""
   cfg = config_from(checkpoint.model)
+  student = consistency.student_params(checkpoint.params)
   if dst.endswith(".safetensors"):
-    state_dict = ema_state_dict(checkpoint.params, cfg, checkpoint.step)
+    state_dict = ema_state_dict(student, cfg, checkpoint.step)
     _write_file(dst, state_dict)
     return [f"{len(state_dict) - 2} tensors as ema_model.transformer.* (+ initted, step) for {cfg.backbone}"]
   tokens = vocab.of_workdir(args.src, {"model": checkpoint.model})
@@ -321,7 +323,7 @@ def export_checkpoint(target: str, checkpoint, dst: str, args) -> list[str]:
   if problems:
     raise ConversionError(f"workdir model {checkpoint.model} as an f5-tts load_model directory", problems)
   exported = dataclasses.replace(cfg, text_num_embeds=len(tokens))
-  params = {**checkpoint.params, EMBEDDING: checkpoint.params[EMBEDDING][:len(tokens) + 1]}
+  params = {**student, EMBEDDING: student[EMBEDDING][:len(tokens) + 1]}
   state_dict = ema_state_dict(params, exported, checkpoint.step)
   name = os.path.basename(os.path.normpath(os.path.abspath(args.src)))
   config = f5_config(exported, name, os.path.join(os.path.abspath(dst), VOCAB))

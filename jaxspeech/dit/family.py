@@ -4,8 +4,11 @@ Audio is resampled to 24 kHz in the input pipeline and grouped into frame-budget
 `data.frame_budget` mel frames each, similar lengths together, one compile per bucket of
 `data.bucket_seconds`); transcripts become character ids of the run's vocabulary (`jaxspeech.dit.vocab`, kept
 in the workdir), padded to `data.max_text`. The step computes F5's Vocos log-mel (100 bins, hop 256) and the
-flow-matching loss.
+flow-matching loss. A config with a `distill` section instead distils a trained DiT (`train.init_from`) into a
+few-step student (`jaxspeech.dit.consistency`).
 """
+
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +16,11 @@ import numpy as np
 
 from jaxspeech.audio import features
 from jaxspeech.data import per_step, pipeline, speech_text
-from jaxspeech.dit import sample, vocab
+from jaxspeech.dit import consistency, sample, vocab
 from jaxspeech.dit.model import DiTConfig, build, config_from
 from jaxspeech.dit.objective import Objective, flow_matching_loss
 from jaxspeech.train.family import Family
+from jaxspeech.workdir import Workdir
 
 SAMPLE_RATE = 24_000
 HOP = 256
@@ -31,8 +35,38 @@ def objective(cfg) -> Objective:
   return Objective(tuple(o.frac_lengths), o.audio_drop_prob, o.cond_drop_prob)
 
 
+def distill(cfg) -> consistency.Distill | None:
+  return consistency.Distill(**cfg.distill.to_dict()) if "distill" in cfg else None
+
+
 def build_model(cfg, rngs):
-  return build(model_config(cfg), rngs)
+  """The DiT; for distillation, with its frozen teacher beside it as `teacher` (the student's params stay where
+  a DiT's are, so the F5 export and the samplers read a distilled workdir as any other)."""
+  model = build(model_config(cfg), rngs)
+  if distill(cfg):
+    model.teacher = build(model_config(cfg), rngs)
+  return model
+
+
+def param_group(path: tuple[str, ...], leaf) -> str:
+  del leaf
+  return "frozen" if consistency.is_teacher(path) else "default"
+
+
+def adapt_init(loaded: dict, source_config: dict, cfg) -> dict:
+  del source_config
+  return consistency.with_teacher(loaded) if distill(cfg) else loaded
+
+
+def prepare(cfg, workdir: str):
+  """`vocab.prepare`; a distillation run reads its teacher's vocabulary, and refuses to start without a teacher."""
+  if distill(cfg) and workdir:
+    if not cfg.train.init_from:
+      raise ValueError("distillation starts from a trained DiT, its teacher: --config.train.init_from=WORKDIR")
+    if not cfg.model.get("vocab_file"):
+      cfg = copy.deepcopy(cfg)
+      cfg.model.vocab_file = vocab.file_of_workdir(cfg.train.init_from, Workdir(cfg.train.init_from).config)
+  return vocab.prepare(cfg, workdir)
 
 
 def mel(batch, cfg):
@@ -47,18 +81,23 @@ def text_ids(batch):
   return jnp.where(batch["text_mask"], batch["text"], -1)
 
 
+def _loss(model, batch, key, cfg):
+  mel_BxTxM, frames_B = mel(batch, cfg)
+  if distill(cfg):
+    return consistency.consistency_loss(model, model.teacher, mel_BxTxM, frames_B, text_ids(batch), key,
+                                        distill(cfg), objective(cfg))
+  return flow_matching_loss(model, mel_BxTxM, frames_B, text_ids(batch), key, objective(cfg))
+
+
 def loss(model, batch, key, step, cfg):
   del step
-  mel_BxTxM, frames_B = mel(batch, cfg)
-  value, _, _ = flow_matching_loss(model, mel_BxTxM, frames_B, text_ids(batch), key, objective(cfg))
-  return value, {}
+  return _loss(model, batch, key, cfg)[0], {}
 
 
 def evaluate(model, batch, cfg):
-  """The masked-span MSE with draws from a fixed key (`cfg.seed`), the same for every eval."""
-  mel_BxTxM, frames_B = mel(batch, cfg)
-  _, se_B, count_B = flow_matching_loss(model, mel_BxTxM, frames_B, text_ids(batch), jax.random.PRNGKey(cfg.seed),
-                                        objective(cfg))
+  """The masked-span MSE (flow matching's, or distillation's) with draws from a fixed key (`cfg.seed`), the same
+  for every eval."""
+  _, se_B, count_B = _loss(model, batch, jax.random.PRNGKey(cfg.seed), cfg)
   return {"loss": (se_B.sum(), count_B.sum())}
 
 
@@ -94,13 +133,15 @@ def batch_shapes(cfg) -> dict[str, jax.ShapeDtypeStruct]:
 
 def train_flops(cfg) -> float:
   """Forward + backward (3× forward) matmul FLOPs of one global batch of `data.frame_budget` frames, at the
-  longest bucket's length (attention's share)."""
+  longest bucket's length (attention's share); a distillation step's forwards (`consistency.forwards_per_step`)
+  instead."""
   m = model_config(cfg)
   n = max(cfg.data.bucket_seconds) * SAMPLE_RATE / HOP
   inner = m.heads * m.dim_head
   per_frame = (2 * (4 * m.dim * inner + 2 * m.ff_mult * m.dim * m.dim) + 4 * n * inner) * m.depth
   per_frame += 2 * ((2 * m.mel_dim + m.text_dim) * m.dim + 2 * 31 * m.dim * m.dim / 16 + m.dim * m.mel_dim)
-  return 3.0 * per_frame * cfg.data.frame_budget
+  forwards = consistency.forwards_per_step(distill(cfg)) if distill(cfg) else 3
+  return forwards * per_frame * cfg.data.frame_budget
 
 
 def inference(cfg) -> dict[str, tuple]:
@@ -132,4 +173,4 @@ def units(batch) -> dict[str, float]:
 
 FAMILY = Family(name="dit", build_model=build_model, loss=loss, evaluate=evaluate, make_data=make_data,
                 batch_axes=batch_axes, train_flops=train_flops, units=units, tokens_per_step=tokens_per_step, batch_shapes=batch_shapes,
-                prepare=vocab.prepare, inference=inference)
+                param_groups=param_group, adapt_init=adapt_init, prepare=prepare, inference=inference)

@@ -64,13 +64,15 @@ class Sampled(NamedTuple):
 
 @functools.partial(jax.jit, static_argnames=("cfg_strength", "method"))
 def _solve(graphdef, state, noise_BxLxM, cond_BxLxM, text_BxNt, valid_BxL, times_S, cfg_strength, method, rtol,
-           atol):
+           atol, key):
   model = nnx.merge(graphdef, state)
 
   def flow(t, x_BxLxM):
     return guided_flow(model, x_BxLxM, cond_BxLxM, text_BxNt, jnp.full((x_BxLxM.shape[0],), t), valid_BxL,
                        cfg_strength)
 
+  if method in solvers.FEW_STEP:
+    return solvers.consistency(flow, noise_BxLxM, times_S, key, valid_BxL[..., None]), None
   if method in solvers.ADAPTIVE:
     return solvers.dopri5(flow, noise_BxLxM, rtol=rtol, atol=atol, weight=valid_BxL[..., None])
   return solvers.fixed(flow, noise_BxLxM, times_S, method), None
@@ -85,7 +87,9 @@ def sample(model, ref_mel_BxRxM, ref_frames_B, text_BxNt, duration_B, key=None, 
   text length and the reference length plus one and capped at `max_duration`, as F5 does; L is the longest.
   Noise is drawn from `key` unless `noise_BxLxM` is given (it must be zero past each duration, as F5's).
   A fixed-grid method takes `nfe` steps over F5's time grid (`timesteps`); the adaptive `dopri5` chooses its
-  own steps by `rtol` and `atol` (`nfe`, `sway` and `epss` do not apply to it).
+  own steps by `rtol` and `atol` (`nfe`, `sway` and `epss` do not apply to it). `consistency` jumps `nfe`
+  times over the same grid, re-noising from `key` (a fixed one when only `noise_BxLxM` is given); a distilled
+  student has its teacher's guidance built in, so give it `cfg_strength=0`.
   """
   if method not in solvers.METHODS:
     raise ValueError(f"method={method!r}; choose one of {solvers.METHODS}")
@@ -105,7 +109,8 @@ def sample(model, ref_mel_BxRxM, ref_frames_B, text_BxNt, duration_B, key=None, 
   times_S = timesteps(nfe, sway, epss)
   x, evaluations = _solve(graphdef, state, jnp.asarray(noise_BxLxM, jnp.float32), cond_BxLxM,
                           jnp.asarray(text_BxNt, jnp.int32), jnp.asarray(valid_BxL), jnp.asarray(times_S),
-                          float(cfg_strength), method, rtol, atol)
+                          float(cfg_strength), method, rtol, atol,
+                          jax.random.fold_in(jax.random.PRNGKey(0) if key is None else key, 1))
   if evaluations is None:  # a fixed grid's count is known without waiting for the device
     evaluations = solvers.evaluations(method, len(times_S) - 1)
   return Sampled(jnp.where(keep_BxLx1, cond_BxLxM, x), duration_B, int(evaluations))

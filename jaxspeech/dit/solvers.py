@@ -5,6 +5,10 @@ Fixed grids (the times come from `sample.timesteps`, so EPSS and sway apply to a
 - `heun` (2): Euler's predictor, then the trapezoid of the flows at both ends;
 - `ab2` (1): two-step Adams–Bashforth on the flow (variable step), second order for the price of Euler; the
   flow-matching analogue of DPM-Solver++(2M). Its first step is Euler's.
+Few-step, for a consistency-distilled DiT (`jaxspeech.dit.consistency`):
+- `consistency` (1): multistep consistency sampling (Song et al. 2023, Algorithm 1) on the σ = 0 path: at each
+  time t the model's one-jump estimate of the data, x̂1 = x + (1 − t)·v(t, x), re-noised to the next time t' as
+  (1 − t')·z + t'·x̂1 with fresh noise z; the last time is 1, where that is x̂1 itself.
 Adaptive:
 - `dopri5`: Dormand–Prince 5(4) with first-same-as-last, Hairer's initial step, and the step size chosen from
   the RMS error over `rtol`, `atol` (torchdiffeq's `dopri5`, scipy's `RK45`). One step size for the batch.
@@ -15,8 +19,9 @@ import jax.numpy as jnp
 
 FIXED = ("euler", "midpoint", "heun", "ab2")
 ADAPTIVE = ("dopri5",)
-METHODS = FIXED + ADAPTIVE
-PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "ab2": 1}
+FEW_STEP = ("consistency",)
+METHODS = FIXED + ADAPTIVE + FEW_STEP
+PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "ab2": 1, "consistency": 1}
 ORDER = {"euler": 1, "midpoint": 2, "heun": 2, "ab2": 2, "dopri5": 5}   # global error ∝ steps^-order
 
 # Dormand–Prince: nodes, the stage matrix, the 5th-order weights (the last stage's row: FSAL), 5th − 4th order
@@ -60,6 +65,18 @@ def fixed(flow, x, times_S: jax.Array, method: str) -> jax.Array:
       return x + dt * flow(t0 + dt / 2, x + dt / 2 * v0), None
     return x + dt / 2 * (v0 + flow(t1, x + dt * v0)), None   # heun
   x, _ = jax.lax.scan(step, x, (times_S[:-1], times_S[1:]))
+  return x
+
+
+def consistency(flow, x, times_S: jax.Array, key: jax.Array, noise_mask) -> jax.Array:
+  """The data estimate after one jump per time of `times_S` but the last (which must be 1), from noise x at
+  times_S[0]; `noise_mask` (broadcastable to x) zeroes the fresh noise where x's own noise is zero (padding)."""
+  def step(x, inputs):
+    t0, t1, key = inputs
+    x1 = x + (1 - t0) * flow(t0, x)
+    return (1 - t1) * jax.random.normal(key, x.shape, x.dtype) * noise_mask + t1 * x1, None
+  keys = jax.random.split(key, times_S.shape[0] - 1)
+  x, _ = jax.lax.scan(step, x, (times_S[:-1], times_S[1:], keys))
   return x
 
 

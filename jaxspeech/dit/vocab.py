@@ -55,10 +55,15 @@ def in_workdir(workdir: str) -> str:
 def of_workdir(workdir: str, config: dict) -> list[str]:
   """The vocabulary a workdir's model reads: the one its training kept there, else its `model.vocab_file` (an
   imported F5 checkpoint's vocab.txt)."""
+  return read(file_of_workdir(workdir, config))
+
+
+def file_of_workdir(workdir: str, config: dict) -> str:
+  """The file `of_workdir` reads."""
   if storage.exists(in_workdir(workdir)):
-    return read(in_workdir(workdir))
+    return in_workdir(workdir)
   if config["model"].get("vocab_file"):
-    return read(config["model"]["vocab_file"])
+    return config["model"]["vocab_file"]
   raise ValueError(f"{workdir} holds no {FILENAME} and names no model.vocab_file: import it with --vocab vocab.txt")
 
 
