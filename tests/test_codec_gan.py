@@ -75,9 +75,11 @@ def test_multi_period_discriminator_matches_vocos(periods, samples):
   check_outputs(ours(jnp.asarray(fake)), g_logits, g_fmaps, flat_logits=True)
 
 
+@pytest.mark.parametrize("traced_for", ["cpu", "tpu"])  # band by band; the bands as one grouped conv per layer
 @pytest.mark.parametrize("windows,channels,samples", [((2048, 1024, 512), 32, 4000), ((256, 128), 8, 777)])
-def test_multi_resolution_discriminator_matches_vocos(monkeypatch, windows, channels, samples):
+def test_multi_resolution_discriminator_matches_vocos(monkeypatch, windows, channels, samples, traced_for):
   monkeypatch.setattr(vocos_disc, "Spectrogram", TorchSpectrogram)
+  monkeypatch.setattr(discriminators, "platform", lambda: traced_for)
   torch.manual_seed(0)
   ref = torch.nn.ModuleList([vocos_disc.DiscriminatorR(window_length=w, channels=channels) for w in windows])
   ref = perturbed(ref, seed=1)
@@ -92,6 +94,25 @@ def test_multi_resolution_discriminator_matches_vocos(monkeypatch, windows, chan
   with torch.no_grad():
     theirs = [d(torch.from_numpy(wav)) for d in ref]
   check_outputs(ours(jnp.asarray(wav)), [t[0] for t in theirs], [t[1] for t in theirs], flat_logits=False)
+
+
+def test_grouped_bands_have_the_gradients_of_band_by_band(monkeypatch):
+  """The accelerator form of the resolution discriminator against the CPU form: outputs ≤ 1e-5, gradients of
+  params and input ≤ 1e-3 of each one's largest (float32 sums over every position, in another order)."""
+  ours = discriminators.MultiResolutionDiscriminator((512, 256), 8, rngs=nnx.Rngs(0))
+  wav = jnp.asarray(_wavs(3000, 3)[0])
+
+  def outputs_and_grads(traced_for):
+    monkeypatch.setattr(discriminators, "platform", lambda: traced_for)
+    def total(model, wav):
+      return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(model(wav)))
+    return jax.tree.leaves(ours(wav)), jax.tree.leaves(jax.grad(total, (0, 1))(ours, wav))
+  (out_cpu, grad_cpu), (out_tpu, grad_tpu) = outputs_and_grads("cpu"), outputs_and_grads("tpu")
+  assert len(out_cpu) == len(out_tpu) and len(grad_cpu) == len(grad_tpu)
+  for a, b in zip(out_cpu, out_tpu):
+    np.testing.assert_allclose(b, a, atol=1e-5)
+  for a, b in zip(grad_cpu, grad_tpu):
+    assert float(jnp.abs(b - a).max()) <= 1e-3 * float(jnp.abs(a).max())
 
 
 def test_feature_matching_matches_vocos_per_discriminator():

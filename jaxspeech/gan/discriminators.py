@@ -20,6 +20,7 @@ import jaxspeech.nn  # noqa: F401  (turns flax's eager sharding off before any p
 from jaxspeech.audio import features
 from jaxspeech.audio.istft import hann_window
 from jaxspeech.nn.conv import WN_INIT
+from jaxspeech.sharding import platform
 
 LRELU_SLOPE = 0.1
 MPD_CHANNELS = (32, 128, 512, 1024, 1024)
@@ -41,13 +42,22 @@ class Conv2d(nnx.Module):
     self.weight_g = nnx.Param(jnp.sqrt(jnp.sum(v_HxWxIxO ** 2, axis=(0, 1, 2))), out_sharding=("embed",))
     self.bias = nnx.Param(jnp.zeros((out_channels,)), out_sharding=("embed",))
 
-  def __call__(self, x_BxHxWxI: jax.Array) -> jax.Array:
+  def kernel(self) -> jax.Array:
     v_HxWxIxO = self.weight_v[...]
-    kernel = v_HxWxIxO * (self.weight_g[...] / jnp.sqrt(jnp.sum(v_HxWxIxO ** 2, axis=(0, 1, 2))))
+    return v_HxWxIxO * (self.weight_g[...] / jnp.sqrt(jnp.sum(v_HxWxIxO ** 2, axis=(0, 1, 2))))
+
+  def apply(self, x_BxHxWxI: jax.Array, kernel_HxWxIxO: jax.Array, bias_O: jax.Array) -> jax.Array:
+    """This conv's stride and padding with the given weights."""
     y_BxHxWxO = jax.lax.conv_general_dilated(
-        x_BxHxWxI, kernel.astype(x_BxHxWxI.dtype), self.stride, [(p, p) for p in self.padding],
+        x_BxHxWxI, kernel_HxWxIxO.astype(x_BxHxWxI.dtype), self.stride, [(p, p) for p in self.padding],
         dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y_BxHxWxO + self.bias[...]
+    return y_BxHxWxO + bias_O
+
+  def out_width(self, width: int) -> int:
+    return (width + 2 * self.padding[1] - self.weight_v.shape[1]) // self.stride[1] + 1
+
+  def __call__(self, x_BxHxWxI: jax.Array) -> jax.Array:
+    return self.apply(x_BxHxWxI, self.kernel(), self.bias[...])
 
 
 def _leaky_stack(convs, x_BxHxWxC: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
@@ -117,13 +127,37 @@ class ResolutionDiscriminator(nnx.Module):
   def __call__(self, wav_BxS: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
     """Logits (B, T, bands' reduced bins, 1)."""
     spec_BxTxFx2 = spectrogram(wav_BxS, self.window, self.peak_floor)
-    fmaps, outs = [], []
-    for (lo, hi), convs in zip(self.bands, self.band_convs):
-      x_BxTxFxC, band_fmaps = _leaky_stack(convs, spec_BxTxFx2[:, :, lo:hi])
-      fmaps += band_fmaps
-      outs.append(x_BxTxFxC)
+    if platform() == "cpu":
+      fmaps, outs = [], []
+      for (lo, hi), convs in zip(self.bands, self.band_convs):
+        x_BxTxFxC, band_fmaps = _leaky_stack(convs, spec_BxTxFx2[:, :, lo:hi])
+        fmaps += band_fmaps
+        outs.append(x_BxTxFxC)
+    else:
+      outs, fmaps = self._bands_at_once(spec_BxTxFx2)
     logits_BxTxFx1 = self.conv_post(jnp.concatenate(outs, axis=2))
     return logits_BxTxFx1, fmaps + [logits_BxTxFx1]
+
+  def _bands_at_once(self, spec_BxTxFx2: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
+    """(band outputs, band feature maps) with the band stacks as one grouped convolution per layer: the TPU
+    compiler's time and memory grow with the number of convolutions. Each band is zero-padded to the widest and
+    its activations are zeroed past its own width after every layer, so it sees exactly what it does alone."""
+    widths_N = [hi - lo for lo, hi in self.bands]
+    f = max(widths_N)
+    x_NxBxTxFxC = jnp.stack([jnp.pad(spec_BxTxFx2[:, :, lo:hi], ((0, 0), (0, 0), (0, f - (hi - lo)), (0, 0)))
+                             for lo, hi in self.bands])
+    per_layer = []
+    for layer in zip(*self.band_convs):
+      kernel_NxHxWxIxO = jnp.stack([conv.kernel() for conv in layer])
+      bias_NxO = jnp.stack([conv.bias[...] for conv in layer])
+      x_NxBxTxFxC = jax.vmap(layer[0].apply)(x_NxBxTxFxC, kernel_NxHxWxIxO, bias_NxO)
+      widths_N = [layer[0].out_width(w) for w in widths_N]
+      valid_NxF = jnp.arange(x_NxBxTxFxC.shape[3]) < jnp.asarray(widths_N)[:, None]
+      x_NxBxTxFxC = jnp.where(valid_NxF[:, None, None, :, None], jax.nn.leaky_relu(x_NxBxTxFxC, LRELU_SLOPE), 0.0)
+      per_layer.append((x_NxBxTxFxC, widths_N))
+    fmaps = [x[n, :, :, :widths[n]] for n in range(len(self.bands)) for x, widths in per_layer[1:]]
+    x, widths = per_layer[-1]
+    return [x[n, :, :, :w] for n, w in enumerate(widths)], fmaps
 
 
 class MultiResolutionDiscriminator(nnx.Module):
