@@ -1,19 +1,20 @@
 """`jaxspeech codec encode|decode|eval`: tokenize a dataset, turn codes back into audio, score a codec.
 
   jaxspeech codec encode --workdir CODEC --data-dir DATASET_DIR --out OUT_DIR [--splits train,validation]
-  jaxspeech codec decode --workdir CODEC --codes CODES.npy|CODES.txt --out out.wav
+  jaxspeech codec decode --workdir CODEC --codes CODES.npy|CODES.txt --out out.wav [--stream --chunk 25 --left 150]
   jaxspeech codec eval   --workdir CODEC [--data-dir DATASET_DIR] [--split validation]
 
 Codes files hold one utterance: a .npy int array, or whitespace-separated integers.
 """
 
 import json
+import time
 
 import jax.numpy as jnp
 import numpy as np
 import soundfile
 
-from jaxspeech.codec import evaluate, tokenize
+from jaxspeech.codec import evaluate, streaming, tokenize
 from jaxspeech.data import tfds_io
 
 
@@ -38,9 +39,22 @@ def _decode(args):
   size = codec.quantizer.codebook_size
   if codes.size == 0 or codes.min() < 0 or codes.max() >= size:
     raise ValueError(f"{args.codes}: codes must be a non-empty list of integers in [0, {size})")
-  wav = np.asarray(codec.decode(jnp.asarray(codes)[None]))[0]
-  soundfile.write(args.out, wav, sample_rate, subtype="PCM_16")
-  print(f"wrote {args.out}: {len(wav) / sample_rate:.2f} s at {sample_rate} Hz from {codes.size} codes")
+  if not args.stream:
+    wav = np.asarray(codec.decode(jnp.asarray(codes)[None]))[0]
+    soundfile.write(args.out, wav, sample_rate, subtype="PCM_16")
+    print(f"wrote {args.out}: {len(wav) / sample_rate:.2f} s at {sample_rate} Hz from {codes.size} codes")
+    return
+  streamer = streaming.Streamer(codec, chunk=args.chunk, left=args.left, lookahead=args.lookahead)
+  start, first, samples = time.perf_counter(), None, 0
+  with soundfile.SoundFile(args.out, "w", sample_rate, 1, subtype="PCM_16") as out:
+    for piece in [*(piece for c in codes for piece in streamer.push(c)), *streamer.flush()]:
+      out.write(piece)
+      out.flush()
+      samples += piece.size
+      first = first or time.perf_counter() - start
+  print(f"streamed {args.out}: {samples / sample_rate:.2f} s at {sample_rate} Hz from {codes.size} codes in chunks "
+        f"of {args.chunk} (left {args.left}, look-ahead {args.lookahead}); first audio after {first:.2f} s of "
+        "decoding (compiles included)")
 
 
 def _eval(args):
@@ -64,6 +78,11 @@ def add_parser(groups) -> None:
   p.add_argument("--workdir", required=True)
   p.add_argument("--codes", required=True, help=".npy int array or a text file of integers")
   p.add_argument("--out", required=True, help="the .wav to write")
+  p.add_argument("--stream", action="store_true", help="decode chunk by chunk, writing each as it is ready "
+                 "(jaxspeech/codec/streaming.py)")
+  p.add_argument("--chunk", type=int, default=25, help="codes per streamed chunk (50 codes = 1 s)")
+  p.add_argument("--left", type=int, default=150, help="codes of left context each chunk is decoded with")
+  p.add_argument("--lookahead", type=int, default=2, help="codes after a chunk it waits for")
   p.set_defaults(run=_decode)
   p = codec.add_parser("eval", help="mel distance, STOI, PESQ, codebook usage and perplexity on whole utterances")
   p.add_argument("--workdir", required=True)
