@@ -50,6 +50,27 @@ def test_greedy_stops_at_eos_as_hf_does():
   assert (tokens[0, lengths[0]:] == eos).all()
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_stream_gives_generates_tokens_chunk_by_chunk(greedy):
+  hf = hf_llama("gqa2-llama3-rope-tied-vocab1003")
+  model = ours_from(hf)
+  prompt = np.random.default_rng(1).integers(0, 1003, 9)
+  sampling = generate.Sampling(greedy=greedy, temperature=1.5)
+  free = generate.generate(model, [prompt], jax.random.PRNGKey(3), max_new_tokens=23, eos_id=1002,
+                           sampling=sampling)[0][0]
+  for eos, whole in ((1002, 23), (int(free[13]), None)):   # runs to the limit; ends at a token it emits
+    tokens, lengths = generate.generate(model, [prompt], jax.random.PRNGKey(3), max_new_tokens=23, eos_id=eos,
+                                        sampling=sampling)
+    chunks = list(generate.stream(model, prompt, jax.random.PRNGKey(3), max_new_tokens=23, eos_id=eos, chunk=5,
+                                  sampling=sampling))
+    assert np.concatenate(chunks).tolist() == tokens[0, :lengths[0]].tolist()
+    assert all(len(c) == 5 for c in chunks[:-1]) and 0 < len(chunks[-1]) <= 5
+    if whole:
+      assert lengths[0] == whole and len(chunks) == 5
+    else:
+      assert chunks[-1][-1] == eos and lengths[0] <= 14
+
+
 def test_repetition_penalty_is_hfs():
   logits = jnp.array([[2.0, -2.0, 1.0]])
   seen = jnp.array([[True, True, False]])

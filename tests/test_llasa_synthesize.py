@@ -72,6 +72,25 @@ def test_voice_prompted_best_of_n_synthesis(tokenizer):
   assert 0 < len(result.codes) <= 10 and len(result.wav) == 320 * len(result.codes)
 
 
+@pytest.mark.slow
+def test_streamed_synthesis_is_synthesis_chunk_by_chunk(tokenizer):
+  """One chunk without left context is the whole decode of the generated codes; small chunks come out as the
+  LM writes them, with the reference clip's codes as their left context."""
+  lm = Llama(LM, nnx.Rngs(0))
+  codec = Codec(codec_sizes.tiny(), rngs=nnx.Rngs(1))
+  ref_wav = np.sin(2 * np.pi * 200 * np.arange(3200) / 16000).astype(np.float32)
+  args = (lm, codec, spm.Tokenizer.load(tokenizer), VOCAB, "a short test.", jax.random.PRNGKey(0))
+  kwargs = dict(ref_wav=ref_wav, ref_text="the reference.", max_seconds=0.4, sampling=generate.Sampling(top_k=50))
+  whole = synthesis.synthesize(*args, **kwargs)
+  assert len(whole.codes) > 5
+  one = list(synthesis.stream(*args, **kwargs, chunk=1000, left=0, lookahead=0))
+  assert len(one) == 1
+  np.testing.assert_allclose(one[0], whole.wav, atol=1e-5)
+  pieces = list(synthesis.stream(*args, **kwargs, tokens_per_step=3, chunk=4, left=8, lookahead=1))
+  assert [len(p) for p in pieces[:-1]] == [4 * 320] * (len(pieces) - 1)
+  assert sum(len(p) for p in pieces) == len(whole.wav)
+
+
 @pytest.fixture(scope="module")
 def workdirs(tmp_path_factory):
   """(LM workdir, codec workdir) of random-init tiny models, as `jaxspeech convert` writes them."""
@@ -102,6 +121,20 @@ def test_synthesize_cli(tokenizer, workdirs, tmp_path):
   wav, rate = soundfile.read(tmp_path / "out.wav")
   assert rate == 16000 and 0 < len(wav) <= 320 * 10
   assert "candidate" in result.stdout
+
+
+@pytest.mark.slow
+def test_synthesize_cli_streams(tokenizer, workdirs, tmp_path):
+  base = [sys.executable, "-m", "jaxspeech.cli", "llasa", "synthesize", "--lm", workdirs[0], "--codec", workdirs[1],
+          "--tokenizer", tokenizer, "--text", "hello there.", "--max-seconds", "0.3", "--out", str(tmp_path / "s.wav"),
+          "--stream", "--stream-chunk", "4", "--stream-left", "8"]
+  result = subprocess.run(base, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "streamed" in result.stdout
+  wav, rate = soundfile.read(tmp_path / "s.wav")
+  assert rate == 16000 and len(wav) % 320 == 0 and len(wav) <= 320 * 15
+  refused = subprocess.run(base + ["--best-of", "2"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=400)
+  assert refused.returncode == 2 and "does not take --best-of" in refused.stderr
 
 
 def test_synthesize_cli_names_missing_flags_and_keeps_the_old_spelling_with_a_notice(tmp_path):

@@ -35,20 +35,21 @@ def _decode(graphdef, state, codes_1xN: jax.Array) -> jax.Array:
 
 
 class Streamer:
-  """`push` codes as they come and get the audio that is ready; `flush` at the end of the utterance.
+  """`push` codes as they come and get the audio that is ready; `flush` at the end of the utterance. `context`:
+  codes before the first that serve as left context only (a voice prompt's reference clip).
 
   One compile per window length (shared by every streamer of the same codec): the first ⌈left / chunk⌉ chunks
   (their left context still filling), the steady state, and the last chunk.
   """
 
-  def __init__(self, codec, *, chunk: int = 25, left: int = 150, lookahead: int = 2):
+  def __init__(self, codec, *, chunk: int = 25, left: int = 150, lookahead: int = 2, context=()):
     if chunk < 1 or left < 0 or lookahead < 0:
       raise ValueError(f"streaming needs chunk ≥ 1 and left, lookahead ≥ 0; got {chunk}, {left}, {lookahead}")
     self.chunk, self.left, self.lookahead = chunk, left, lookahead
     self.hop = codec.hop
     self._graphdef, self._state = nnx.split(codec)
-    self.codes: list[int] = []
-    self.emitted = 0   # codes whose audio has been returned
+    self.codes: list[int] = [int(c) for c in np.asarray(context).reshape(-1)]
+    self.emitted = len(self.codes)   # codes whose audio has been returned (or is not wanted: `context`)
 
   def _emit(self, end: int) -> np.ndarray:
     w = window(self.emitted, end, len(self.codes), self.left, self.lookahead)

@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 
 import jax
 import numpy as np
@@ -64,6 +65,12 @@ def _synthesize_flags(parser) -> None:
   g.add_argument("--speaker-ast", default=None, help="an AST workdir: adds the speaker-similarity verifier")
   g.add_argument("--draft", default=None, help="a small llasa workdir (same vocabulary): speculative decoding")
   g.add_argument("--draft-tokens", type=int, default=4, help="speculative decoding: tokens drafted per round")
+  g = parser.add_argument_group("streaming (--stream: write audio as it is generated, one candidate)")
+  g.add_argument("--stream", action="store_true", help="generate and decode chunk by chunk, writing each chunk "
+                 "of audio as soon as it is ready")
+  g.add_argument("--stream-chunk", type=int, default=25, help="codes per decoded chunk (50 codes = 1 s)")
+  g.add_argument("--stream-left", type=int, default=150, help="codes of left context each chunk is decoded with")
+  g.add_argument("--stream-lookahead", type=int, default=2, help="codes after a chunk it waits for")
 
 
 def _sampling(args):
@@ -103,6 +110,9 @@ def synthesize(args) -> None:
   common = dict(ref_wav=ref_wav, ref_text=args.ref_text, max_seconds=args.max_seconds, sampling=_sampling(args),
                 sample_rate=sample_rate)
   key = jax.random.PRNGKey(args.seed)
+  if args.stream:
+    _stream(args, lm, codec, tokenizer, vocab, key, sample_rate, ref_wav)
+    return
   if args.beams and args.draft:
     raise ValueError("--draft decodes with --best-of; beam search (--beams) does not take a draft")
   if args.beams:
@@ -117,6 +127,24 @@ def synthesize(args) -> None:
   soundfile.write(args.out, np.clip(result.wav, -1, 1), sample_rate, subtype="PCM_16")
   print(f"wrote {args.out}: {len(result.wav) / sample_rate:.2f} s, {len(result.codes)} codes"
         + (f", candidate {result.chosen} of {args.best_of} ({result.scores[result.chosen]})" if result.scores else ""))
+
+
+def _stream(args, lm, codec, tokenizer, vocab, key, sample_rate: int, ref_wav) -> None:
+  clashes = [flag for flag, on in (("--beams", args.beams), ("--best-of", args.best_of > 1), ("--draft", args.draft),
+                                   ("--speaker-ast", args.speaker_ast)) if on]
+  if clashes:
+    raise ValueError(f"--stream writes one candidate as it is generated; it does not take {', '.join(clashes)}")
+  start, first, samples = time.perf_counter(), None, 0
+  with soundfile.SoundFile(args.out, "w", sample_rate, 1, subtype="PCM_16") as out:
+    for piece in synthesis.stream(lm, codec, tokenizer, vocab, args.text, key, ref_wav=ref_wav, ref_text=args.ref_text,
+                                  max_seconds=args.max_seconds, sampling=_sampling(args), chunk=args.stream_chunk,
+                                  left=args.stream_left, lookahead=args.stream_lookahead):
+      out.write(np.clip(piece, -1, 1))
+      out.flush()
+      samples += len(piece)
+      first = first or time.perf_counter() - start
+  print(f"streamed {args.out}: {samples / sample_rate:.2f} s" + (f", first audio after {first:.2f} s (compiles "
+                                                                 "included)" if first else ", no speech generated"))
 
 
 def add_parser(groups) -> None:

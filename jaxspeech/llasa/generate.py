@@ -11,6 +11,8 @@ takes the argmax of the penalised logits.
 
 import dataclasses
 import functools
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -95,9 +97,22 @@ def padded_prefill(model, ids_BxP, segment_ids_BxP, positions_BxP, slots: int) -
   return model.logits(x_BxPxD[:, -1:])[:, 0], cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id", "sampling"))
-def _generate(graphdef, state, ids_BxP, segment_ids_BxP, positions_BxP, packed, key, *, max_new_tokens: int,
-              eos_id: int, sampling: Sampling):
+class Decoding(NamedTuple):
+  """The decode loop's state between calls: steps taken, the next logits, the cache, the tokens seen, the new
+  tokens so far (B, max_new_tokens), the next positions, which rows have ended, the key."""
+  step: jax.Array
+  logits_BxV: jax.Array
+  cache: Cache
+  seen_BxV: jax.Array
+  out_BxN: jax.Array
+  positions_B: jax.Array
+  done_B: jax.Array
+  key: jax.Array
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "eos_id"))
+def _prefill(graphdef, state, ids_BxP, segment_ids_BxP, positions_BxP, packed, key, *, max_new_tokens: int,
+             eos_id: int) -> Decoding:
   """`packed` (a `prepack.Packed` of the same prompts, or None) replaces the left-padded prefill."""
   model = nnx.merge(graphdef, state)
   b, p = ids_BxP.shape
@@ -105,26 +120,39 @@ def _generate(graphdef, state, ids_BxP, segment_ids_BxP, positions_BxP, packed, 
     logits_BxV, cache = padded_prefill(model, ids_BxP, segment_ids_BxP, positions_BxP, p + max_new_tokens)
   else:
     logits_BxV, cache = prepack.prefill(model, packed, segment_ids_BxP, p + max_new_tokens)
+  seen_BxV = jnp.zeros((b, model.cfg.vocab_size), bool).at[jnp.arange(b)[:, None], ids_BxP].max(segment_ids_BxP > 0)
+  return Decoding(jnp.zeros((), jnp.int32), logits_BxV, cache, seen_BxV,
+                  jnp.full((b, max_new_tokens), eos_id, jnp.int32), positions_BxP[:, -1] + 1, jnp.zeros(b, bool), key)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "eos_id", "sampling"), donate_argnames=("decoding",))
+def _decode(graphdef, state, decoding: Decoding, until: jax.Array, *, eos_id: int, sampling: Sampling) -> Decoding:
+  """One-token steps until `until` steps in all, or until every row has ended."""
+  model = nnx.merge(graphdef, state)
+  b = decoding.done_B.shape[0]
   rows_B = jnp.arange(b)
-  seen_BxV = jnp.zeros((b, model.cfg.vocab_size), bool).at[rows_B[:, None], ids_BxP].max(segment_ids_BxP > 0)
 
-  def cond(carry):
-    step, *_, done_B, _ = carry
-    return (step < max_new_tokens) & ~done_B.all()
+  def cond(d: Decoding):
+    return (d.step < until) & ~d.done_B.all()
 
-  def body(carry):
-    step, logits_BxV, cache, seen_BxV, out_BxN, positions_B, done_B, key = carry
-    key, sub = jax.random.split(key)
-    token_B = jnp.where(done_B, eos_id, next_token(sub, logits_BxV, seen_BxV, sampling))
-    out_BxN = out_BxN.at[:, step].set(token_B)
-    done_B = done_B | (token_B == eos_id)
-    logits_Bx1xV, cache = model(token_B[:, None], positions_B[:, None], jnp.ones((b, 1), jnp.int32), cache)
-    return (step + 1, logits_Bx1xV[:, 0], cache, seen_BxV.at[rows_B, token_B].set(True), out_BxN, positions_B + 1,
-            done_B, key)
+  def body(d: Decoding):
+    key, sub = jax.random.split(d.key)
+    token_B = jnp.where(d.done_B, eos_id, next_token(sub, d.logits_BxV, d.seen_BxV, sampling))
+    logits_Bx1xV, cache = model(token_B[:, None], d.positions_B[:, None], jnp.ones((b, 1), jnp.int32), d.cache)
+    return Decoding(d.step + 1, logits_Bx1xV[:, 0], cache, d.seen_BxV.at[rows_B, token_B].set(True),
+                    d.out_BxN.at[:, d.step].set(token_B), d.positions_B + 1, d.done_B | (token_B == eos_id), key)
 
-  carry = (jnp.zeros((), jnp.int32), logits_BxV, cache, seen_BxV,
-           jnp.full((b, max_new_tokens), eos_id, jnp.int32), positions_BxP[:, -1] + 1, jnp.zeros(b, bool), key)
-  return jax.lax.while_loop(cond, body, carry)[4]
+  return jax.lax.while_loop(cond, body, decoding)
+
+
+def _start(model, prompts: list, key, max_new_tokens: int, eos_id: int, prefill: str):
+  if prefill not in ("padded", "packed"):
+    raise ValueError(f"prefill={prefill!r}; choose 'padded' or 'packed'")
+  graphdef, state = nnx.split(model)
+  ids, segments, positions = left_pad(prompts)
+  packed = prepack.pack(prompts) if prefill == "packed" else None
+  return graphdef, state, _prefill(graphdef, state, ids, segments, positions, packed, key,
+                                   max_new_tokens=max_new_tokens, eos_id=eos_id)
 
 
 def generate(model, prompts: list, key: jax.Array, *, max_new_tokens: int, eos_id: int,
@@ -132,14 +160,29 @@ def generate(model, prompts: list, key: jax.Array, *, max_new_tokens: int, eos_i
   """(tokens_BxN, lengths_B): the new tokens of each prompt (`eos_id` after its end), and how many there are
   up to and including the first `eos_id` (N where none was emitted). `prefill="packed"` prefills the prompts
   packed into shared rows (`prepack`) instead of left-padded; decoding is the same."""
-  if prefill not in ("padded", "packed"):
-    raise ValueError(f"prefill={prefill!r}; choose 'padded' or 'packed'")
-  graphdef, state = nnx.split(model)
-  ids, segments, positions = left_pad(prompts)
-  packed = prepack.pack(prompts) if prefill == "packed" else None
-  tokens_BxN = np.asarray(_generate(graphdef, state, ids, segments, positions, packed, key,
-                                    max_new_tokens=max_new_tokens, eos_id=eos_id, sampling=sampling))
-  return ended(tokens_BxN, eos_id)
+  graphdef, state, decoding = _start(model, prompts, key, max_new_tokens, eos_id, prefill)
+  decoding = _decode(graphdef, state, decoding, jnp.int32(max_new_tokens), eos_id=eos_id, sampling=sampling)
+  return ended(np.asarray(decoding.out_BxN), eos_id)
+
+
+def stream(model, prompt, key: jax.Array, *, max_new_tokens: int, eos_id: int, chunk: int = 10,
+           sampling: Sampling = Sampling()) -> Iterator[np.ndarray]:
+  """`generate`'s tokens of one prompt, `chunk` at a time as they are decoded (the last up to and including
+  `eos_id`, or the `max_new_tokens`-th): the same tokens, for a consumer that starts before the end (streaming
+  synthesis)."""
+  graphdef, state, decoding = _start(model, [prompt], key, max_new_tokens, eos_id, "padded")
+  emitted = 0
+  while emitted < max_new_tokens:
+    decoding = _decode(graphdef, state, decoding, jnp.int32(min(emitted + chunk, max_new_tokens)), eos_id=eos_id,
+                       sampling=sampling)
+    step, done = int(decoding.step), bool(decoding.done_B[0])
+    new = np.asarray(decoding.out_BxN[0, emitted:step])
+    if done:
+      new = new[:int(np.argmax(new == eos_id)) + 1]
+    yield new
+    emitted = step
+    if done:
+      return
 
 
 def ended(tokens_BxN: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,11 +8,13 @@
 
 import dataclasses
 import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxspeech.codec import streaming
 from jaxspeech.llasa import generate, objective, verify
 from jaxspeech.llasa.vocab import LlasaVocab
 
@@ -59,6 +61,22 @@ def synthesize(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Arra
     return Result(candidates[0].wav, candidates[0].codes, [], 0)
   chosen, scores = verify.best_of_n(candidates, verifiers or [verify.LengthRepetition()])
   return Result(candidates[chosen].wav, candidates[chosen].codes, scores, chosen)
+
+
+def stream(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Array, *, ref_wav=None, ref_text: str = "",
+           max_seconds: float = 30.0, sampling: generate.Sampling = generate.Sampling(), tokens_per_step: int = 10,
+           chunk: int = 25, left: int = 150, lookahead: int = 2) -> Iterator[np.ndarray]:
+  """`synthesize`'s audio (one candidate) as it is generated: the LM decodes `tokens_per_step` tokens at a time
+  and the codec decodes each `chunk` of codes once its `lookahead` has come (`codec.streaming`), the reference
+  clip's codes serving as left context."""
+  ref_codes = reference_codes(codec, ref_wav)
+  prompt = objective.prompt(vocab, tokenizer.encode(text), tokenizer.encode(ref_text) if ref_text else (), ref_codes)
+  streamer = streaming.Streamer(codec, chunk=chunk, left=left, lookahead=lookahead, context=ref_codes)
+  for tokens in generate.stream(lm, prompt, key, max_new_tokens=int(max_seconds * verify.CODE_RATE),
+                                eos_id=vocab.special("SPEECH_GENERATION_END"), chunk=tokens_per_step,
+                                sampling=sampling):
+    yield from streamer.push(vocab.ids_to_codes(tokens))
+  yield from streamer.flush()
 
 
 def beam_search(lm, codec, tokenizer, vocab: LlasaVocab, text: str, key: jax.Array, *, verifiers, beams: int = 2,
