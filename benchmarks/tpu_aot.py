@@ -98,10 +98,10 @@ def write(rows: list[str]) -> None:
       "`compiler/analytic` < 1 where they run. Where this libtpu's cost model gives a negative time (every v6e "
       "step, and some others) the row has n/a; `roofline ms` (the compiler's FLOPs and HBM bytes at the chip's "
       "peak rates) is a lower bound on any step. Presets missing from the table are not compiled yet: on a "
-      "2-core host a 1B-8B step takes the TPU compiler 6-25 minutes; `codec_base_v5p64` (a 57,000-op GAN step: "
-      "generator, multi-period and STFT discriminators) ran the compiler out of a 24 GiB host (killed at 23.6 "
-      "GiB RSS; 23.8 GiB after 41 minutes with the resamplers as convolutions, 2026-12-08); at a 0.1 s crop it "
-      "compiles in 9.5 minutes (docs/scale.md).",
+      "2-core host a 1B-8B step takes the TPU compiler 6-25 minutes; `codec_base_v5p64` (a GAN step: generator, "
+      "multi-period and STFT discriminators) 43 minutes at up to 20 GiB of compiler RSS, since the discriminators "
+      "take the real and the detached fake in one pass and the STFT discriminator's five bands run as one grouped "
+      "convolution per layer (before, it ran a 24 GiB host out of memory; docs/scale.md).",
       "", "| preset | topology | accum | fits? | state GiB | temp GiB | peak GiB | est. step ms | est. rate/chip/s | "
       "est. MFU | roofline ms | compiler/analytic FLOPs | AG/RS/AR GiB | compile s | date |",
       "| --- " * 15 + "|", *merged(rows, date)])

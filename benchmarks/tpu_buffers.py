@@ -2,14 +2,18 @@
 
   JAX_PLATFORMS=cpu python benchmarks/tpu_buffers.py --preset dit_base_v5p64 --topology v5p-8 --depth 2
   JAX_PLATFORMS=cpu python benchmarks/tpu_buffers.py --preset dit_base_v5p64 --topology v5p-8 --depth 1 --cpu-tricks
+  JAX_PLATFORMS=cpu python benchmarks/tpu_buffers.py --preset codec_base_v5p64 --topology v5p-8 \
+      --set data.crop_seconds=0.1
 
 The preset is laid onto the topology as benchmarks/tpu_aot.py lays it, compiled loop-free for one microbatch
 (`pod.cost_config`) by libtpu's TPU compiler for virtual devices, and the optimised HLO's instructions outside
 fused computations are summed by (dtype, shape, op, source op name). Fewer layers (`--depth`) keep the compile to
-minutes on a laptop; each layer's buffers repeat. The cost model's own FLOPs, bytes and time are printed first.
+minutes on a laptop; each layer's buffers repeat. `--set KEY=VALUE` overrides a config field the same way
+(a shorter codec crop). The cost model's own FLOPs, bytes and time are printed first.
 """
 
 import argparse
+import ast
 import collections
 import re
 import sys
@@ -54,9 +58,18 @@ def main() -> int:
   parser.add_argument("--cpu-tricks", action="store_true",
                       help="trace the DiT's CPU-only kernels (tap-sum conv gradients, per-tap depthwise conv) for the "
                            "TPU too: what gating them to CPU saves the TPU step")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config field (dotted path, a Python literal), e.g. data.crop_seconds=0.1")
   args = parser.parse_args()
   target = topology.parse(args.topology)
   cfg = pod.cost_config(tpu_aot.scale(tpu_aot.presets(), args.preset, target.chips))
+  for item in args.set:
+    key, value = item.split("=", 1)
+    *parents, leaf = key.split(".")
+    section = cfg
+    for name in parents:
+      section = section[name]
+    section[leaf] = ast.literal_eval(value)
   cfg.train.compilation_cache = ""
   if args.depth:
     cfg = pod.at_depth(cfg, args.depth)
