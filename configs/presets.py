@@ -39,7 +39,8 @@ time as the whole row with 12.5 GiB of temporaries instead of 23.
 | llasa_8b_h100x64 | 8 nodes × 8 H100 | data 8 (across nodes) × fsdp 8 | 4 × 1 | full | 30 GiB (formula) | 40-50 % |
 | dit_base_v5p64 | v5p-64 | data 64 | 38,400 mel frames × 1 | none | 35.9 GiB (TPU compiler, v5p-8, est. MFU 73 %) | 45-55 % |
 | dit_base_h100x8 | 8×H100 | data 8 | 9,600 mel frames × 4 | none | see below | 40-50 % |
-| codec_base_v5p64 | v5p-64 | data 64 | 1 crop (1 s) × 1, acoustic-only | none | - | 45 % |
+| codec_base_v5p64 | v5p-64 | data 64 | 1 crop (1 s) × 1, acoustic-only | none | 7.3 GiB (TPU compiler, laid on v5p-8 with accumulation 16: est. MFU 1.8 %) | 45 % |
+| codec_base_v5p8 | v5p-8 (4 chips) | data 4 | 16 crops (1 s) × 1, acoustic-only | none | - | 45 % |
 | asr_0.6b_v5p64 | v5p-64 | data 64 | 20,000 frames (200 s) × 1, bf16 | none | - | 45-55 % |
 
 DiT base (336M params) is data-parallel: its state is 5 GiB per chip unsharded. On TPU its attention runs the
@@ -84,6 +85,9 @@ DIT = {
 # acoustic-only (configs/codec.py:base without its semantic branch)
 CODEC = {
     "codec_base_v5p64": (dict(data=64), 1, 1),
+    # the same update on 4 chips: a microbatch of one crop per chip moves every weight for one second of audio
+    # (benchmarks/RESULTS.md, "The codec step compiles on a 24 GiB host")
+    "codec_base_v5p8": (dict(data=4), 16, 1),
 }
 # name: (mesh, 10 ms frames per chip per microbatch, accumulation steps); Parakeet-CTC 0.6B, data parallel
 ASR = {

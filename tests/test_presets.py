@@ -6,8 +6,8 @@ from tests.helpers import load_config
 
 VARIANTS = ("llasa_1b_v5p64", "llasa_3b_v5p64", "llasa_8b_v5p64", "llasa_1b_v5e256", "llasa_3b_v5e256",
             "llasa_8b_v6e256", "llasa_1b_h100x8", "llasa_3b_h100x8", "llasa_8b_h100x64", "dit_base_v5p64",
-            "dit_base_h100x8", "codec_base_v5p64", "asr_0.6b_v5p64")
-CHIPS = {"v5p64": 64, "v5e256": 256, "v6e256": 256, "h100x8": 8, "h100x64": 64}
+            "dit_base_h100x8", "codec_base_v5p64", "codec_base_v5p8", "asr_0.6b_v5p64")
+CHIPS = {"v5p64": 64, "v5p8": 4, "v5e256": 256, "v6e256": 256, "h100x8": 8, "h100x64": 64}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
