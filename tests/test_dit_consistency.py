@@ -2,6 +2,8 @@
 known: the exact flow of a point mass c, v(x, t) = (c − x)/(1 − t), whose every ODE trajectory is the straight
 line to c, so its consistency function is c everywhere."""
 
+import argparse
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from flax import nnx
 
 from configs import dit as dit_configs
-from jaxspeech.dit import consistency, family, sample, solvers
+from jaxspeech.dit import cli as dit_cli, consistency, family, sample, solvers
 
 B, L, M = 3, 12, 4
 
@@ -118,6 +120,14 @@ def test_the_teacher_is_a_frozen_copy_of_the_source_params():
   student = nnx.state(nnx.eval_shape(lambda: family.build_model(dit_configs.get_config("tiny"), nnx.Rngs(0))),
                       nnx.Param)
   assert jax.tree.structure(params["teacher"]) == jax.tree.structure(student)
+
+
+def test_the_consistency_method_samples_without_guidance_unless_asked():
+  parser = argparse.ArgumentParser()
+  dit_cli._sampling_flags(parser)  # pylint: disable=protected-access
+  assert dit_cli.sampling(parser.parse_args(["--method", "consistency"])).cfg_strength == 0.0
+  assert dit_cli.sampling(parser.parse_args(["--method", "consistency", "--cfg-strength", "1"])).cfg_strength == 1.0
+  assert dit_cli.sampling(parser.parse_args([])).cfg_strength == 2.0
 
 
 def test_a_distillation_run_needs_its_teacher(tmp_path):

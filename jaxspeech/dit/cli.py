@@ -24,10 +24,12 @@ SYNTHESIZE_FLAG = "--dit"  # `jaxspeech synthesize --dit ...`, the previous spel
 def _sampling_flags(p) -> None:
   p.add_argument("--nfe", type=int, default=32, help="ODE steps of a fixed-grid method (F5's pruned grids for 5, 6, "
                  "7, 10, 12, 16); midpoint and heun evaluate the flow twice a step")
-  p.add_argument("--cfg-strength", type=float, default=2.0, help="classifier-free guidance w: v_c + w·(v_c − v_u)")
+  p.add_argument("--cfg-strength", type=float, default=None, help="classifier-free guidance w: v_c + w·(v_c − v_u) "
+                 "(default 2; 0 for the consistency method, whose distilled student has its teacher's guidance)")
   p.add_argument("--sway", type=float, default=-1.0, help="sway sampling coefficient s")
   p.add_argument("--method", choices=solvers.METHODS, default="euler",
-                 help="ODE solver (docs/dit.md): fixed-grid euler, midpoint, heun, ab2, or adaptive dopri5")
+                 help="ODE solver (docs/dit.md): fixed-grid euler, midpoint, heun, ab2, adaptive dopri5; "
+                      "consistency: a consistency-distilled DiT's 1-4 jumps (--nfe of them)")
   p.add_argument("--rtol", type=float, default=1e-3, help="dopri5's relative tolerance")
   p.add_argument("--atol", type=float, default=1e-4, help="dopri5's absolute tolerance")
   p.add_argument("--speed", type=float, default=1.0, help="speaking-rate factor for the estimated duration")
@@ -98,7 +100,10 @@ def _evaluate(args, wav_dir: str | None) -> None:
 
 
 def sampling(args) -> speak.Sampling:
-  return speak.Sampling(nfe=args.nfe, cfg_strength=args.cfg_strength, sway=args.sway, method=args.method,
+  cfg_strength = args.cfg_strength
+  if cfg_strength is None:
+    cfg_strength = 0.0 if args.method in solvers.FEW_STEP else 2.0
+  return speak.Sampling(nfe=args.nfe, cfg_strength=cfg_strength, sway=args.sway, method=args.method,
                         speed=args.speed, rtol=args.rtol, atol=args.atol)
 
 
