@@ -40,7 +40,7 @@ time as the whole row with 12.5 GiB of temporaries instead of 23.
 | dit_base_v5p64 | v5p-64 | data 64 | 38,400 mel frames × 1 | none | 35.9 GiB (TPU compiler, v5p-8, est. MFU 73 %) | 45-55 % |
 | dit_base_h100x8 | 8×H100 | data 8 | 9,600 mel frames × 4 | none | see below | 40-50 % |
 | codec_base_v5p64 | v5p-64 | data 64 | 1 crop (1 s) × 1, acoustic-only | none | 7.3 GiB (TPU compiler, laid on v5p-8 with accumulation 16: est. MFU 1.8 %) | 45 % |
-| codec_base_v5p8 | v5p-8 (4 chips) | data 4 | 16 crops (1 s) × 1, acoustic-only | none | - | 45 % |
+| codec_base_v5p8 | v5p-8 (4 chips) | data 4 | 16 crops (1 s) × 1, acoustic-only | none | 13.3 GiB (TPU compiler, est. MFU 7.8 %) | 45 % |
 | asr_0.6b_v5p64 | v5p-64 | data 64 | 20,000 frames (200 s) × 1, bf16 | none | - | 45-55 % |
 
 DiT base (336M params) is data-parallel: its state is 5 GiB per chip unsharded. On TPU its attention runs the
