@@ -8,7 +8,6 @@ Codes files hold one utterance: a .npy int array, or whitespace-separated intege
 """
 
 import json
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -45,13 +44,7 @@ def _decode(args):
     print(f"wrote {args.out}: {len(wav) / sample_rate:.2f} s at {sample_rate} Hz from {codes.size} codes")
     return
   streamer = streaming.Streamer(codec, chunk=args.chunk, left=args.left, lookahead=args.lookahead)
-  start, first, samples = time.perf_counter(), None, 0
-  with soundfile.SoundFile(args.out, "w", sample_rate, 1, subtype="PCM_16") as out:
-    for piece in [*(piece for c in codes for piece in streamer.push(c)), *streamer.flush()]:
-      out.write(piece)
-      out.flush()
-      samples += piece.size
-      first = first or time.perf_counter() - start
+  samples, first = streaming.write(args.out, streaming.pieces(streamer, codes), sample_rate)
   print(f"streamed {args.out}: {samples / sample_rate:.2f} s at {sample_rate} Hz from {codes.size} codes in chunks "
         f"of {args.chunk} (left {args.left}, look-ahead {args.lookahead}); first audio after {first:.2f} s of "
         "decoding (compiles included)")

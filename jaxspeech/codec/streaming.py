@@ -10,9 +10,12 @@ is the limit of left and lookahead covering the utterance (`benchmarks/codec_str
 
 import dataclasses
 import functools
+import time
+from collections.abc import Iterable
 
 import jax
 import numpy as np
+import soundfile
 from flax import nnx
 
 
@@ -73,7 +76,26 @@ class Streamer:
     return out
 
 
+def pieces(streamer: Streamer, codes_N) -> Iterable[np.ndarray]:
+  """`streamer`'s audio chunks as `codes_N` is pushed one code at a time, then flushed: each as soon as it is ready."""
+  for c in np.asarray(codes_N).reshape(-1):
+    yield from streamer.push(c)
+  yield from streamer.flush()
+
+
 def decode(codec, codes_N, *, chunk: int = 25, left: int = 150, lookahead: int = 2) -> list[np.ndarray]:
   """The audio of `codes_N` pushed one code at a time: one array per chunk, in order."""
-  streamer = Streamer(codec, chunk=chunk, left=left, lookahead=lookahead)
-  return [piece for c in np.asarray(codes_N).reshape(-1) for piece in streamer.push(c)] + streamer.flush()
+  return list(pieces(Streamer(codec, chunk=chunk, left=left, lookahead=lookahead), codes_N))
+
+
+def write(path: str, chunks: Iterable[np.ndarray], sample_rate: int) -> tuple[int, float | None]:
+  """Writes each chunk to the 16-bit wav at `path` as it comes (clipped to [−1, 1], flushed to disk): (samples
+  written, seconds until the first chunk was written, None if none came)."""
+  start, first, samples = time.perf_counter(), None, 0
+  with soundfile.SoundFile(path, "w", sample_rate, 1, subtype="PCM_16") as out:
+    for chunk in chunks:
+      out.write(np.clip(chunk, -1, 1))
+      out.flush()
+      samples += len(chunk)
+      first = first or time.perf_counter() - start
+  return samples, first

@@ -83,9 +83,10 @@ def text_ids(batch):
 
 def _loss(model, batch, key, cfg):
   mel_BxTxM, frames_B = mel(batch, cfg)
-  if distill(cfg):
+  distilling = distill(cfg)
+  if distilling:
     return consistency.consistency_loss(model, model.teacher, mel_BxTxM, frames_B, text_ids(batch), key,
-                                        distill(cfg), objective(cfg))
+                                        distilling, objective(cfg))
   return flow_matching_loss(model, mel_BxTxM, frames_B, text_ids(batch), key, objective(cfg))
 
 

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import tempfile
-import time
 
 import jax
 import numpy as np
@@ -25,7 +24,7 @@ import soundfile
 
 from jaxspeech.asr import inference as asr_inference
 from jaxspeech.audio import io as audio_io, quality
-from jaxspeech.codec import family as codec_family
+from jaxspeech.codec import family as codec_family, streaming as codec_streaming
 from jaxspeech.llasa import evaluate as evaluation, family, generate, speculative, synthesis, verify
 from jaxspeech.llasa.vocab import LlasaVocab, SPECIAL_TOKENS
 from jaxspeech.workdir import Workdir
@@ -134,15 +133,10 @@ def _stream(args, lm, codec, tokenizer, vocab, key, sample_rate: int, ref_wav) -
                                    ("--speaker-ast", args.speaker_ast)) if on]
   if clashes:
     raise ValueError(f"--stream writes one candidate as it is generated; it does not take {', '.join(clashes)}")
-  start, first, samples = time.perf_counter(), None, 0
-  with soundfile.SoundFile(args.out, "w", sample_rate, 1, subtype="PCM_16") as out:
-    for piece in synthesis.stream(lm, codec, tokenizer, vocab, args.text, key, ref_wav=ref_wav, ref_text=args.ref_text,
-                                  max_seconds=args.max_seconds, sampling=_sampling(args), chunk=args.stream_chunk,
-                                  left=args.stream_left, lookahead=args.stream_lookahead):
-      out.write(np.clip(piece, -1, 1))
-      out.flush()
-      samples += len(piece)
-      first = first or time.perf_counter() - start
+  chunks = synthesis.stream(lm, codec, tokenizer, vocab, args.text, key, ref_wav=ref_wav, ref_text=args.ref_text,
+                            max_seconds=args.max_seconds, sampling=_sampling(args), chunk=args.stream_chunk,
+                            left=args.stream_left, lookahead=args.stream_lookahead)
+  samples, first = codec_streaming.write(args.out, chunks, sample_rate)
   print(f"streamed {args.out}: {samples / sample_rate:.2f} s" + (f", first audio after {first:.2f} s (compiles "
                                                                  "included)" if first else ", no speech generated"))
 

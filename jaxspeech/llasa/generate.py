@@ -175,13 +175,10 @@ def stream(model, prompt, key: jax.Array, *, max_new_tokens: int, eos_id: int, c
   while emitted < max_new_tokens:
     decoding = _decode(graphdef, state, decoding, jnp.int32(min(emitted + chunk, max_new_tokens)), eos_id=eos_id,
                        sampling=sampling)
-    step, done = int(decoding.step), bool(decoding.done_B[0])
-    new = np.asarray(decoding.out_BxN[0, emitted:step])
-    if done:
-      new = new[:int(np.argmax(new == eos_id)) + 1]
-    yield new
+    step = int(decoding.step)   # the loop stops right after the step that emits eos_id
+    yield np.asarray(decoding.out_BxN[0, emitted:step])
     emitted = step
-    if done:
+    if bool(decoding.done_B[0]):
       return
 
 
